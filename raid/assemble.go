@@ -1,0 +1,178 @@
+package raid
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/ddraid/ddraid/blockdev"
+	"github.com/ddraid/ddraid/raid/meta"
+)
+
+// AssembleOptions tune Assemble.
+type AssembleOptions struct {
+	// Direct opens members with O_DIRECT.
+	Direct bool
+	// OnFail is called when a member fails at runtime, after the array has
+	// marked it failed in memory; the caller records it (see RecordFailure).
+	OnFail func(member int, err error)
+}
+
+// Assembled is a running array: its superblock as assembled and the Device
+// that serves it.
+type Assembled struct {
+	Array *meta.Array
+	// Lost lists the roles that were not in use at assembly, with why.
+	Lost map[int]string
+	dev  blockdev.Device
+}
+
+// Device returns the array as a Device.
+func (a *Assembled) Device() blockdev.Device { return a.dev }
+
+// Close closes the array and its members.
+func (a *Assembled) Close() error { return a.dev.Close() }
+
+// ErrCannotAssemble reports an array that cannot be started safely.
+var ErrCannotAssemble = errors.New("cannot assemble")
+
+// Assemble opens the members of a stored array, checks each one's header,
+// and builds the array Device. A member whose file is missing is recorded
+// missing (the event counter is bumped) and the array runs degraded if the
+// level tolerates it. Any member that is present but wrong (another array's,
+// a different role, truncated, corrupt) stops assembly with an error: ddraid
+// never guesses.
+func Assemble(stateDir, name string, opts AssembleOptions) (*Assembled, error) {
+	var a *meta.Array
+	if err := meta.View(stateDir, func(s *meta.Store) error {
+		var err error
+		a, err = s.Get(name)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("assemble %s: %w", name, err)
+	}
+	level, err := ParseLevel(a.Level)
+	if err != nil {
+		return nil, fmt.Errorf("assemble %s: superblock: %w", name, err)
+	}
+	devs := make([]blockdev.Device, len(a.Members))
+	files := make([]*blockdev.File, 0, len(a.Members))
+	fail := func(err error) (*Assembled, error) {
+		for _, f := range files {
+			f.Close()
+		}
+		return nil, fmt.Errorf("assemble %s: %w", name, err)
+	}
+	lost := map[int]string{}
+	newlyMissing := []int{}
+	for i, m := range a.Members {
+		if m.State != meta.StateActive {
+			lost[i] = m.State
+			continue
+		}
+		f, err := blockdev.OpenFile(m.Path, blockdev.FileOptions{Direct: opts.Direct})
+		if errors.Is(err, os.ErrNotExist) {
+			lost[i] = meta.StateMissing
+			newlyMissing = append(newlyMissing, i)
+			continue
+		}
+		if err != nil {
+			return fail(fmt.Errorf("member %d (%s): %w", i, m.Path, err))
+		}
+		files = append(files, f)
+		if err := checkMember(a, i, f); err != nil {
+			return fail(fmt.Errorf("member %d (%s): %w: %w", i, m.Path, ErrCannotAssemble, err))
+		}
+		dataSize := a.MemberDataSize
+		if level == LevelLinear {
+			dataSize = a.Sizes[i]
+		}
+		sec, err := blockdev.NewSection(f, a.DataOffset, dataSize)
+		if err != nil {
+			return fail(fmt.Errorf("member %d (%s): %w", i, m.Path, err))
+		}
+		devs[i] = &ownedSection{Section: sec, owner: f}
+	}
+	if tol := Tolerance(level, len(a.Members)); len(lost) > tol {
+		var why []string
+		for i, m := range a.Members {
+			if s, ok := lost[i]; ok {
+				why = append(why, fmt.Sprintf("%s %s", m.Path, s))
+			}
+		}
+		return fail(fmt.Errorf("%w: %d of %d members lost (%s); %s tolerates %d",
+			ErrCannotAssemble, len(lost), len(a.Members), strings.Join(why, ", "), level, tol))
+	}
+	if len(newlyMissing) > 0 {
+		a, err = meta.Update(stateDir, name, func(sb *meta.Array) error {
+			for _, i := range newlyMissing {
+				sb.Members[i].State = meta.StateMissing
+			}
+			return nil
+		})
+		if err != nil {
+			return fail(err)
+		}
+	}
+	cfg := Config{OnFail: opts.OnFail}
+	var dev blockdev.Device
+	switch level {
+	case LevelRaid35:
+		g := Geometry{Members: len(a.Members), BlockSize: a.BlockSize, Parity: Parity(a.Parity), ParityChunk: a.ParityChunk}
+		dev, err = NewRaid35(g, devs, a.MemberDataSize, cfg)
+	case LevelMirror:
+		dev, err = NewMirror(devs, a.MemberDataSize, cfg)
+	case LevelLinear:
+		dev, err = NewLinear(devs)
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if dev.Size() != a.Size {
+		dev.Close()
+		return nil, fmt.Errorf("assemble %s: %w: engine size %d differs from superblock size %d", name, meta.ErrCorrupt, dev.Size(), a.Size)
+	}
+	return &Assembled{Array: a, Lost: lost, dev: dev}, nil
+}
+
+func checkMember(a *meta.Array, role int, f *blockdev.File) error {
+	h, err := meta.ReadHeader(f)
+	if errors.Is(err, meta.ErrNoHeader) {
+		return fmt.Errorf("not a ddraid member (no header)")
+	}
+	if err != nil {
+		return err
+	}
+	if h.ArrayUUID != a.UUID {
+		return fmt.Errorf("belongs to another array, %q (%s), not %q (%s)", h.ArrayName, h.ArrayUUID, a.Name, a.UUID)
+	}
+	if int(h.Role) != role || h.MemberUUID != a.Members[role].UUID {
+		return fmt.Errorf("holds role %d (member %s) but the superblock expects role %d (member %s)", h.Role, h.MemberUUID, role, a.Members[role].UUID)
+	}
+	need := a.DataOffset + int64(h.DataSize)
+	if f.Size() < need {
+		return fmt.Errorf("truncated: %d bytes, needs %d", f.Size(), need)
+	}
+	return nil
+}
+
+// RecordFailure marks a member failed in the stored superblock.
+func RecordFailure(stateDir, name string, member int) error {
+	_, err := meta.Update(stateDir, name, func(a *meta.Array) error {
+		if member < 0 || member >= len(a.Members) {
+			return fmt.Errorf("no member %d", member)
+		}
+		a.Members[member].State = meta.StateFailed
+		return nil
+	})
+	return err
+}
+
+// ownedSection is a member's data area that closes its file on Close.
+type ownedSection struct {
+	*blockdev.Section
+	owner blockdev.Device
+}
+
+func (o *ownedSection) Close() error { return o.owner.Close() }

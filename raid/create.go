@@ -1,0 +1,228 @@
+package raid
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/ddraid/ddraid/blockdev"
+	"github.com/ddraid/ddraid/raid/meta"
+)
+
+// MinMemberData is the smallest data area a member may contribute.
+const MinMemberData = 1 << 20
+
+// CreateOptions describe a new array.
+type CreateOptions struct {
+	Name  string
+	Level Level
+	// Geometry applies to raid35; BlockSize also sets mirror and linear
+	// block sizes (default 4096).
+	Geometry Geometry
+	// Members are paths of files or block devices, in role order.
+	Members []string
+	// CreateSize creates member files that do not exist with this size in
+	// bytes (sparse). Zero means every member must exist.
+	CreateSize int64
+	// Force overwrites members that carry another array's header.
+	Force bool
+}
+
+// Tolerance is how many members a level can lose and keep serving.
+func Tolerance(level Level, members int) int {
+	switch level {
+	case LevelRaid35:
+		return 1
+	case LevelMirror:
+		return members - 1
+	default:
+		return 0
+	}
+}
+
+// validate checks everything that can be checked without touching members.
+func (o *CreateOptions) validate() error {
+	if err := meta.ValidateName(o.Name); err != nil {
+		return err
+	}
+	n := len(o.Members)
+	switch o.Level {
+	case LevelRaid35:
+		o.Geometry.Members = n
+		o.Geometry = o.Geometry.WithDefaults()
+		if err := o.Geometry.Validate(); err != nil {
+			return err
+		}
+	case LevelMirror:
+		if n < 2 {
+			return fmt.Errorf("mirror needs at least 2 members, got %d", n)
+		}
+	case LevelLinear:
+		if n < 1 {
+			return errors.New("linear needs at least 1 member")
+		}
+	default:
+		return fmt.Errorf("unknown level %q: use raid35, mirror or linear", o.Level)
+	}
+	if o.Level != LevelRaid35 {
+		if o.Geometry.BlockSize == 0 {
+			o.Geometry.BlockSize = 4096
+		}
+		bs := o.Geometry.BlockSize
+		if bs < 512 || bs > 64<<10 || bs&(bs-1) != 0 {
+			return fmt.Errorf("block size %d must be a power of two from 512 to 65536", bs)
+		}
+	}
+	if o.CreateSize < 0 {
+		return fmt.Errorf("size %d is negative", o.CreateSize)
+	}
+	seen := map[string]bool{}
+	for _, p := range o.Members {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return fmt.Errorf("member %s: %w", p, err)
+		}
+		if seen[abs] {
+			return fmt.Errorf("member %s is given twice", p)
+		}
+		seen[abs] = true
+	}
+	return nil
+}
+
+type plannedMember struct {
+	path   string
+	exists bool
+	size   int64
+	info   os.FileInfo
+}
+
+// Create validates opts, then writes member headers and stores the new
+// superblock in the store. On any validation error nothing is written.
+func Create(s *meta.Store, opts CreateOptions) (*meta.Array, error) {
+	if err := opts.validate(); err != nil {
+		return nil, fmt.Errorf("create %s: %w", opts.Name, err)
+	}
+	if _, err := s.Get(opts.Name); err == nil {
+		return nil, fmt.Errorf("create %s: an array with this name already exists", opts.Name)
+	} else if !errors.Is(err, meta.ErrNotFound) {
+		return nil, fmt.Errorf("create %s: %w", opts.Name, err)
+	}
+	plan, err := planMembers(opts)
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", opts.Name, err)
+	}
+	a := &meta.Array{
+		Name: opts.Name, UUID: meta.NewUUID(), Level: string(opts.Level),
+		BlockSize: opts.Geometry.BlockSize, DataOffset: meta.DataOffset, Created: time.Now().UTC(),
+	}
+	if opts.Level == LevelRaid35 {
+		a.Parity, a.ParityChunk = string(opts.Geometry.Parity), opts.Geometry.ParityChunk
+	}
+	minData := int64(-1)
+	for _, m := range plan {
+		d := m.size - meta.DataOffset
+		if minData < 0 || d < minData {
+			minData = d
+		}
+	}
+	switch opts.Level {
+	case LevelRaid35:
+		f := int64(opts.Geometry.FragmentSize())
+		a.MemberDataSize = minData / f * f
+		a.Size = opts.Geometry.Blocks(a.MemberDataSize) * int64(opts.Geometry.BlockSize)
+	case LevelMirror:
+		bs := int64(a.BlockSize)
+		a.MemberDataSize = minData / bs * bs
+		a.Size = a.MemberDataSize
+	case LevelLinear:
+		bs := int64(a.BlockSize)
+		for _, m := range plan {
+			d := (m.size - meta.DataOffset) / bs * bs
+			a.Sizes = append(a.Sizes, d)
+			a.Size += d
+		}
+	}
+	for i, m := range plan {
+		a.Members = append(a.Members, meta.Member{Role: i, UUID: meta.NewUUID(), Path: m.path, State: meta.StateActive})
+	}
+	// Validation is over: from here on we write.
+	for i, m := range plan {
+		if err := writeMemberHeader(a, i, m); err != nil {
+			return nil, fmt.Errorf("create %s: member %s: %w", opts.Name, m.path, err)
+		}
+	}
+	a.Events = 1
+	if err := s.Put(a); err != nil {
+		return nil, fmt.Errorf("create %s: %w", opts.Name, err)
+	}
+	return a, nil
+}
+
+func planMembers(opts CreateOptions) ([]plannedMember, error) {
+	var plan []plannedMember
+	for _, p := range opts.Members {
+		abs, _ := filepath.Abs(p)
+		m := plannedMember{path: abs}
+		st, err := os.Stat(abs)
+		switch {
+		case err == nil:
+			m.exists, m.info = true, st
+			dev, err := blockdev.OpenFile(abs, blockdev.FileOptions{ReadOnly: true})
+			if err != nil {
+				return nil, fmt.Errorf("member %s: %w", p, err)
+			}
+			m.size = dev.Size()
+			h, herr := meta.ReadHeader(dev)
+			dev.Close()
+			if herr == nil && !opts.Force {
+				return nil, fmt.Errorf("member %s already belongs to array %q (%s); use --force to overwrite it", p, h.ArrayName, h.ArrayUUID)
+			}
+		case errors.Is(err, os.ErrNotExist):
+			if opts.CreateSize == 0 {
+				return nil, fmt.Errorf("member %s does not exist (give --size to create member files)", p)
+			}
+			if _, err := os.Stat(filepath.Dir(abs)); err != nil {
+				return nil, fmt.Errorf("member %s: %w", p, err)
+			}
+			m.size = opts.CreateSize
+		default:
+			return nil, fmt.Errorf("member %s: %w", p, err)
+		}
+		if m.size < meta.DataOffset+MinMemberData {
+			return nil, fmt.Errorf("member %s is too small: %d bytes, need at least %d", p, m.size, meta.DataOffset+MinMemberData)
+		}
+		for _, q := range plan {
+			if q.info != nil && m.info != nil && os.SameFile(q.info, m.info) {
+				return nil, fmt.Errorf("member %s is the same file as %s", p, q.path)
+			}
+		}
+		plan = append(plan, m)
+	}
+	return plan, nil
+}
+
+func writeMemberHeader(a *meta.Array, role int, m plannedMember) error {
+	dev, err := blockdev.OpenFile(m.path, blockdev.FileOptions{Create: !m.exists, CreateSize: m.size})
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+	h := headerFor(a, role)
+	return meta.WriteHeader(dev, &h)
+}
+
+func headerFor(a *meta.Array, role int) meta.Header {
+	data := a.MemberDataSize
+	if a.Level == string(LevelLinear) {
+		data = a.Sizes[role]
+	}
+	return meta.Header{
+		Role: int32(role), ArrayUUID: a.UUID, MemberUUID: a.Members[role].UUID,
+		Members: uint32(len(a.Members)), BlockSize: uint32(a.BlockSize),
+		DataOffset: uint64(a.DataOffset), DataSize: uint64(data), Events: a.Events,
+		Level: a.Level, ArrayName: a.Name,
+	}
+}
