@@ -1,0 +1,197 @@
+package raid
+
+import (
+	"fmt"
+	"io"
+	"math/bits"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ddraid/ddraid/blockdev"
+)
+
+// memberSet tracks the states of the member slots of a redundant array.
+// The lost mask is read lock-free on every IO; state changes take mu.
+type memberSet struct {
+	mu     sync.Mutex
+	states []MemberState
+	lost   atomic.Uint64 // bit i set when member i is failed or missing
+	onFail func(member int, err error)
+}
+
+func (s *memberSet) init(devs []blockdev.Device, onFail func(int, error)) {
+	s.states = make([]MemberState, len(devs))
+	s.onFail = onFail
+	var lost uint64
+	for i, d := range devs {
+		s.states[i] = MemberActive
+		if d == nil {
+			s.states[i] = MemberMissing
+			lost |= 1 << i
+		}
+	}
+	s.lost.Store(lost)
+}
+
+// lostMask returns the set of members that must not be used.
+func (s *memberSet) lostMask() uint64 { return s.lost.Load() }
+
+// fail marks an active member failed and calls onFail; it does nothing for
+// a member that is already failed or missing, or out of range.
+func (s *memberSet) fail(m int, err error) {
+	s.mu.Lock()
+	if m < 0 || m >= len(s.states) || s.states[m] != MemberActive {
+		s.mu.Unlock()
+		return
+	}
+	s.states[m] = MemberFailed
+	s.lost.Store(s.lost.Load() | 1<<m)
+	s.mu.Unlock()
+	if s.onFail != nil {
+		s.onFail(m, err)
+	}
+}
+
+// snapshot returns a copy of the member states.
+func (s *memberSet) snapshot() []MemberState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]MemberState(nil), s.states...)
+}
+
+// forEachMember calls fn(m) for every member m in mask, concurrently, and
+// stores each result in errs[m]. The lowest member runs on the calling
+// goroutine; forEachMember returns when every call has returned.
+func forEachMember(mask uint64, errs []error, fn func(m int) error) {
+	if mask == 0 {
+		return
+	}
+	first := bits.TrailingZeros64(mask)
+	rest := mask &^ (1 << first)
+	if rest == 0 {
+		errs[first] = fn(first)
+		return
+	}
+	var wg sync.WaitGroup
+	for rest != 0 {
+		m := bits.TrailingZeros64(rest)
+		rest &^= 1 << m
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[m] = fn(m)
+		}()
+	}
+	errs[first] = fn(first)
+	wg.Wait()
+}
+
+// MemberError is an IO error returned by one member of an array. Engines
+// pass it to Config.OnFail and wrap it in the errors they return.
+type MemberError struct {
+	Level  Level  // the array's level
+	Op     string // "read", "write", "zero", "flush", "check" or "close"
+	Member int    // member index in the array
+	Block  int64  // first logical block of the failed member IO; -1 if none
+	Err    error  // the member's error
+}
+
+func (e *MemberError) Error() string { return string(e.Level) + ": " + e.detail() }
+
+// detail is the message without the level prefix.
+func (e *MemberError) detail() string {
+	if e.Block < 0 {
+		return fmt.Sprintf("%s: member %d: %v", e.Op, e.Member, e.Err)
+	}
+	return fmt.Sprintf("block %d: member %d: %s: %v", e.Block, e.Member, e.Op, e.Err)
+}
+
+func (e *MemberError) Unwrap() error { return e.Err }
+
+// arrayError reports an IO that failed because too many members are lost.
+// It wraps ErrArrayFailed and every member error the IO saw.
+// The message is formatted only when asked for, so building one costs no
+// formatting on the IO path.
+type arrayError struct {
+	level Level
+	op    string // "read", "write", ...
+	span  spanKind
+	a, b  int64  // blocks [a, b) or offset a, length b, per span
+	lost  uint64 // members lost when the IO gave up
+	errs  []error
+}
+
+// spanKind says what the a and b of an arrayError are.
+type spanKind int
+
+const (
+	spanNone   spanKind = iota // no range (flush)
+	spanBlocks                 // blocks [a, b)
+	spanBytes                  // offset a, length b
+)
+
+func (e *arrayError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %s", e.level, e.op)
+	switch e.span {
+	case spanBlocks:
+		if e.b-e.a == 1 {
+			fmt.Fprintf(&b, " block %d", e.a)
+		} else {
+			fmt.Fprintf(&b, " blocks %d-%d", e.a, e.b-1)
+		}
+	case spanBytes:
+		fmt.Fprintf(&b, " offset %d length %d", e.a, e.b)
+	}
+	fmt.Fprintf(&b, ": %v (members lost: %s)", ErrArrayFailed, maskString(e.lost))
+	for i, err := range e.errs {
+		if i == 0 {
+			b.WriteString(": ")
+		} else {
+			b.WriteString("; ")
+		}
+		if me, ok := err.(*MemberError); ok {
+			b.WriteString(me.detail())
+		} else {
+			b.WriteString(err.Error())
+		}
+	}
+	return b.String()
+}
+
+func (e *arrayError) Unwrap() []error { return append([]error{ErrArrayFailed}, e.errs...) }
+
+// maskString lists the members in mask, e.g. "1, 3".
+func maskString(mask uint64) string {
+	var parts []string
+	for mask != 0 {
+		m := bits.TrailingZeros64(mask)
+		mask &^= 1 << m
+		parts = append(parts, fmt.Sprint(m))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// readFull reads len(p) bytes at off from d, turning a short read without
+// an error into io.ErrUnexpectedEOF.
+func readFull(d blockdev.Device, p []byte, off int64) error {
+	n, err := d.ReadAt(p, off)
+	if err == nil && n < len(p) {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// writeFull writes p at off to d, turning a short write without an error
+// into io.ErrShortWrite.
+func writeFull(d blockdev.Device, p []byte, off int64) error {
+	n, err := d.WriteAt(p, off)
+	if err == nil && n < len(p) {
+		err = io.ErrShortWrite
+	}
+	return err
+}

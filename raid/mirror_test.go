@@ -1,0 +1,188 @@
+package raid
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/ddraid/ddraid/blockdev"
+	"pgregory.net/rapid"
+)
+
+func TestMirrorModel(t *testing.T) {
+	rapid.Check(t, func(rt *rapid.T) {
+		n := rapid.IntRange(2, 4).Draw(rt, "members")
+		size := rapid.Int64Range(1, 64<<10).Draw(rt, "size")
+		mems := newMems(n, size+rapid.Int64Range(0, 1024).Draw(rt, "spare"))
+		missing := rapid.IntRange(-1, n-1).Draw(rt, "missing at start")
+		cfg := Config{OnFail: func(m int, err error) { rt.Fatalf("unexpected OnFail(%d, %v)", m, err) }}
+		arr, err := NewMirror(asDevs(mems, missing), size, cfg)
+		if err != nil {
+			rt.Fatalf("NewMirror: %v", err)
+		}
+		if arr.Size() != size || arr.BlockSize() != 512 {
+			rt.Fatalf("size %d block size %d", arr.Size(), arr.BlockSize())
+		}
+		mt := &modelTarget{dev: arr, model: make([]byte, size), bs: min(512, size), trim: trimExact, name: "mirror"}
+		for range rapid.IntRange(1, 30).Draw(rt, "ops") {
+			mt.step(rt)
+		}
+		mt.checkAll(rt)
+		checkOutOfRange(rt, mt)
+		// Every surviving copy holds the data; a view of each alone reads it.
+		for i := range n {
+			if i == missing {
+				continue
+			}
+			one := make([]blockdev.Device, n)
+			one[i] = mems[i]
+			d, err := NewMirror(one, size, cfg)
+			if err != nil {
+				rt.Fatalf("NewMirror with only member %d: %v", i, err)
+			}
+			dt := &modelTarget{dev: d, model: mt.model, bs: mt.bs, name: fmt.Sprintf("member %d alone", i)}
+			for range 3 {
+				dt.checkAll(rt) // round robin must not matter
+			}
+		}
+	})
+}
+
+func TestMirrorReadBalance(t *testing.T) {
+	const n = 3
+	counts := make([]*countDev, n)
+	devs := make([]blockdev.Device, n)
+	for i := range devs {
+		counts[i] = &countDev{Device: blockdev.NewMem(1<<20, 512)}
+		devs[i] = counts[i]
+	}
+	arr, err := NewMirror(devs, 1<<20, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 4096)
+	for range 3 * n {
+		if _, err := arr.ReadAt(p, 8192); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, c := range counts {
+		if c.reads.Load() != 3 {
+			t.Fatalf("member %d served %d of %d reads, want 3", i, c.reads.Load(), 3*n)
+		}
+	}
+	if _, err := arr.WriteAt(p, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range counts {
+		if c.writes.Load() != 1 {
+			t.Fatalf("member %d got %d writes, want 1", i, c.writes.Load())
+		}
+	}
+	if err := arr.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range counts {
+		if c.flushes.Load() != 1 {
+			t.Fatalf("member %d got %d flushes, want 1", i, c.flushes.Load())
+		}
+	}
+}
+
+func TestMirrorFaults(t *testing.T) {
+	for _, kind := range []string{"reads", "writes"} {
+		t.Run(kind, func(t *testing.T) {
+			const n, size = 3, 256 << 10
+			faults := make([]*faultDev, n)
+			devs := make([]blockdev.Device, n)
+			for i := range devs {
+				faults[i] = &faultDev{Device: blockdev.NewMem(size, 512), failReads: kind == "reads", failWrites: kind == "writes"}
+				devs[i] = faults[i]
+			}
+			var log failLog
+			arr, err := NewMirror(devs, size, Config{OnFail: log.onFail})
+			if err != nil {
+				t.Fatal(err)
+			}
+			mt := &modelTarget{dev: arr, model: make([]byte, size), bs: 512, trim: trimExact, name: "mirror faults"}
+			io := func(i int) {
+				off := int64(i*7919) % (size - 8192)
+				p := make([]byte, 8192-i%700)
+				fill(p, uint64(i))
+				if _, err := arr.WriteAt(p, off); err != nil {
+					t.Fatalf("write %d: %v", i, err)
+				}
+				copy(mt.model[off:], p)
+				mt.checkRange(t, off, int64(len(p)))
+			}
+			for i := range 10 {
+				io(i)
+			}
+			faults[1].arm(2)
+			for i := 10; i < 30; i++ {
+				io(i)
+			}
+			mt.checkAll(t)
+			calls := log.get()
+			if len(calls) != 1 || calls[0].member != 1 || !errors.Is(calls[0].err, syscall.EIO) {
+				t.Fatalf("OnFail calls %v, want one for member 1", calls)
+			}
+			if st := arr.MemberStates(); fmt.Sprint(st) != "[active failed active]" {
+				t.Fatalf("states %v", st)
+			}
+			// Lose the rest: IO fails cleanly.
+			faults[0].tripped.Store(true)
+			faults[2].tripped.Store(true)
+			p := make([]byte, 4096)
+			_, rerr := arr.ReadAt(p, 0)
+			if !isIOError(rerr) || !strings.HasPrefix(rerr.Error(), "mirror: ") {
+				t.Fatalf("read error %v should wrap ErrArrayFailed and EIO", rerr)
+			}
+			if _, werr := arr.WriteAt(p, 0); !errors.Is(werr, ErrArrayFailed) {
+				t.Fatalf("write error %v should wrap ErrArrayFailed", werr)
+			}
+			if len(log.get()) != 3 {
+				t.Fatalf("OnFail calls %v, want 3", log.get())
+			}
+		})
+	}
+}
+
+func TestNewMirrorErrors(t *testing.T) {
+	mem := func(n int64) blockdev.Device { return blockdev.NewMem(n, 512) }
+	cases := []struct {
+		name string
+		devs []blockdev.Device
+		size int64
+		want string
+	}{
+		{"one member", []blockdev.Device{mem(4096)}, 4096, "mirror needs 2 to 64 members, got 1"},
+		{"all missing", []blockdev.Device{nil, nil}, 4096, "all 2 members missing"},
+		{"small member", []blockdev.Device{mem(4096), mem(1024)}, 4096, "member 1 is 1024 bytes"},
+		{"zero size", []blockdev.Device{mem(4096), mem(4096)}, 0, "must be positive"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := NewMirror(c.devs, c.size, Config{})
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %v, want an error containing %q", err, c.want)
+			}
+		})
+	}
+	big := blockdev.NewMem(8192, 4096)
+	m, err := NewMirror([]blockdev.Device{blockdev.NewMem(8192, 512), nil, big}, 8192, Config{})
+	if err != nil || m.BlockSize() != 4096 {
+		t.Fatalf("block size %v, %v; want 4096", m, err)
+	}
+	if st := m.MemberStates(); fmt.Sprint(st) != "[active missing active]" {
+		t.Fatalf("states %v", st)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Flush(); !errors.Is(err, blockdev.ErrClosed) {
+		t.Fatalf("flush after close: %v", err)
+	}
+}

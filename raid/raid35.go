@@ -1,0 +1,600 @@
+package raid
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"sync/atomic"
+
+	"github.com/ddraid/ddraid/blockdev"
+)
+
+// maxRunBytes bounds the logical bytes one member IO round covers. Larger
+// requests are served as consecutive runs of at most this size, which
+// bounds the scratch memory of one request.
+const maxRunBytes = 4 << 20
+
+// zeroBlock is a read-only block of zeroes for partial-block Zero.
+var zeroBlock [MaxBlockSize]byte
+
+// Raid35 is a Raid 3.5 array: every logical block is a full stripe of 2^k
+// data fragments and one XOR parity fragment over M = 2^k+1 members (see
+// [Geometry]). It tolerates one lost member. All methods are safe for
+// concurrent use.
+type Raid35 struct {
+	g       Geometry
+	m       int    // members
+	b, f    int    // block and fragment size
+	maxRun  int    // blocks per member IO round
+	all     uint64 // mask of every member slot
+	blocks  int64
+	members []blockdev.Device
+	set     memberSet
+	locks   rangeLock
+	closed  atomic.Bool
+}
+
+var _ blockdev.Device = (*Raid35)(nil)
+
+// NewRaid35 builds a Raid 3.5 array over members, the data areas of the
+// member disks in role order (offset 0 of each is the first fragment).
+// members[i] == nil marks member i missing; at most one may be. Zero fields
+// of g take their defaults. memberDataSize is the usable size of each data
+// area; every present member must be at least that large, and it must hold
+// at least one fragment. The array owns the members: Close closes them.
+func NewRaid35(g Geometry, members []blockdev.Device, memberDataSize int64, cfg Config) (*Raid35, error) {
+	g = g.WithDefaults()
+	if err := g.Validate(); err != nil {
+		return nil, fmt.Errorf("raid35: %w", err)
+	}
+	if len(members) != g.Members {
+		return nil, fmt.Errorf("raid35: geometry has %d members but %d devices were given", g.Members, len(members))
+	}
+	missing := 0
+	for i, d := range members {
+		if d == nil {
+			missing++
+			continue
+		}
+		if d.Size() < memberDataSize {
+			return nil, fmt.Errorf("raid35: member %d is %d bytes, smaller than the %d-byte data area", i, d.Size(), memberDataSize)
+		}
+	}
+	if missing > 1 {
+		return nil, fmt.Errorf("raid35: %d of %d members missing, at most 1 can be", missing, g.Members)
+	}
+	blocks := g.Blocks(memberDataSize)
+	if blocks < 1 {
+		return nil, fmt.Errorf("raid35: member data area of %d bytes holds no %d-byte fragment", memberDataSize, g.FragmentSize())
+	}
+	r := &Raid35{
+		g:       g,
+		m:       g.Members,
+		b:       g.BlockSize,
+		f:       g.FragmentSize(),
+		maxRun:  max(1, maxRunBytes/g.BlockSize),
+		all:     1<<g.Members - 1,
+		blocks:  blocks,
+		members: append([]blockdev.Device(nil), members...),
+	}
+	r.set.init(r.members, cfg.OnFail)
+	return r, nil
+}
+
+// Geometry returns the array's geometry, defaults applied.
+func (r *Raid35) Geometry() Geometry { return r.g }
+
+// Blocks returns the number of logical blocks.
+func (r *Raid35) Blocks() int64 { return r.blocks }
+
+// Size implements blockdev.Device: Blocks * BlockSize.
+func (r *Raid35) Size() int64 { return r.blocks * int64(r.b) }
+
+// BlockSize implements blockdev.Device: the logical block size B. Smaller
+// or unaligned writes are served by read-modify-write.
+func (r *Raid35) BlockSize() int { return r.b }
+
+// MemberStates returns a copy of the member states in role order.
+func (r *Raid35) MemberStates() []MemberState { return r.set.snapshot() }
+
+// Fail marks member failed: it is no longer read or written. Failing a
+// member that is already failed or missing does nothing; otherwise
+// Config.OnFail is called with err before Fail returns.
+func (r *Raid35) Fail(member int, err error) { r.set.fail(member, err) }
+
+// ReadAt implements blockdev.Device. Any offset and length are allowed;
+// blocks not fully covered are read into a scratch buffer and copied out.
+// With one member lost the data is reconstructed from the others.
+func (r *Raid35) ReadAt(p []byte, off int64) (int, error) {
+	if err := r.check("read", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	b := int64(r.b)
+	for done := 0; done < len(p); {
+		pos := off + int64(done)
+		n, in := pos/b, int(pos%b)
+		want := len(p) - done
+		cnt := min((in+want+r.b-1)/r.b, r.maxRun)
+		if in == 0 && want >= cnt*r.b {
+			if err := r.readRun(p[done:done+cnt*r.b], n); err != nil {
+				return done, err
+			}
+			done += cnt * r.b
+			continue
+		}
+		bp := getBuf(cnt * r.b)
+		err := r.readRun(*bp, n)
+		if err == nil {
+			done += copy(p[done:], (*bp)[in:])
+		}
+		putBuf(bp)
+		if err != nil {
+			return done, err
+		}
+	}
+	return len(p), nil
+}
+
+// WriteAt implements blockdev.Device. Whole aligned blocks are written
+// without reading anything; blocks only partly covered by p are read,
+// patched and written whole (read-modify-write). Writes are serialised
+// against overlapping writes, zeroes and trims of this array.
+func (r *Raid35) WriteAt(p []byte, off int64) (int, error) {
+	if err := r.check("write", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	h := r.locks.lock(r.blockSpan(off, int64(len(p))))
+	defer r.locks.unlock(h)
+	return r.writeLocked(p, off)
+}
+
+// writeLocked is WriteAt once the blocks are locked.
+func (r *Raid35) writeLocked(p []byte, off int64) (int, error) {
+	b := int64(r.b)
+	for done := 0; done < len(p); {
+		pos := off + int64(done)
+		n, in := pos/b, int(pos%b)
+		want := len(p) - done
+		cnt := min((in+want+r.b-1)/r.b, r.maxRun)
+		if in == 0 && want >= cnt*r.b {
+			if err := r.writeRun(p[done:done+cnt*r.b], n); err != nil {
+				return done, err
+			}
+			done += cnt * r.b
+			continue
+		}
+		c, err := r.rmw(p[done:], n, in, cnt)
+		if err != nil {
+			return done, err
+		}
+		done += c
+	}
+	return len(p), nil
+}
+
+// rmw writes the start of p at byte in of block n, over cnt blocks of which
+// the first and/or last are only partly covered, and returns the bytes of p
+// consumed.
+func (r *Raid35) rmw(p []byte, n int64, in, cnt int) (int, error) {
+	bp := getBuf(cnt * r.b)
+	defer putBuf(bp)
+	buf := *bp
+	end := min(in+len(p), cnt*r.b) // end of p's bytes within buf
+	headPartial := in != 0
+	tailPartial := end < cnt*r.b
+	var err error
+	switch {
+	case cnt <= 2 && (headPartial || tailPartial):
+		// Reading both blocks costs the same member IOs as reading one.
+		err = r.readRun(buf, n)
+	default:
+		if headPartial {
+			err = r.readRun(buf[:r.b], n)
+		}
+		if err == nil && tailPartial {
+			err = r.readRun(buf[(cnt-1)*r.b:], n+int64(cnt-1))
+		}
+	}
+	if err != nil {
+		return 0, err
+	}
+	c := copy(buf[in:end], p)
+	return c, r.writeRun(buf, n)
+}
+
+// Zero implements blockdev.Device. Whole blocks are zeroed with member
+// Zero on every member (zeroes are parity-consistent: the XOR of zero
+// fragments is zero); partly covered blocks by read-modify-write.
+func (r *Raid35) Zero(off, length int64) error {
+	if err := r.check("zero", off, length); err != nil {
+		return err
+	}
+	if length == 0 {
+		return nil
+	}
+	h := r.locks.lock(r.blockSpan(off, length))
+	defer r.locks.unlock(h)
+	b, end := int64(r.b), off+length
+	zf, zl := (off+b-1)/b, end/b // whole blocks [zf, zl)
+	if zf > zl {
+		return r.zeroPartial(off, end)
+	}
+	if off < zf*b {
+		if err := r.zeroPartial(off, zf*b); err != nil {
+			return err
+		}
+	}
+	if zf < zl {
+		if err := r.zeroBlocks("zero", zf, zl); err != nil {
+			return err
+		}
+	}
+	if zl*b < end {
+		return r.zeroPartial(zl*b, end)
+	}
+	return nil
+}
+
+// Trim implements blockdev.Device. The whole blocks inside the range are
+// zeroed on every member (a member trim could leave stale fragments and
+// break parity); partly covered blocks are left alone.
+func (r *Raid35) Trim(off, length int64) error {
+	if err := r.check("trim", off, length); err != nil {
+		return err
+	}
+	b := int64(r.b)
+	zf, zl := (off+b-1)/b, (off+length)/b
+	if zf >= zl {
+		return nil
+	}
+	h := r.locks.lock(zf, zl)
+	defer r.locks.unlock(h)
+	return r.zeroBlocks("trim", zf, zl)
+}
+
+// zeroPartial zeroes [from, to), which lies within one block, by
+// read-modify-write. The block must be locked.
+func (r *Raid35) zeroPartial(from, to int64) error {
+	_, err := r.writeLocked(zeroBlock[:to-from], from)
+	return err
+}
+
+// zeroBlocks zeroes blocks [n0, n1) with member Zero on every live member.
+// The blocks must be locked.
+func (r *Raid35) zeroBlocks(op string, n0, n1 int64) error {
+	lost := r.set.lostMask()
+	if bits.OnesCount64(lost) > 1 {
+		return r.failedErr(op, n0, n1, nil)
+	}
+	var errs [maxMembers]error
+	f := int64(r.f)
+	forEachMember(r.all&^lost, errs[:], func(m int) error {
+		if err := r.members[m].Zero(n0*f, (n1-n0)*f); err != nil {
+			return &MemberError{Level: LevelRaid35, Op: "zero", Member: m, Block: n0, Err: err}
+		}
+		return nil
+	})
+	return r.settle(op, n0, n1, errs[:])
+}
+
+// Flush implements blockdev.Device: it flushes every live member in
+// parallel. A member whose flush fails is marked failed; Flush fails only
+// when that leaves too few members.
+func (r *Raid35) Flush() error {
+	if r.closed.Load() {
+		return fmt.Errorf("raid35: flush: %w", blockdev.ErrClosed)
+	}
+	lost := r.set.lostMask()
+	if bits.OnesCount64(lost) > 1 {
+		return r.failedErr("flush", -1, -1, nil)
+	}
+	var errs [maxMembers]error
+	forEachMember(r.all&^lost, errs[:], func(m int) error {
+		if err := r.members[m].Flush(); err != nil {
+			return &MemberError{Level: LevelRaid35, Op: "flush", Member: m, Block: -1, Err: err}
+		}
+		return nil
+	})
+	return r.settle("flush", -1, -1, errs[:])
+}
+
+// Close implements blockdev.Device: it closes every present member. Later
+// calls fail with blockdev.ErrClosed.
+func (r *Raid35) Close() error {
+	if r.closed.Swap(true) {
+		return fmt.Errorf("raid35: close: %w", blockdev.ErrClosed)
+	}
+	var errs []error
+	for i, d := range r.members {
+		if d == nil {
+			continue
+		}
+		if err := d.Close(); err != nil {
+			errs = append(errs, &MemberError{Level: LevelRaid35, Op: "close", Member: i, Block: -1, Err: err})
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// check validates a request before any work is done.
+func (r *Raid35) check(op string, off, length int64) error {
+	if r.closed.Load() {
+		return fmt.Errorf("raid35: %s: %w", op, blockdev.ErrClosed)
+	}
+	if err := blockdev.CheckRange(off, length, r.Size()); err != nil {
+		return fmt.Errorf("raid35: %s: %w", op, err)
+	}
+	return nil
+}
+
+// blockSpan returns the blocks [from, to) that bytes [off, off+length)
+// touch.
+func (r *Raid35) blockSpan(off, length int64) (from, to int64) {
+	b := int64(r.b)
+	return off / b, (off + length + b - 1) / b
+}
+
+// settle marks the members with an error in errs failed. It returns nil
+// when the array can still serve data, or an error wrapping ErrArrayFailed
+// and the member errors of op on blocks [n0, n1) (n0 < 0: no range).
+func (r *Raid35) settle(op string, n0, n1 int64, errs []error) error {
+	var seen []error
+	for m, err := range errs {
+		if err != nil {
+			r.set.fail(m, err)
+			seen = append(seen, err)
+		}
+	}
+	if len(seen) == 0 || bits.OnesCount64(r.set.lostMask()) <= 1 {
+		return nil
+	}
+	return r.failedErr(op, n0, n1, seen)
+}
+
+// failedErr returns the error of op on blocks [n0, n1) (n0 < 0: no range)
+// given up because too many members are lost; errs are the member errors
+// seen.
+func (r *Raid35) failedErr(op string, n0, n1 int64, errs []error) error {
+	e := &arrayError{level: LevelRaid35, op: op, a: n0, b: n1, lost: r.set.lostMask(), errs: errs}
+	if n0 >= 0 {
+		e.span = spanBlocks
+	}
+	return e
+}
+
+// writeRun writes whole blocks p (at most maxRun of them) starting at block
+// n0: one WriteAt per live member covering fragments [n0*F, (n0+len)*F).
+// The blocks must be locked.
+func (r *Raid35) writeRun(p []byte, n0 int64) error {
+	n1 := n0 + int64(len(p)/r.b)
+	lost := r.set.lostMask()
+	if bits.OnesCount64(lost) > 1 {
+		return r.failedErr("write", n0, n1, nil)
+	}
+	var errs [maxMembers]error
+	forEachMember(r.all&^lost, errs[:], func(m int) error { return r.writeMember(m, p, n0) })
+	return r.settle("write", n0, n1, errs[:])
+}
+
+// writeMember builds member m's fragments of blocks p and writes them.
+func (r *Raid35) writeMember(m int, p []byte, n0 int64) error {
+	off := n0 * int64(r.f)
+	var err error
+	switch role := r.g.Role(n0, m); {
+	case r.m == 2:
+		// F == B: the data fragment is the block and parity is its copy.
+		err = writeFull(r.members[m], p, off)
+	case len(p) == r.b && role < r.m-1:
+		// One block: the data fragment is contiguous in p.
+		err = writeFull(r.members[m], p[role*r.f:(role+1)*r.f], off)
+	default:
+		bp := getBuf(len(p) >> r.g.Order())
+		r.fillMember(*bp, p, n0, m)
+		err = writeFull(r.members[m], *bp, off)
+		putBuf(bp)
+	}
+	if err != nil {
+		return &MemberError{Level: LevelRaid35, Op: "write", Member: m, Block: n0, Err: err}
+	}
+	return nil
+}
+
+// fillMember sets dst to member m's fragments of the whole blocks p that
+// start at block n0: a copy of its data fragment or the XOR of the data
+// fragments, block by block.
+func (r *Raid35) fillMember(dst, p []byte, n0 int64, m int) {
+	var srcs [maxMembers - 1][]byte
+	b, f, d := r.b, r.f, r.m-1
+	for i := 0; i*b < len(p); i++ {
+		blk := p[i*b : (i+1)*b]
+		out := dst[i*f : (i+1)*f]
+		if role := r.g.Role(n0+int64(i), m); role < d {
+			copy(out, blk[role*f:(role+1)*f])
+			continue
+		}
+		for j := range d {
+			srcs[j] = blk[j*f : (j+1)*f]
+		}
+		xorBlocks(out, srcs[:d])
+	}
+}
+
+// readRun reads whole blocks p (at most maxRun of them) starting at block
+// n0. A member that fails is marked failed and the run is read again
+// without it while at most one member is lost.
+func (r *Raid35) readRun(p []byte, n0 int64) error {
+	var prior []error
+	for {
+		lost := r.set.lostMask()
+		if bits.OnesCount64(lost) > 1 {
+			return r.failedErr("read", n0, n0+int64(len(p)/r.b), prior)
+		}
+		var errs [maxMembers]error
+		if r.m == 2 {
+			r.readRun2(p, n0, lost, errs[:])
+		} else {
+			r.readRunN(p, n0, lost, errs[:])
+		}
+		failed := false
+		for m, err := range errs {
+			if err != nil {
+				r.set.fail(m, err)
+				prior = append(prior, err)
+				failed = true
+			}
+		}
+		if !failed {
+			return nil
+		}
+	}
+}
+
+// readRun2 reads a run from a two-member array, where each member holds
+// every block whole: block n is read from its data member, or from the
+// other one when the data member is lost.
+func (r *Raid35) readRun2(p []byte, n0 int64, lost uint64, errs []error) {
+	src := func(n int64) int {
+		m := r.g.DataMember(n, 0)
+		if lost&(1<<m) != 0 {
+			return 1 - m
+		}
+		return m
+	}
+	nb := len(p) / r.b
+	live := r.all &^ lost
+	if lost == 0 && r.oneParity(n0, nb) {
+		live = 1 << src(n0) // the whole run comes from one member
+	}
+	forEachMember(live, errs, func(m int) error {
+		for i := 0; i < nb; {
+			if src(n0+int64(i)) != m {
+				i++
+				continue
+			}
+			j := i + 1
+			for j < nb && src(n0+int64(j)) == m {
+				j++
+			}
+			if err := readFull(r.members[m], p[i*r.b:j*r.b], (n0+int64(i))*int64(r.f)); err != nil {
+				return &MemberError{Level: LevelRaid35, Op: "read", Member: m, Block: n0 + int64(i), Err: err}
+			}
+			i = j
+		}
+		return nil
+	})
+}
+
+// readRunN reads a run from an array of three or more members. Healthy,
+// each member reads the stretches of blocks where it holds data. With
+// member L lost, every survivor reads all its fragments, parity included,
+// and L's data fragments are rebuilt as the XOR of the other fragments.
+func (r *Raid35) readRunN(p []byte, n0 int64, lost uint64, errs []error) {
+	nb := len(p) / r.b
+	var par []byte // parity fragments of the run, degraded only
+	if lost != 0 {
+		bp := getBuf(nb * r.f)
+		defer putBuf(bp)
+		par = *bp
+	}
+	live := r.all &^ lost
+	if lost == 0 && r.oneParity(n0, nb) {
+		live &^= 1 << r.g.ParityMember(n0) // it holds no data of the run
+	}
+	forEachMember(live, errs, func(m int) error { return r.readMember(m, p, par, n0, lost != 0) })
+	if lost == 0 {
+		return
+	}
+	for _, err := range errs {
+		if err != nil {
+			return
+		}
+	}
+	r.rebuild(p, par, n0, bits.TrailingZeros64(lost))
+}
+
+// readMember reads member m's part of a run: its data fragments into p and,
+// when all is set (degraded), its parity fragments into par.
+func (r *Raid35) readMember(m int, p, par []byte, n0 int64, all bool) error {
+	nb, d := len(p)/r.b, r.m-1
+	for i := 0; i < nb; {
+		if !all && r.g.Role(n0+int64(i), m) == d {
+			i++
+			continue
+		}
+		j := i + 1
+		for j < nb && (all || r.g.Role(n0+int64(j), m) != d) {
+			j++
+		}
+		if err := r.readStretch(m, p, par, n0, i, j); err != nil {
+			return &MemberError{Level: LevelRaid35, Op: "read", Member: m, Block: n0 + int64(i), Err: err}
+		}
+		i = j
+	}
+	return nil
+}
+
+// readStretch reads member m's fragments of blocks n0+i .. n0+j-1 with one
+// ReadAt and puts each where it belongs.
+func (r *Raid35) readStretch(m int, p, par []byte, n0 int64, i, j int) error {
+	off := (n0 + int64(i)) * int64(r.f)
+	if j-i == 1 {
+		return readFull(r.members[m], r.fragSlot(p, par, i, r.g.Role(n0+int64(i), m)), off)
+	}
+	bp := getBuf((j - i) * r.f)
+	defer putBuf(bp)
+	buf := *bp
+	if err := readFull(r.members[m], buf, off); err != nil {
+		return err
+	}
+	for x := i; x < j; x++ {
+		copy(r.fragSlot(p, par, x, r.g.Role(n0+int64(x), m)), buf[(x-i)*r.f:])
+	}
+	return nil
+}
+
+// oneParity reports whether one member holds the parity of every block of
+// the run of nb blocks from n0.
+func (r *Raid35) oneParity(n0 int64, nb int) bool {
+	if r.g.Parity == ParityDedicated {
+		return true
+	}
+	c := int64(r.g.ParityChunk)
+	return n0/c == (n0+int64(nb)-1)/c
+}
+
+// fragSlot returns where fragment role of the i-th block of a run goes: its
+// place in p for data, its slot in par for parity.
+func (r *Raid35) fragSlot(p, par []byte, i, role int) []byte {
+	if role < r.m-1 {
+		at := i*r.b + role*r.f
+		return p[at : at+r.f]
+	}
+	return par[i*r.f : (i+1)*r.f]
+}
+
+// rebuild fills in the data fragments of lost member L in a degraded run:
+// each is the XOR of the block's other data fragments and its parity.
+func (r *Raid35) rebuild(p, par []byte, n0 int64, lostMember int) {
+	var srcs [maxMembers - 1][]byte
+	b, f, d := r.b, r.f, r.m-1
+	for i := 0; i*b < len(p); i++ {
+		n := n0 + int64(i)
+		role := r.g.Role(n, lostMember)
+		if role == d {
+			continue // L held the parity: all data was read
+		}
+		blk := p[i*b : (i+1)*b]
+		k := 0
+		for j := range d {
+			if j != role {
+				srcs[k] = blk[j*f : (j+1)*f]
+				k++
+			}
+		}
+		srcs[k] = par[i*f : (i+1)*f]
+		xorBlocks(blk[role*f:(role+1)*f], srcs[:k+1])
+	}
+}
