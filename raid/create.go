@@ -64,7 +64,7 @@ func (o *CreateOptions) validate() error {
 			return errors.New("linear needs at least 1 member")
 		}
 	default:
-		return fmt.Errorf("unknown level %q: use raid35, mirror or linear", o.Level)
+		return fmt.Errorf("unknown raid level %q (valid: raid35, mirror, linear)", o.Level)
 	}
 	if o.Level != LevelRaid35 {
 		if o.Geometry.BlockSize == 0 {

@@ -54,7 +54,7 @@ func TestCreateRefusesBadInput(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"unknown level", append([]string{"create", "x", "--level=raid7", "--size=8M"}, m("a", "b", "c")...), "unknown level"},
+		{"unknown level", append([]string{"create", "x", "--level=raid7", "--size=8M"}, m("a", "b", "c")...), "unknown raid level \"raid7\""},
 		{"raid35 with 4 members", append([]string{"create", "x", "--size=8M"}, m("a", "b", "c", "d")...), "2, 3, 5 or 9 members, got 4"},
 		{"duplicate member", append([]string{"create", "x", "--size=8M"}, m("a", "b", "a")...), "given twice"},
 		{"member too small", []string{"create", "x", "--size=8M", filepath.Join(dir, "a"), filepath.Join(dir, "b"), small}, "too small"},
