@@ -152,3 +152,9 @@ func TestFileZeroPunchesHoles(t *testing.T) {
 		}
 	}
 }
+
+func TestDelayConformance(t *testing.T) {
+	blockdevtest.Conformance(t, func(t *testing.T) blockdev.Device {
+		return blockdev.NewDelay(blockdev.NewMem(testSize, 512), 0, 0)
+	})
+}

@@ -17,6 +17,10 @@ type AssembleOptions struct {
 	// OnFail is called when a member fails at runtime, after the array has
 	// marked it failed in memory; the caller records it (see RecordFailure).
 	OnFail func(member int, err error)
+	// Wrap, if set, wraps each member's data area before the engine sees it
+	// (latency or fault injection for benchmarks and drills). The wrapper
+	// must close the device it wraps.
+	Wrap func(role int, dev blockdev.Device) blockdev.Device
 }
 
 // Assembled is a running array: its superblock as assembled and the Device
@@ -93,6 +97,9 @@ func Assemble(stateDir, name string, opts AssembleOptions) (*Assembled, error) {
 			return fail(fmt.Errorf("member %d (%s): %w", i, m.Path, err))
 		}
 		devs[i] = &ownedSection{Section: sec, owner: f}
+		if opts.Wrap != nil {
+			devs[i] = opts.Wrap(i, devs[i])
+		}
 	}
 	if tol := Tolerance(level, len(a.Members)); len(lost) > tol {
 		var why []string

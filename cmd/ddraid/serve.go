@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ddraid/ddraid/blockdev"
 	"github.com/ddraid/ddraid/blockdev/nbd"
 	"github.com/ddraid/ddraid/internal/units"
 	"github.com/ddraid/ddraid/raid"
@@ -26,6 +27,7 @@ type ServeCmd struct {
 	MaxConnections int           `help:"Most client connections at once." default:"1024"`
 	MaxPayload     units.Size    `help:"Largest read or write request." default:"32MiB"`
 	ShutdownWait   time.Duration `help:"How long SIGTERM waits for requests in flight." default:"30s"`
+	MemberDelay    time.Duration `hidden:"" help:"Add this latency to every member request (benchmarks only)."`
 }
 
 // Run serves until SIGTERM or SIGINT.
@@ -60,6 +62,7 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) error {
 	for _, name := range names {
 		a, err := raid.Assemble(stateDir, name, raid.AssembleOptions{
 			Direct: c.Direct,
+			Wrap:   memberDelay(c.MemberDelay),
 			OnFail: func(member int, err error) {
 				slog.Warn("member failed; array continues degraded", "array", name, "member", member, "err", err)
 				go func() {
@@ -136,4 +139,12 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) error {
 	}
 	slog.Info("stopped")
 	return runErr
+}
+
+// memberDelay returns a member wrapper adding latency d, or nil for none.
+func memberDelay(d time.Duration) func(int, blockdev.Device) blockdev.Device {
+	if d <= 0 {
+		return nil
+	}
+	return func(_ int, dev blockdev.Device) blockdev.Device { return blockdev.NewDelay(dev, d, d) }
 }
