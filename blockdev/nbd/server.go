@@ -1,0 +1,427 @@
+package nbd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/bits"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ddraid/ddraid/blockdev"
+)
+
+// Export is one device served under a name.
+type Export struct {
+	// Name is the export name clients ask for (the array name). It must be
+	// non-empty, at most 4096 bytes and free of NUL bytes.
+	Name string
+	// Description is shown to clients by NBD_OPT_LIST and NBD_INFO_DESCRIPTION;
+	// at most 4096 bytes.
+	Description string
+	// Device is the storage behind the export, shared by every connection.
+	// The server never closes it.
+	Device blockdev.Device
+	// ReadOnly makes the server advertise NBD_FLAG_READ_ONLY and refuse
+	// WRITE, TRIM and WRITE_ZEROES with EPERM.
+	ReadOnly bool
+}
+
+// Config tunes a Server. The zero value of every field selects its default.
+type Config struct {
+	// MaxPayload is the largest READ or WRITE payload in bytes, advertised as
+	// the maximum block size. A longer READ fails with EINVAL; a longer
+	// WRITE closes the connection, because its payload cannot be skipped
+	// safely. Default 32 MiB; must lie in [64 KiB, 1 GiB].
+	MaxPayload int
+	// MaxConnections bounds the connections open at once across all
+	// listeners; extra connections are closed right after accept.
+	// Default 1024.
+	MaxConnections int
+	// MaxInFlight bounds the requests a connection serves concurrently;
+	// the connection stops reading requests while that many are in flight.
+	// Default 128; at most 65536.
+	MaxInFlight int
+	// HandshakeTimeout bounds the whole option phase of a connection.
+	// Default 30 s.
+	HandshakeTimeout time.Duration
+	// Logger receives connection and protocol events. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Defaults of Config.
+const (
+	DefaultMaxPayload       = 32 << 20
+	DefaultMaxConnections   = 1024
+	DefaultMaxInFlight      = 128
+	DefaultHandshakeTimeout = 30 * time.Second
+	maxInFlightCap          = 1 << 16
+)
+
+// DefaultConfig returns a Config with every default filled in.
+func DefaultConfig() Config {
+	return Config{
+		MaxPayload:       DefaultMaxPayload,
+		MaxConnections:   DefaultMaxConnections,
+		MaxInFlight:      DefaultMaxInFlight,
+		HandshakeTimeout: DefaultHandshakeTimeout,
+		Logger:           slog.Default(),
+	}
+}
+
+// validate fills defaults and checks limits.
+func (c *Config) validate() error {
+	if c.MaxPayload == 0 {
+		c.MaxPayload = DefaultMaxPayload
+	}
+	if c.MaxPayload < minPayloadFloor || c.MaxPayload > maxPayloadCap {
+		return fmt.Errorf("nbd: MaxPayload %d outside [%d, %d]", c.MaxPayload, minPayloadFloor, maxPayloadCap)
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = DefaultMaxConnections
+	}
+	if c.MaxConnections < 0 {
+		return fmt.Errorf("nbd: MaxConnections %d is negative", c.MaxConnections)
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = DefaultMaxInFlight
+	}
+	if c.MaxInFlight < 0 || c.MaxInFlight > maxInFlightCap {
+		return fmt.Errorf("nbd: MaxInFlight %d outside [1, %d]", c.MaxInFlight, maxInFlightCap)
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.HandshakeTimeout < 0 {
+		return fmt.Errorf("nbd: HandshakeTimeout %v is negative", c.HandshakeTimeout)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// ErrServerClosed is returned by Serve when it is called after Shutdown.
+var ErrServerClosed = errors.New("nbd: server closed")
+
+// export is an Export with the values advertised for it, computed once.
+type export struct {
+	Export
+	size   uint64
+	tflags uint16
+	minBS  uint32 // minimum block size, a power of two in [1, 64 KiB]
+	prefBS uint32 // preferred block size, max(minBS, 4096)
+	maxBS  uint32 // maximum payload, a multiple of minBS
+}
+
+// Server serves exports over the NBD protocol. Create it with NewServer,
+// add exports, then call Serve for each listener.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+
+	mu        sync.Mutex
+	exports   map[string]*export
+	names     []string // sorted export names, for NBD_OPT_LIST
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	shutdown  bool
+	done      chan struct{} // closed when Shutdown begins
+	idle      chan struct{} // closed when shut down and no connection is left
+	idleShut  bool
+}
+
+// NewServer returns a server with no exports. It fills the defaults of cfg
+// and rejects out-of-range values.
+func NewServer(cfg Config) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Server{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		exports:   make(map[string]*export),
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*conn]struct{}),
+		done:      make(chan struct{}),
+		idle:      make(chan struct{}),
+	}, nil
+}
+
+// AddExport makes e available to new connections. It fails on an empty,
+// over-long or duplicate name, a nil device, or a device larger than
+// 2^63-1 bytes. It may be called while the server is serving.
+func (s *Server) AddExport(e Export) error {
+	switch {
+	case e.Name == "":
+		return errors.New("nbd: add export: empty name")
+	case len(e.Name) > maxStringLen:
+		return fmt.Errorf("nbd: add export: name is %d bytes, longer than %d", len(e.Name), maxStringLen)
+	case strings.IndexByte(e.Name, 0) >= 0:
+		return fmt.Errorf("nbd: add export %q: name contains NUL", e.Name)
+	case len(e.Description) > maxStringLen || strings.IndexByte(e.Description, 0) >= 0:
+		return fmt.Errorf("nbd: add export %q: description longer than %d bytes or contains NUL", e.Name, maxStringLen)
+	case e.Device == nil:
+		return fmt.Errorf("nbd: add export %q: nil device", e.Name)
+	}
+	size := e.Device.Size()
+	if size < 0 {
+		return fmt.Errorf("nbd: add export %q: device size %d is negative", e.Name, size)
+	}
+	x := &export{Export: e, size: uint64(size)}
+	x.tflags = FlagHasFlags | FlagSendFlush | FlagSendFUA | FlagSendTrim |
+		FlagSendWriteZeroes | FlagCanMultiConn | FlagSendCache
+	if e.ReadOnly {
+		x.tflags |= FlagReadOnly
+	}
+	x.minBS = minBlockSize(e.Device.BlockSize())
+	x.prefBS = max(x.minBS, defaultPreferred)
+	x.maxBS = uint32(s.cfg.MaxPayload) / x.minBS * x.minBS
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, dup := s.exports[e.Name]; dup {
+		return fmt.Errorf("nbd: add export %q: duplicate name", e.Name)
+	}
+	s.exports[e.Name] = x
+	i, _ := slices.BinarySearch(s.names, e.Name)
+	s.names = slices.Insert(s.names, i, e.Name)
+	return nil
+}
+
+// minBlockSize turns a device block size into an advertised minimum block
+// size: clamped to [1, 64 KiB] and rounded down to a power of two.
+func minBlockSize(bs int) uint32 {
+	if bs <= 1 {
+		return 1
+	}
+	if bs > minBlockSizeCap {
+		bs = minBlockSizeCap
+	}
+	return 1 << (bits.Len(uint(bs)) - 1)
+}
+
+// lookup returns the export called name; the empty name selects the only
+// export when exactly one exists. It returns nil when there is no match.
+func (s *Server) lookup(name string) *export {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if name == "" {
+		if len(s.exports) != 1 {
+			return nil
+		}
+		return s.exports[s.names[0]]
+	}
+	return s.exports[name]
+}
+
+// list returns every export, sorted by name.
+func (s *Server) list() []*export {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*export, len(s.names))
+	for i, n := range s.names {
+		out[i] = s.exports[n]
+	}
+	return out
+}
+
+func (s *Server) isShutdown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shutdown
+}
+
+// Serve accepts connections on l and serves each in its own goroutines. It
+// blocks until l fails or Shutdown closes it, and returns nil in the latter
+// case. Serve may run for several listeners at once. Called after Shutdown
+// it closes l and returns ErrServerClosed.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+
+	var backoff time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.isShutdown() {
+				return nil
+			}
+			if !temporaryAcceptError(err) {
+				return fmt.Errorf("nbd: accept on %s: %w", l.Addr(), err)
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("nbd: accept failed; retrying", "listener", l.Addr().String(), "err", err, "backoff", backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-s.done:
+				t.Stop()
+				return nil
+			}
+			continue
+		}
+		backoff = 0
+		s.startConn(nc)
+	}
+}
+
+// temporaryAcceptError reports whether an Accept error is worth retrying.
+func temporaryAcceptError(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS,
+		syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR, syscall.EAGAIN} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// startConn registers nc and starts serving it, or closes it when the
+// server is shutting down or full.
+func (s *Server) startConn(nc net.Conn) {
+	remote := nc.RemoteAddr().String()
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		nc.Close()
+		return
+	}
+	if len(s.conns) >= s.cfg.MaxConnections {
+		s.mu.Unlock()
+		s.log.Warn("nbd: too many connections; closing new connection", "remote", remote, "max", s.cfg.MaxConnections)
+		nc.Close()
+		return
+	}
+	c := newConn(s, nc, remote)
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	go c.serve()
+}
+
+// connDone unregisters a finished connection.
+func (s *Server) connDone(c *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, c)
+	s.maybeIdleLocked()
+}
+
+func (s *Server) maybeIdleLocked() {
+	if s.shutdown && len(s.conns) == 0 && !s.idleShut {
+		s.idleShut = true
+		close(s.idle)
+	}
+}
+
+// Shutdown stops the server gracefully: it closes every listener, closes
+// connections still in the handshake, stops reading new requests, lets
+// every request already received finish and be replied to, closes the
+// connections, and finally flushes the device of every export. Devices are
+// not closed. When ctx ends first, the remaining connections are closed at
+// once (their requests may then go unanswered), the flush is still started,
+// and ctx's error is returned. Shutdown may be called more than once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.shutdown {
+		s.shutdown = true
+		close(s.done)
+	}
+	for l := range s.listeners {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.beginShutdown()
+	}
+	s.maybeIdleLocked()
+	s.mu.Unlock()
+
+	var errs []error
+	select {
+	case <-s.idle:
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.conns {
+			c.nc.Close()
+		}
+		s.mu.Unlock()
+		errs = append(errs, fmt.Errorf("nbd: shutdown: %w", ctx.Err()))
+	}
+
+	flushed := make(chan error, 1)
+	exports := s.list()
+	go func() {
+		var ferrs []error
+		for _, e := range exports {
+			if err := e.Device.Flush(); err != nil {
+				ferrs = append(ferrs, fmt.Errorf("nbd: shutdown: flush export %q: %w", e.Name, err))
+			}
+		}
+		flushed <- errors.Join(ferrs...)
+	}()
+	select {
+	case err := <-flushed:
+		errs = append(errs, err)
+	case <-ctx.Done():
+		if len(errs) == 0 {
+			errs = append(errs, fmt.Errorf("nbd: shutdown: flushing devices: %w", ctx.Err()))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Listen opens a listener for Serve. "unix:/path" listens on a unix socket:
+// a stale socket file left by a dead server is removed first, while a
+// socket a live server still accepts on, or a file that is not a socket, is
+// an error. Any other address is a TCP "host:port".
+func Listen(addr string) (net.Listener, error) {
+	path, ok := strings.CutPrefix(addr, "unix:")
+	if !ok {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("nbd: listen: %w", err)
+		}
+		return l, nil
+	}
+	if path == "" {
+		return nil, errors.New("nbd: listen: empty unix socket path")
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("nbd: listen on %s: file exists and is not a socket", path)
+		}
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("nbd: listen on %s: socket is in use by a live server", path)
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("nbd: listen on %s: probing existing socket: %w", path, err)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("nbd: listen on %s: removing stale socket: %w", path, err)
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("nbd: listen: %w", err)
+	}
+	return l, nil
+}
