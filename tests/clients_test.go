@@ -43,8 +43,8 @@ func TestNbdinfo(t *testing.T) {
 			fragment := int64(4096 / (l.members - 1))
 			dataPerMember := (64<<20 - 1<<20) / fragment * fragment
 			wantSize := dataPerMember / fragment * 4096
-			if e.Name != a.name || e.Size != wantSize || e.MinBlock != 4096 || e.MaxBlock < 1<<20 {
-				t.Errorf("export %+v, want name %s size %d min block 4096", e, a.name, wantSize)
+			if e.Name != a.name || e.Size != wantSize || e.MinBlock != 512 || e.PrefBlock != 4096 || e.MaxBlock < 1<<20 {
+				t.Errorf("export %+v, want name %s size %d block sizes 512/4096", e, a.name, wantSize)
 			}
 			if e.ReadOnly || !e.CanFlush || !e.CanFUA || !e.CanTrim || !e.CanZero || !e.MultiConn {
 				t.Errorf("flags %+v: want writable, flush, fua, trim, zero, multi-conn", e)
@@ -60,10 +60,13 @@ func TestNbdinfoTCPAndReadOnly(t *testing.T) {
 	needTools(t, "nbdinfo")
 	a := newArray(t, "raid35", 5, "16MiB")
 	port := freePort(t)
-	s := a.serve(t, "--listen=127.0.0.1:"+port, "--read-only")
+	s := a.serve(t, "--listen=127.0.0.1:"+port, "--read-only", "--min-block-size=array")
 	out := run(t, "nbdinfo", "nbd://127.0.0.1:"+port+"/data")
 	if !strings.Contains(out, "is_read_only: true") {
 		t.Errorf("read-only export not reported read-only:\n%s", out)
+	}
+	if !strings.Contains(out, "block_size_minimum: 4096") {
+		t.Errorf("--min-block-size=array does not advertise the array block size:\n%s", out)
 	}
 	if _, err := runErr("nbdinfo", "--can", "write", s.uri); err == nil {
 		t.Error("nbdinfo --can write succeeded on a read-only export")

@@ -392,6 +392,9 @@ func TestAddExportErrors(t *testing.T) {
 		{Name: "nul\x00", Device: mem},
 		{Name: strings.Repeat("x", 4097), Device: mem},
 		{Name: "c", Description: strings.Repeat("x", 4097), Device: mem},
+		{Name: "d", Device: mem, MinBlockSize: 3000},
+		{Name: "e", Device: mem, MinBlockSize: 128 << 10},
+		{Name: "f", Device: mem, MinBlockSize: -512},
 	} {
 		if err := s.AddExport(e); err == nil {
 			t.Errorf("AddExport(%q) succeeded", e.Name)
@@ -414,6 +417,32 @@ func TestConfigValidation(t *testing.T) {
 	} {
 		if _, err := NewServer(cfg); err == nil {
 			t.Errorf("NewServer(%+v) succeeded", cfg)
+		}
+	}
+}
+
+func TestMinBlockSizeOverride(t *testing.T) {
+	s, err := NewServer(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name            string
+		devBS, min      int
+		wantMin, wantPr uint32
+	}{
+		{"device", 4096, 0, 4096, 4096},
+		{"512 on a 4k array", 4096, 512, 512, 4096},
+		{"512 on a 64k array", 64 << 10, 512, 512, 64 << 10},
+		{"4k on a 512 device", 512, 4096, 4096, 4096},
+	}
+	for _, c := range cases {
+		if err := s.AddExport(Export{Name: c.name, Device: blockdev.NewMem(1<<20, c.devBS), MinBlockSize: c.min}); err != nil {
+			t.Fatal(err)
+		}
+		x := s.lookup(c.name)
+		if x.minBS != c.wantMin || x.prefBS != c.wantPr {
+			t.Errorf("%s: min %d preferred %d, want %d %d", c.name, x.minBS, x.prefBS, c.wantMin, c.wantPr)
 		}
 	}
 }

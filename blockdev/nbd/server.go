@@ -31,6 +31,13 @@ type Export struct {
 	// ReadOnly makes the server advertise NBD_FLAG_READ_ONLY and refuse
 	// WRITE, TRIM and WRITE_ZEROES with EPERM.
 	ReadOnly bool
+	// MinBlockSize is the minimum block size advertised in
+	// NBD_INFO_BLOCK_SIZE (a power of two up to 64 KiB); 0 advertises
+	// Device.BlockSize(). Clients that negotiate block sizes (libnbd, qemu)
+	// then never send smaller or misaligned requests, so a minimum above 512
+	// breaks clients that pass sector-sized IO straight through (nbdfuse
+	// under mkfs). The preferred block size is at least Device.BlockSize().
+	MinBlockSize int
 }
 
 // Config tunes a Server. The zero value of every field selects its default.
@@ -180,8 +187,14 @@ func (s *Server) AddExport(e Export) error {
 	if e.ReadOnly {
 		x.tflags |= FlagReadOnly
 	}
+	if e.MinBlockSize < 0 || e.MinBlockSize > minBlockSizeCap || e.MinBlockSize&(e.MinBlockSize-1) != 0 {
+		return fmt.Errorf("nbd: add export %q: minimum block size %d is not a power of two up to %d", e.Name, e.MinBlockSize, minBlockSizeCap)
+	}
 	x.minBS = minBlockSize(e.Device.BlockSize())
-	x.prefBS = max(x.minBS, defaultPreferred)
+	if e.MinBlockSize > 0 {
+		x.minBS = uint32(e.MinBlockSize)
+	}
+	x.prefBS = max(x.minBS, defaultPreferred, minBlockSize(e.Device.BlockSize()))
 	x.maxBS = uint32(s.cfg.MaxPayload) / x.minBS * x.minBS
 
 	s.mu.Lock()

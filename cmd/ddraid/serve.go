@@ -26,6 +26,7 @@ type ServeCmd struct {
 	Direct         bool          `help:"Open members with O_DIRECT."`
 	MaxConnections int           `help:"Most client connections at once." default:"1024"`
 	MaxPayload     units.Size    `help:"Largest read or write request." default:"32MiB"`
+	MinBlockSize   string        `help:"NBD minimum block size to advertise: 512 (works with every client), a power of two up to 64K, or 'array' for the array block size (clients then send only whole blocks)." default:"512"`
 	ShutdownWait   time.Duration `help:"How long SIGTERM waits for requests in flight." default:"30s"`
 	MemberDelay    time.Duration `hidden:"" help:"Add this latency to every member request (benchmarks only)."`
 }
@@ -79,7 +80,15 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) error {
 		for role, why := range a.Lost {
 			slog.Warn("array is degraded", "array", name, "role", role, "member", a.Array.Members[role].Path, "state", why)
 		}
-		if err := srv.AddExport(nbd.Export{Name: name, Device: a.Device(), ReadOnly: c.ReadOnly,
+		minBS := a.Array.BlockSize
+		if c.MinBlockSize != "array" {
+			n, err := units.ParseSize(c.MinBlockSize)
+			if err != nil {
+				return fmt.Errorf("--min-block-size: %w", err)
+			}
+			minBS = int(n)
+		}
+		if err := srv.AddExport(nbd.Export{Name: name, Device: a.Device(), ReadOnly: c.ReadOnly, MinBlockSize: minBS,
 			Description: fmt.Sprintf("ddraid %s array %s", a.Array.Level, name)}); err != nil {
 			return err
 		}
