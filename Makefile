@@ -8,7 +8,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 # Debian packages the tests drive (real NBD clients, fault injection, FUSE).
 TEST_TOOLS := nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin \
 	nbdsh:python3-libnbd qemu-io:qemu-utils qemu-img:qemu-utils fio:fio fusermount3:fuse3 \
-	mkfs.ext4:e2fsprogs e2fsck:e2fsprogs
+	mkfs.ext4:e2fsprogs e2fsck:e2fsprogs qemu-nbd:qemu-utils
 FUZZTIME ?= 60s
 
 .PHONY: all build demo test test-deps unit e2e bench fuzz vet clean
@@ -43,7 +43,10 @@ test: test-deps vet
 	$(GO) test -race -timeout 20m ./blockdev/... ./raid/... ./internal/...
 	$(GO) test -timeout 40m ./cmd/... ./tests/...
 
+# bench compares ddraid with nbdkit and qemu-nbd (fio, same run); then Go
+# micro-benchmarks. BENCH_RUNTIME sets seconds per fio case.
 bench: build test-deps
+	bash bench/run.sh
 	$(GO) test -run '^$$' -bench . -benchmem ./raid/ ./blockdev/...
 
 fuzz:

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# make bench: ddraid against nbdkit (file plugin) and qemu-nbd, measured with
+# fio --ioengine=nbd in the same run, on tmpfs-backed files. Prints one row
+# per case with the ratio ours/nbdkit. Usage: bench/run.sh [seconds-per-case]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNTIME=${1:-${BENCH_RUNTIME:-8}}
+BIN=${DDRAID:-bin/ddraid}
+W=$(mktemp -d /dev/shm/ddraid-bench.XXXXXX)
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$W"
+}
+trap cleanup EXIT
+
+SIZE=1G
+wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
+
+# Peers on one plain tmpfs file each.
+truncate -s $SIZE "$W/nbdkit.img" "$W/nbdkit-delay.img" "$W/qemu.img"
+nbdkit -f -U "$W/nbdkit.sock" -e bench file file="$W/nbdkit.img" & PIDS+=($!)
+nbdkit -f -U "$W/nbdkit-delay.sock" -e bench --filter=delay file file="$W/nbdkit-delay.img" rdelay=1ms wdelay=1ms & PIDS+=($!)
+qemu-nbd -t -f raw -k "$W/qemu.sock" -x bench -e 8 --aio=threads "$W/qemu.img" & PIDS+=($!)
+
+# ddraid: a 1-member linear array and a 5-member raid35, on tmpfs files.
+serve() { # name level sock extra... members...
+	local name=$1 level=$2 sock=$3; shift 3
+	local extra=() members=()
+	for a in "$@"; do case $a in --*) extra+=("$a");; *) members+=("$a");; esac; done
+	"$BIN" create bench --state-dir="$W/$name" --level="$level" --size=$SIZE "${members[@]}" >/dev/null
+	"$BIN" serve bench --state-dir="$W/$name" --listen="unix:$sock" "${extra[@]}" >/dev/null 2>"$W/$name.log" & PIDS+=($!)
+}
+serve linear linear "$W/linear.sock" "$W/linear-m0"
+serve linear-delay linear "$W/linear-delay.sock" --member-delay=1ms "$W/linear-delay-m0"
+serve raid35 raid35 "$W/raid35.sock" "$W"/raid35-m{0,1,2,3,4}
+serve raid35-delay raid35 "$W/raid35-delay.sock" --member-delay=1ms "$W"/raid35-delay-m{0,1,2,3,4}
+for s in nbdkit nbdkit-delay qemu linear linear-delay raid35 raid35-delay; do wait_sock "$W/$s.sock"; done
+
+# fio_case SOCK RW BS DEPTH JOBS -> prints IOPS and MiB/s
+fio_case() {
+	local sock=$1 rw=$2 bs=$3 depth=$4 jobs=$5
+	fio --name=b --ioengine=nbd --uri="nbd+unix:///bench?socket=$sock" --rw="$rw" --bs="$bs" \
+		--iodepth="$depth" --numjobs="$jobs" --size=512M --time_based --runtime="$RUNTIME" \
+		--group_reporting --output-format=json 2>/dev/null | sed -n "/^{/,\$p" |
+	python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; r=j["read"]; w=j["write"]; print("%.0f %.1f" % (r["iops"]+w["iops"], (r["bw_bytes"]+w["bw_bytes"])/1048576))'
+}
+
+# Fill the images so reads hit data.
+for s in nbdkit qemu linear raid35; do
+	fio --name=fill --ioengine=nbd --uri="nbd+unix:///bench?socket=$W/$s.sock" --rw=write --bs=1M --iodepth=8 --size=512M >/dev/null 2>&1
+done
+
+printf '%-34s %14s %14s %14s %14s %8s %8s\n' case nbdkit qemu-nbd "ddraid linear" "ddraid raid35" linear/k raid35/k
+row() { # label unit rw bs depth jobs [delay]
+	local label=$1 unit=$2 rw=$3 bs=$4 depth=$5 jobs=$6 delay=${7:-}
+	local k q l r
+	if [ -n "$delay" ]; then
+		k=$(fio_case "$W/nbdkit-delay.sock" "$rw" "$bs" "$depth" "$jobs")
+		q="- -"
+		l=$(fio_case "$W/linear-delay.sock" "$rw" "$bs" "$depth" "$jobs")
+		r=$(fio_case "$W/raid35-delay.sock" "$rw" "$bs" "$depth" "$jobs")
+	else
+		k=$(fio_case "$W/nbdkit.sock" "$rw" "$bs" "$depth" "$jobs")
+		q=$(fio_case "$W/qemu.sock" "$rw" "$bs" "$depth" "$jobs")
+		l=$(fio_case "$W/linear.sock" "$rw" "$bs" "$depth" "$jobs")
+		r=$(fio_case "$W/raid35.sock" "$rw" "$bs" "$depth" "$jobs")
+	fi
+	local col=1; [ "$unit" = MiB/s ] && col=2
+	pick() { echo "$1" | cut -d' ' -f$col; }
+	local kv qv lv rv
+	kv=$(pick "$k"); qv=$(pick "$q"); lv=$(pick "$l"); rv=$(pick "$r")
+	python3 - "$label" "$unit" "$kv" "$qv" "$lv" "$rv" <<'PY'
+import sys
+label, unit, k, q, l, r = sys.argv[1:]
+f = lambda v: "-" if v == "-" else ("%.0f %s" % (float(v), "IOPS" if unit == "IOPS" else "MiB/s"))
+ratio = lambda v: "%.2f" % (float(v) / float(k)) if float(k) > 0 else "-"
+print("%-34s %14s %14s %14s %14s %8s %8s" % (label, f(k), f(q), f(l), f(r), ratio(l), ratio(r)))
+PY
+}
+row "4k randread qd64 1 conn" IOPS randread 4k 64 1
+row "4k randread qd64 2 conn" IOPS randread 4k 64 2
+row "4k randwrite qd64 1 conn" IOPS randwrite 4k 64 1
+row "4k randwrite qd64 2 conn" IOPS randwrite 4k 64 2
+row "1M seq read qd8" MiB/s read 1M 8 1
+row "1M seq write qd8" MiB/s write 1M 8 1
+row "4k randread qd64 2 conn, 1ms delay" IOPS randread 4k 64 2 delay
+row "4k randwrite qd64 2 conn, 1ms delay" IOPS randwrite 4k 64 2 delay
