@@ -69,6 +69,9 @@ const (
 	MemberFailed MemberState = "failed"
 	// MemberMissing members were absent (nil) when the array was built.
 	MemberMissing MemberState = "missing"
+	// MemberRecovering members are being rebuilt: they take every write
+	// but serve no read until recovery finishes.
+	MemberRecovering MemberState = "recovering"
 )
 
 // Config holds the runtime options of the redundant engines (Raid35 and

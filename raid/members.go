@@ -16,8 +16,10 @@ import (
 type memberSet struct {
 	mu     sync.Mutex
 	states []MemberState
-	lost   atomic.Uint64 // bit i set when member i is failed or missing
-	onFail func(member int, err error)
+	lost   atomic.Uint64 // bit i set when member i is failed, missing or recovering
+	// recovering is the subset of lost that still takes writes.
+	recovering atomic.Uint64
+	onFail     func(member int, err error)
 }
 
 func (s *memberSet) init(devs []blockdev.Device, onFail func(int, error)) {
@@ -41,16 +43,54 @@ func (s *memberSet) lostMask() uint64 { return s.lost.Load() }
 // a member that is already failed or missing, or out of range.
 func (s *memberSet) fail(m int, err error) {
 	s.mu.Lock()
-	if m < 0 || m >= len(s.states) || s.states[m] != MemberActive {
+	if m < 0 || m >= len(s.states) || (s.states[m] != MemberActive && s.states[m] != MemberRecovering) {
 		s.mu.Unlock()
 		return
 	}
 	s.states[m] = MemberFailed
 	s.lost.Store(s.lost.Load() | 1<<m)
+	s.recovering.Store(s.recovering.Load() &^ (1 << m))
 	s.mu.Unlock()
 	if s.onFail != nil {
 		s.onFail(m, err)
 	}
+}
+
+// writeMask returns the members a write goes to: every member that is not
+// lost, plus the recovering ones.
+func (s *memberSet) writeMask(all uint64) uint64 {
+	return all&^s.lost.Load() | s.recovering.Load()
+}
+
+// startRecovery turns failed or missing member m into a recovering one;
+// install is called under the lock to put the member's new device in place
+// before any write can reach it.
+func (s *memberSet) startRecovery(m int, install func()) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m < 0 || m >= len(s.states) {
+		return fmt.Errorf("no member %d", m)
+	}
+	if st := s.states[m]; st != MemberFailed && st != MemberMissing {
+		return fmt.Errorf("member %d is %s, not failed or missing", m, st)
+	}
+	install()
+	s.states[m] = MemberRecovering
+	s.recovering.Store(s.recovering.Load() | 1<<m)
+	return nil
+}
+
+// finishRecovery makes recovering member m active.
+func (s *memberSet) finishRecovery(m int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m < 0 || m >= len(s.states) || s.states[m] != MemberRecovering {
+		return fmt.Errorf("member %d is not recovering", m)
+	}
+	s.states[m] = MemberActive
+	s.recovering.Store(s.recovering.Load() &^ (1 << m))
+	s.lost.Store(s.lost.Load() &^ (1 << m))
+	return nil
 }
 
 // snapshot returns a copy of the member states.

@@ -192,7 +192,7 @@ func (m *Mirror) each(op string, off, length int64, fn func(d blockdev.Device) e
 		return m.failedErr(op, off, length, nil)
 	}
 	errs := make([]error, len(m.members))
-	forEachMember(m.all&^lost, errs, func(i int) error {
+	forEachMember(m.set.writeMask(m.all), errs, func(i int) error {
 		if err := fn(m.members[i]); err != nil {
 			return &MemberError{Level: LevelMirror, Op: op, Member: i, Block: block, Err: err}
 		}

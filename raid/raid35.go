@@ -271,7 +271,7 @@ func (r *Raid35) zeroBlocks(op string, n0, n1 int64) error {
 	}
 	var errs [maxMembers]error
 	f := int64(r.f)
-	forEachMember(r.all&^lost, errs[:], func(m int) error {
+	forEachMember(r.set.writeMask(r.all), errs[:], func(m int) error {
 		if err := r.members[m].Zero(n0*f, (n1-n0)*f); err != nil {
 			return &MemberError{Level: LevelRaid35, Op: "zero", Member: m, Block: n0, Err: err}
 		}
@@ -292,7 +292,7 @@ func (r *Raid35) Flush() error {
 		return r.failedErr("flush", -1, -1, nil)
 	}
 	var errs [maxMembers]error
-	forEachMember(r.all&^lost, errs[:], func(m int) error {
+	forEachMember(r.set.writeMask(r.all), errs[:], func(m int) error {
 		if err := r.members[m].Flush(); err != nil {
 			return &MemberError{Level: LevelRaid35, Op: "flush", Member: m, Block: -1, Err: err}
 		}
@@ -375,7 +375,7 @@ func (r *Raid35) writeRun(p []byte, n0 int64) error {
 		return r.failedErr("write", n0, n1, nil)
 	}
 	var errs [maxMembers]error
-	forEachMember(r.all&^lost, errs[:], func(m int) error { return r.writeMember(m, p, n0) })
+	forEachMember(r.set.writeMask(r.all), errs[:], func(m int) error { return r.writeMember(m, p, n0) })
 	return r.settle("write", n0, n1, errs[:])
 }
 
