@@ -158,3 +158,23 @@ func TestDelayConformance(t *testing.T) {
 		return blockdev.NewDelay(blockdev.NewMem(testSize, 512), 0, 0)
 	})
 }
+
+func TestStatsConformanceAndCounts(t *testing.T) {
+	blockdevtest.Conformance(t, func(t *testing.T) blockdev.Device {
+		return blockdev.NewStats(blockdev.NewMem(testSize, 512))
+	})
+	s := blockdev.NewStats(blockdev.NewMem(8192, 512))
+	s.WriteAt(make([]byte, 4096), 0)
+	s.ReadAt(make([]byte, 1024), 0)
+	s.ReadAt(make([]byte, 1024), 8000) // out of range: an error, no bytes
+	s.Flush()
+	s.Zero(0, 512)
+	got := s.Snapshot()
+	want := blockdev.IOStats{Reads: 2, ReadBytes: 1024, Writes: 1, WriteBytes: 4096, Flushes: 1, Zeroes: 1, Errors: 1}
+	if got != want {
+		t.Fatalf("stats %+v, want %+v", got, want)
+	}
+	if s.Ops() != 4 {
+		t.Fatalf("ops %d", s.Ops())
+	}
+}

@@ -28,7 +28,15 @@ type CreateOptions struct {
 	CreateSize int64
 	// Force overwrites members that carry another array's header.
 	Force bool
+	// AssumeClean skips the initial sync of members that already existed
+	// (their contents are taken as consistent).
+	AssumeClean bool
+	// RegionSize is the write-intent bitmap region size (0: 4 MiB).
+	RegionSize int64
 }
+
+// DefaultRegionSize is the bitmap region size when none is given.
+const DefaultRegionSize = 4 << 20
 
 // Tolerance is how many members a level can lose and keep serving.
 func Tolerance(level Level, members int) int {
@@ -75,6 +83,12 @@ func (o *CreateOptions) validate() error {
 			return fmt.Errorf("block size %d must be a power of two from 512 to 65536", bs)
 		}
 	}
+	if o.RegionSize == 0 {
+		o.RegionSize = DefaultRegionSize
+	}
+	if o.RegionSize < 64<<10 || o.RegionSize&(o.RegionSize-1) != 0 {
+		return fmt.Errorf("region size %d must be a power of two of at least 64 KiB", o.RegionSize)
+	}
 	if o.CreateSize < 0 {
 		return fmt.Errorf("size %d is negative", o.CreateSize)
 	}
@@ -117,6 +131,14 @@ func Create(s *meta.Store, opts CreateOptions) (*meta.Array, error) {
 	a := &meta.Array{
 		Name: opts.Name, UUID: meta.NewUUID(), Level: string(opts.Level),
 		BlockSize: opts.Geometry.BlockSize, DataOffset: meta.DataOffset, Created: time.Now().UTC(),
+		RegionSize: opts.RegionSize,
+	}
+	for _, m := range plan {
+		// Members that held data before need their redundancy computed;
+		// files created here are zero, which is consistent.
+		if m.exists && !opts.AssumeClean && opts.Level != LevelLinear {
+			a.InitialSync = true
+		}
 	}
 	if opts.Level == LevelRaid35 {
 		a.Parity, a.ParityChunk = string(opts.Geometry.Parity), opts.Geometry.ParityChunk

@@ -20,7 +20,11 @@ import (
 const (
 	StateActive  = "active"  // in sync and in use
 	StateFailed  = "failed"  // failed by an error or by the operator
-	StateMissing = "missing" // absent at assembly
+	StateMissing = "missing" // absent at assembly, or removed (Path empty)
+	// StateRecovering members are being rebuilt; they serve no reads.
+	StateRecovering = "recovering"
+	// StateSpare members wait in Array.Spares to replace a failed member.
+	StateSpare = "spare"
 )
 
 // Member is one role of an array.
@@ -47,10 +51,17 @@ type Array struct {
 	MemberDataSize int64   `json:"member_data_size,omitempty"`
 	Sizes          []int64 `json:"sizes,omitempty"`
 	// Size is the array's usable size in bytes.
-	Size    int64     `json:"size"`
-	Members []Member  `json:"members"`
-	Events  uint64    `json:"events"`
-	Created time.Time `json:"created"`
+	Size    int64    `json:"size"`
+	Members []Member `json:"members"`
+	Spares  []Member `json:"spares,omitempty"`
+	// RegionSize is the write-intent bitmap region in bytes (0: 4 MiB).
+	RegionSize int64 `json:"region_size,omitempty"`
+	// InitialSync is set when members held data at create; SyncedTo is
+	// how far the initial sync got.
+	InitialSync bool      `json:"initial_sync,omitempty"`
+	SyncedTo    int64     `json:"synced_to,omitempty"`
+	Events      uint64    `json:"events"`
+	Created     time.Time `json:"created"`
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
@@ -84,7 +95,7 @@ func (a *Array) Validate() error {
 			return fmt.Errorf("member %d has role %d", i, m.Role)
 		}
 		switch m.State {
-		case StateActive, StateFailed, StateMissing:
+		case StateActive, StateFailed, StateMissing, StateRecovering:
 		default:
 			return fmt.Errorf("member %d has unknown state %q", i, m.State)
 		}
