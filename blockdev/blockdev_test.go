@@ -178,3 +178,19 @@ func TestStatsConformanceAndCounts(t *testing.T) {
 		t.Fatalf("ops %d", s.Ops())
 	}
 }
+
+func TestSwap(t *testing.T) {
+	blockdevtest.Conformance(t, func(t *testing.T) blockdev.Device {
+		return blockdev.NewSwap(blockdev.NewMem(testSize, 512))
+	})
+	a, b := blockdev.NewMem(4096, 512), blockdev.NewMem(4096, 512)
+	s := blockdev.NewSwap(a)
+	s.WriteAt([]byte{1}, 0)
+	if old := s.Set(b); old != a {
+		t.Fatal("Set returned the wrong device")
+	}
+	s.WriteAt([]byte{2}, 0)
+	if a.Bytes()[0] != 1 || b.Bytes()[0] != 2 {
+		t.Fatalf("writes went to the wrong device: %d %d", a.Bytes()[0], b.Bytes()[0])
+	}
+}

@@ -61,7 +61,7 @@ func Assemble(stateDir, name string, opts AssembleOptions) (*Assembled, error) {
 		return nil, fmt.Errorf("assemble %s: superblock: %w", name, err)
 	}
 	devs := make([]blockdev.Device, len(a.Members))
-	files := make([]*blockdev.File, 0, len(a.Members))
+	files := make([]blockdev.Device, 0, len(a.Members))
 	fail := func(err error) (*Assembled, error) {
 		for _, f := range files {
 			f.Close()
@@ -75,28 +75,17 @@ func Assemble(stateDir, name string, opts AssembleOptions) (*Assembled, error) {
 			lost[i] = m.State
 			continue
 		}
-		f, err := blockdev.OpenFile(m.Path, blockdev.FileOptions{Direct: opts.Direct})
+		dev, err := OpenMember(a, i, opts.Direct)
 		if errors.Is(err, os.ErrNotExist) {
 			lost[i] = meta.StateMissing
 			newlyMissing = append(newlyMissing, i)
 			continue
 		}
 		if err != nil {
-			return fail(fmt.Errorf("member %d (%s): %w", i, m.Path, err))
+			return fail(err)
 		}
-		files = append(files, f)
-		if err := checkMember(a, i, f); err != nil {
-			return fail(fmt.Errorf("member %d (%s): %w: %w", i, m.Path, ErrCannotAssemble, err))
-		}
-		dataSize := a.MemberDataSize
-		if level == LevelLinear {
-			dataSize = a.Sizes[i]
-		}
-		sec, err := blockdev.NewSection(f, a.DataOffset, dataSize)
-		if err != nil {
-			return fail(fmt.Errorf("member %d (%s): %w", i, m.Path, err))
-		}
-		devs[i] = &ownedSection{Section: sec, owner: f}
+		files = append(files, dev)
+		devs[i] = dev
 		if opts.Wrap != nil {
 			devs[i] = opts.Wrap(i, devs[i])
 		}
@@ -141,6 +130,35 @@ func Assemble(stateDir, name string, opts AssembleOptions) (*Assembled, error) {
 		return nil, fmt.Errorf("assemble %s: %w: engine size %d differs from superblock size %d", name, meta.ErrCorrupt, dev.Size(), a.Size)
 	}
 	return &Assembled{Array: a, Lost: lost, dev: dev}, nil
+}
+
+// OpenMember opens the device at a.Members[role].Path, checks that its
+// header names this array and role, and returns its data area (closing it
+// closes the device). A missing file is reported with os.ErrNotExist.
+func OpenMember(a *meta.Array, role int, direct bool) (blockdev.Device, error) {
+	m := a.Members[role]
+	f, err := blockdev.OpenFile(m.Path, blockdev.FileOptions{Direct: direct})
+	if err != nil {
+		return nil, fmt.Errorf("member %d (%s): %w", role, m.Path, err)
+	}
+	if err := checkMember(a, role, f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("member %d (%s): %w: %w", role, m.Path, ErrCannotAssemble, err)
+	}
+	sec, err := blockdev.NewSection(f, a.DataOffset, MemberDataSize(a, role))
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("member %d (%s): %w", role, m.Path, err)
+	}
+	return &ownedSection{Section: sec, owner: f}, nil
+}
+
+// MemberDataSize is the data area size of a role.
+func MemberDataSize(a *meta.Array, role int) int64 {
+	if a.Level == string(LevelLinear) {
+		return a.Sizes[role]
+	}
+	return a.MemberDataSize
 }
 
 func checkMember(a *meta.Array, role int, f *blockdev.File) error {
