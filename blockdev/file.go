@@ -37,6 +37,7 @@ type File struct {
 	bs      int
 	closeMu sync.RWMutex
 	closed  bool
+	zcaps   fileZeroCaps // what Zero can do fast; see extents.go
 }
 
 var _ Device = (*File)(nil)
