@@ -90,3 +90,17 @@ func (s *Stats) BlockSize() int { return s.dev.BlockSize() }
 
 // Close implements Device.
 func (s *Stats) Close() error { return s.dev.Close() }
+
+// Extents implements Extenter by asking the device below.
+func (s *Stats) Extents(dst []Extent, off, length int64) ([]Extent, error) {
+	return ExtentsOf(s.dev, dst, off, length)
+}
+
+// CanFastZero implements FastZeroer by asking the device below.
+func (s *Stats) CanFastZero() bool { return CanFastZero(s.dev) }
+
+// ZeroNoHole implements NoHoleZeroer by asking the device below.
+func (s *Stats) ZeroNoHole(off, length int64) error {
+	s.c.zeroes.Add(1)
+	return s.count(ZeroNoHole(s.dev, off, length))
+}

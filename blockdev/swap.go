@@ -81,3 +81,24 @@ func (s *Swap) Close() error {
 	defer s.mu.Unlock()
 	return s.dev.Close()
 }
+
+// Extents implements Extenter by asking the current device.
+func (s *Swap) Extents(dst []Extent, off, length int64) ([]Extent, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return ExtentsOf(s.dev, dst, off, length)
+}
+
+// CanFastZero implements FastZeroer by asking the current device.
+func (s *Swap) CanFastZero() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return CanFastZero(s.dev)
+}
+
+// ZeroNoHole implements NoHoleZeroer with the current device.
+func (s *Swap) ZeroNoHole(off, length int64) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return ZeroNoHole(s.dev, off, length)
+}
