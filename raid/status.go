@@ -29,7 +29,10 @@ type Status struct {
 	Parity    string         `json:"parity,omitempty"`
 	Events    uint64         `json:"events"`
 	Members   []MemberStatus `json:"members"`
+	Spares    []MemberStatus `json:"spares,omitempty"`
 	Serving   *RunInfo       `json:"serving,omitempty"`
+	// InitialSync is set until the initial sync finished.
+	InitialSync bool `json:"initial_sync,omitempty"`
 }
 
 // MemberStatus is one member's line in Status.
@@ -44,6 +47,10 @@ type MemberStatus struct {
 func Describe(stateDir string, a *meta.Array) Status {
 	s := Status{Name: a.Name, UUID: a.UUID.String(), Level: a.Level, Size: a.Size,
 		BlockSize: a.BlockSize, Parity: a.Parity, Events: a.Events, State: ArrayClean}
+	for _, m := range a.Spares {
+		s.Spares = append(s.Spares, MemberStatus{Role: -1, Path: m.Path, State: m.State, UUID: m.UUID.String()})
+	}
+	s.InitialSync = a.InitialSync
 	lost := 0
 	for _, m := range a.Members {
 		s.Members = append(s.Members, MemberStatus{Role: m.Role, Path: m.Path, State: m.State, UUID: m.UUID.String()})
@@ -68,6 +75,8 @@ func Describe(stateDir string, a *meta.Array) Status {
 type RunInfo struct {
 	PID    int      `json:"pid"`
 	Listen []string `json:"listen"`
+	// Control is the control socket of the serving process.
+	Control string `json:"control,omitempty"`
 }
 
 func runPath(stateDir, name string) string { return filepath.Join(stateDir, "run", name+".json") }

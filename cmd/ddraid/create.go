@@ -18,6 +18,8 @@ type CreateCmd struct {
 	Parity      string     `help:"raid35 parity placement: rotating or dedicated." default:"rotating"`
 	ParityChunk int        `help:"raid35 blocks per parity rotation step." default:"16"`
 	Force       bool       `help:"Overwrite members that belong to another array."`
+	AssumeClean bool       `help:"Skip the initial sync of members that already hold data."`
+	RegionSize  units.Size `help:"Write-intent bitmap region size." default:"4MiB"`
 }
 
 // Run creates the array.
@@ -32,6 +34,7 @@ func (c *CreateCmd) Run(g *Globals) error {
 	}
 	opts := raid.CreateOptions{
 		Name: c.Name, Level: level, Members: c.Members, CreateSize: int64(c.Size), Force: c.Force,
+		AssumeClean: c.AssumeClean, RegionSize: int64(c.RegionSize),
 		Geometry: raid.Geometry{BlockSize: int(c.BlockSize), Parity: parity, ParityChunk: c.ParityChunk},
 	}
 	var a *meta.Array
@@ -43,5 +46,8 @@ func (c *CreateCmd) Run(g *Globals) error {
 		return err
 	}
 	fmt.Printf("created %s: %s, %d members, %s, block size %d\n", a.Name, a.Level, len(a.Members), units.FormatSize(a.Size), a.BlockSize)
+	if a.InitialSync {
+		fmt.Println("members held data: the initial sync runs in the background when the array is served (--assume-clean skips it)")
+	}
 	return nil
 }

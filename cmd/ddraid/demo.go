@@ -57,5 +57,6 @@ Press Ctrl-C to stop.
 `, url, stateDir)
 	return serveArrays(stateDir, []string{demoName}, &ServeCmd{
 		Listen: []string{c.Listen}, MinBlockSize: "512", MaxConnections: 1024, MaxPayload: 32 << 20, ShutdownWait: 30e9,
+		SpeedMin: "1M", SpeedMax: "200M", ClearDelay: 5e9,
 	})
 }

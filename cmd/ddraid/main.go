@@ -4,6 +4,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -27,10 +28,15 @@ type Globals struct {
 type CLI struct {
 	Globals
 
-	Create CreateCmd `cmd:"" help:"Create an array from member files or block devices."`
-	Serve  ServeCmd  `cmd:"" help:"Assemble arrays and serve them over NBD."`
-	Status StatusCmd `cmd:"" help:"Show arrays and their members."`
-	Demo   DemoCmd   `cmd:"" help:"Create (or reuse) a 5-member raid35 array on files in ./ddraid-demo and serve it."`
+	Create       CreateCmd       `cmd:"" help:"Create an array from member files or block devices."`
+	Serve        ServeCmd        `cmd:"" help:"Assemble arrays and serve them over NBD."`
+	Status       StatusCmd       `cmd:"" help:"Show arrays, their members and background jobs."`
+	Check        CheckCmd        `cmd:"" help:"Scrub an array: verify every block's redundancy (exit 1 on mismatches)."`
+	FailDevice   FailDeviceCmd   `cmd:"" name:"fail-device" help:"Mark a member failed."`
+	RemoveDevice RemoveDeviceCmd `cmd:"" name:"remove-device" help:"Take a failed or missing member, or a spare, out of an array."`
+	AddDevice    AddDeviceCmd    `cmd:"" name:"add-device" help:"Add a device: into an empty role (recovery starts) or as a spare."`
+	Replace      ReplaceCmd      `cmd:"" help:"Rebuild a new device from a member while it still serves, then swap them."`
+	Demo         DemoCmd         `cmd:"" help:"Create (or reuse) a 5-member raid35 array on files in ./ddraid-demo and serve it."`
 }
 
 func buildVersion() string {
@@ -78,7 +84,9 @@ func run(args []string) int {
 	}
 	setupLogging(&cli.Globals)
 	if err := ctx.Run(&cli.Globals); err != nil {
-		fmt.Fprintf(os.Stderr, "ddraid: error: %v\n", err)
+		if !errors.Is(err, errMismatches) {
+			fmt.Fprintf(os.Stderr, "ddraid: error: %v\n", err)
+		}
 		return 1
 	}
 	return 0

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -16,6 +17,9 @@ import (
 	"github.com/ddraid/ddraid/blockdev/nbd"
 	"github.com/ddraid/ddraid/internal/units"
 	"github.com/ddraid/ddraid/raid"
+	"github.com/ddraid/ddraid/raid/array"
+	"github.com/ddraid/ddraid/raid/meta"
+	"github.com/ddraid/ddraid/resync"
 )
 
 // ServeCmd is `ddraid serve`.
@@ -29,6 +33,9 @@ type ServeCmd struct {
 	MinBlockSize   string        `help:"NBD minimum block size to advertise: 512 (works with every client), a power of two up to 64K, or 'array' for the array block size (clients then send only whole blocks)." default:"512"`
 	ShutdownWait   time.Duration `help:"How long SIGTERM waits for requests in flight." default:"30s"`
 	MemberDelay    time.Duration `hidden:"" help:"Add this latency to every member request (benchmarks only)."`
+	SpeedMin       string        `help:"Minimum resync/recovery/check speed, kept even under foreground IO." default:"1M"`
+	SpeedMax       string        `help:"Maximum resync/recovery/check speed; 0 for no limit." default:"200M"`
+	ClearDelay     time.Duration `help:"How long a write-intent bitmap region stays dirty after its last write." default:"5s"`
 }
 
 // Run serves until SIGTERM or SIGINT.
@@ -52,35 +59,34 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) error {
 	if err != nil {
 		return err
 	}
-	var arrays []*raid.Assembled
+	th, err := parseThrottle(c.SpeedMin, c.SpeedMax)
+	if err != nil {
+		return err
+	}
+	var arrays []*array.Array
 	defer func() {
 		for _, a := range arrays {
 			if err := a.Close(); err != nil {
-				slog.Error("close array", "array", a.Array.Name, "err", err)
+				slog.Error("close array", "array", a.Name(), "err", err)
 			}
 		}
 	}()
 	for _, name := range names {
-		a, err := raid.Assemble(stateDir, name, raid.AssembleOptions{
-			Direct: c.Direct,
-			Wrap:   memberDelay(c.MemberDelay),
-			OnFail: func(member int, err error) {
-				slog.Warn("member failed; array continues degraded", "array", name, "member", member, "err", err)
-				go func() {
-					if err := raid.RecordFailure(stateDir, name, member); err != nil {
-						slog.Error("record member failure", "array", name, "member", member, "err", err)
-					}
-				}()
-			},
+		a, err := array.Open(array.Options{
+			StateDir: stateDir, Name: name, Direct: c.Direct, Wrap: memberDelay(c.MemberDelay),
+			Throttle: th, ClearDelay: c.ClearDelay, Logger: slog.Default(),
 		})
 		if err != nil {
 			return err
 		}
 		arrays = append(arrays, a)
-		for role, why := range a.Lost {
-			slog.Warn("array is degraded", "array", name, "role", role, "member", a.Array.Members[role].Path, "state", why)
+		sb := a.Superblock()
+		for _, m := range sb.Members {
+			if m.State != meta.StateActive {
+				slog.Warn("array is degraded", "array", name, "role", m.Role, "member", m.Path, "state", m.State)
+			}
 		}
-		minBS := a.Array.BlockSize
+		minBS := sb.BlockSize
 		if c.MinBlockSize != "array" {
 			n, err := units.ParseSize(c.MinBlockSize)
 			if err != nil {
@@ -89,10 +95,19 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) error {
 			minBS = int(n)
 		}
 		if err := srv.AddExport(nbd.Export{Name: name, Device: a.Device(), ReadOnly: c.ReadOnly, MinBlockSize: minBS,
-			Description: fmt.Sprintf("ddraid %s array %s", a.Array.Level, name)}); err != nil {
+			Description: fmt.Sprintf("ddraid %s array %s", sb.Level, name)}); err != nil {
 			return err
 		}
 	}
+	ctlPath := filepath.Join(stateDir, "run", fmt.Sprintf("serve-%d.sock", os.Getpid()))
+	if err := os.MkdirAll(filepath.Dir(ctlPath), 0o750); err != nil {
+		return err
+	}
+	ctl, err := array.ListenControl(ctlPath, arrays, slog.Default())
+	if err != nil {
+		return err
+	}
+	defer ctl.Close()
 	var listeners []net.Listener
 	for _, addr := range c.Listen {
 		l, err := nbd.Listen(addr)
@@ -105,7 +120,7 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) error {
 		listeners = append(listeners, l)
 	}
 	for _, name := range names {
-		if err := raid.WriteRunInfo(stateDir, name, raid.RunInfo{PID: os.Getpid(), Listen: c.Listen}); err != nil {
+		if err := raid.WriteRunInfo(stateDir, name, raid.RunInfo{PID: os.Getpid(), Listen: c.Listen, Control: ctlPath}); err != nil {
 			slog.Warn("cannot record run info", "err", err)
 		}
 		defer raid.RemoveRunInfo(stateDir, name)
@@ -115,9 +130,10 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) error {
 		go func() { serveErr <- srv.Serve(l) }()
 	}
 	for _, a := range arrays {
+		sb := a.Superblock()
 		for _, addr := range c.Listen {
-			fmt.Printf("serving %s (%s, %s, %d members) at %s\n", a.Array.Name, a.Array.Level,
-				units.FormatSize(a.Array.Size), len(a.Array.Members), nbdURL(addr, a.Array.Name))
+			fmt.Printf("serving %s (%s, %s, %d members) at %s\n", sb.Name, sb.Level,
+				units.FormatSize(sb.Size), len(sb.Members), nbdURL(addr, sb.Name))
 		}
 	}
 	sig := make(chan os.Signal, 1)
@@ -138,14 +154,6 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) error {
 			runErr = fmt.Errorf("shutdown: %w", err)
 		}
 	}
-	for _, a := range arrays {
-		if err := a.Device().Flush(); err != nil {
-			slog.Error("final flush", "array", a.Array.Name, "err", err)
-			if runErr == nil {
-				runErr = fmt.Errorf("flush %s: %w", a.Array.Name, err)
-			}
-		}
-	}
 	slog.Info("stopped")
 	return runErr
 }
@@ -156,4 +164,18 @@ func memberDelay(d time.Duration) func(int, blockdev.Device) blockdev.Device {
 		return nil
 	}
 	return func(_ int, dev blockdev.Device) blockdev.Device { return blockdev.NewDelay(dev, d, d) }
+}
+
+// parseThrottle reads --speed-min and --speed-max.
+func parseThrottle(minS, maxS string) (resync.Throttle, error) {
+	lo, err := units.ParseSize(minS)
+	if err != nil {
+		return resync.Throttle{}, fmt.Errorf("--speed-min: %w", err)
+	}
+	hi, err := units.ParseSize(maxS)
+	if err != nil {
+		return resync.Throttle{}, fmt.Errorf("--speed-max: %w", err)
+	}
+	th := resync.Throttle{Min: lo, Max: hi}
+	return th, th.Validate()
 }

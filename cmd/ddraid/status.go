@@ -1,52 +1,52 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/ddraid/ddraid/internal/units"
 	"github.com/ddraid/ddraid/raid"
+	"github.com/ddraid/ddraid/raid/array"
 	"github.com/ddraid/ddraid/raid/meta"
+	"github.com/ddraid/ddraid/resync"
 )
 
 // StatusCmd is `ddraid status`.
 type StatusCmd struct {
-	Name string `arg:"" optional:"" help:"Array name (default: every array)."`
-	JSON bool   `help:"Print JSON."`
+	Name     string        `arg:"" optional:"" help:"Array name (default: every array)."`
+	JSON     bool          `help:"Print JSON."`
+	Watch    bool          `help:"Redraw every interval until interrupted, with progress bars."`
+	Interval time.Duration `help:"Redraw interval for --watch." default:"1s"`
 }
 
 // Run prints the status.
 func (c *StatusCmd) Run(g *Globals) error {
-	var out []raid.Status
-	err := meta.View(g.StateDir, func(s *meta.Store) error {
-		names := []string{c.Name}
-		if c.Name == "" {
-			var err error
-			if names, err = s.List(); err != nil {
-				return err
-			}
+	if !c.Watch {
+		return c.once(g)
+	}
+	for {
+		fmt.Print("\033[H\033[2J")
+		fmt.Println(time.Now().Format(time.DateTime))
+		if err := c.once(g); err != nil {
+			return err
 		}
-		for _, n := range names {
-			a, err := s.Get(n)
-			if err != nil {
-				return err
-			}
-			out = append(out, raid.Describe(g.StateDir, a))
-		}
-		return nil
-	})
+		time.Sleep(c.Interval)
+	}
+}
+
+func (c *StatusCmd) once(g *Globals) error {
+	out, err := collectStatus(g.StateDir, c.Name)
 	if err != nil {
 		return err
 	}
 	if c.JSON {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
-		if out == nil {
-			out = []raid.Status{}
-		}
 		return enc.Encode(out)
 	}
 	if len(out) == 0 {
@@ -62,7 +62,53 @@ func (c *StatusCmd) Run(g *Globals) error {
 	return nil
 }
 
-func printStatus(s raid.Status) {
+// collectStatus returns the status of the named array (or all): from the
+// serving process when there is one, else from the stored metadata.
+func collectStatus(stateDir, name string) ([]array.Status, error) {
+	out := []array.Status{}
+	var sbs []*meta.Array
+	err := meta.View(stateDir, func(s *meta.Store) error {
+		names := []string{name}
+		if name == "" {
+			var err error
+			if names, err = s.List(); err != nil {
+				return err
+			}
+		}
+		for _, n := range names {
+			a, err := s.Get(n)
+			if err != nil {
+				return err
+			}
+			sbs = append(sbs, a)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, sb := range sbs {
+		if cl := controlFor(stateDir, sb.Name); cl != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			live, err := cl.Status(ctx)
+			cancel()
+			found := false
+			for _, s := range live {
+				if err == nil && s.Name == sb.Name {
+					out = append(out, s)
+					found = true
+				}
+			}
+			if found {
+				continue
+			}
+		}
+		out = append(out, array.Status{Status: raid.Describe(stateDir, sb)})
+	}
+	return out, nil
+}
+
+func printStatus(s array.Status) {
 	geom := fmt.Sprintf("block size %d", s.BlockSize)
 	if s.Parity != "" {
 		geom += ", parity " + s.Parity
@@ -70,14 +116,57 @@ func printStatus(s raid.Status) {
 	fmt.Printf("%s: %s %s, %s, %s, events %d\n", s.Name, s.Level, s.State, units.FormatSize(s.Size), geom, s.Events)
 	fmt.Printf("  uuid %s\n", s.UUID)
 	if s.Serving != nil {
-		fmt.Printf("  served by pid %d at %s\n", s.Serving.PID, strings.Join(s.Serving.Listen, ", "))
+		fmt.Printf("  served by pid %d at %s; %d dirty bitmap regions\n", s.Serving.PID, strings.Join(s.Serving.Listen, ", "), s.DirtyRegions)
 	} else {
 		fmt.Println("  not served")
+	}
+	if s.Job != nil {
+		fmt.Printf("  %s\n", progressLine(*s.Job))
+	} else if s.Queued > 0 {
+		fmt.Printf("  %d jobs queued\n", s.Queued)
+	}
+	if s.LastJob != nil && s.Job == nil {
+		l := s.LastJob
+		res := "done"
+		if l.Error != "" {
+			res = "stopped: " + l.Error
+		}
+		fmt.Printf("  last %s: %s, %s", l.Kind, res, units.FormatSize(l.Done))
+		if l.Kind == resync.KindCheck || l.Kind == resync.KindRepair {
+			fmt.Printf(", %d mismatches", l.Mismatches)
+		}
+		fmt.Println()
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  ROLE\tSTATE\tPATH")
 	for _, m := range s.Members {
-		fmt.Fprintf(tw, "  %d\t%s\t%s\n", m.Role, m.State, m.Path)
+		path := m.Path
+		if path == "" {
+			path = "(removed)"
+		}
+		fmt.Fprintf(tw, "  %d\t%s\t%s\n", m.Role, m.State, path)
+	}
+	for _, m := range s.Spares {
+		fmt.Fprintf(tw, "  -\tspare\t%s\n", m.Path)
 	}
 	tw.Flush()
+}
+
+// progressLine formats a job's progress with a bar:
+// "recover [=======>     ] 58.1% 1.2 GiB/2.0 GiB 150.0 MiB/s ETA 6s".
+func progressLine(p resync.Progress) string {
+	const width = 30
+	pct := p.Percent()
+	n := int(pct / 100 * width)
+	bar := strings.Repeat("=", n) + strings.Repeat(" ", width-n)
+	if n > 0 && n < width {
+		bar = strings.Repeat("=", n-1) + ">" + strings.Repeat(" ", width-n)
+	}
+	line := fmt.Sprintf("%s [%s] %5.1f%% %s/%s %s/s ETA %s", p.Kind, bar, pct,
+		units.FormatSize(p.Done), units.FormatSize(p.Total), units.FormatSize(int64(p.Rate)),
+		(time.Duration(p.ETA) * time.Second).Round(time.Second))
+	if p.Kind == resync.KindRecover && p.Member >= 0 {
+		line += fmt.Sprintf(" (member %d)", p.Member)
+	}
+	return line
 }

@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/ddraid/ddraid/raid"
+	"github.com/ddraid/ddraid/raid/array"
+	"github.com/ddraid/ddraid/resync"
+)
+
+// controlFor returns a client for the process serving the array, or nil
+// when the array is not served.
+func controlFor(stateDir, name string) *array.Client {
+	ri, err := raid.ReadRunInfo(stateDir, name)
+	if err != nil || ri.Control == "" {
+		return nil
+	}
+	return array.NewClient(ri.Control)
+}
+
+// act runs an action on a served array through its control socket, or on
+// the stored metadata of a stopped one.
+func act(g *Globals, name, action string, req array.Request) error {
+	if c := controlFor(g.StateDir, name); c != nil {
+		rep, err := c.Do(context.Background(), name, action, req)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", action, name, err)
+		}
+		fmt.Println(rep.Message)
+		return nil
+	}
+	msg, err := array.OfflineUpdate(g.StateDir, name, action, req.Ref, req.Path, req.Force)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", action, name, err)
+	}
+	fmt.Println(msg + " (array not served)")
+	return nil
+}
+
+// FailDeviceCmd is `ddraid fail-device`.
+type FailDeviceCmd struct {
+	Name   string `arg:"" help:"Array name."`
+	Member string `arg:"" help:"Member: role number or path."`
+	Force  bool   `help:"Fail it even if the array loses its data."`
+}
+
+// Run fails the member.
+func (c *FailDeviceCmd) Run(g *Globals) error {
+	return act(g, c.Name, "fail", array.Request{Ref: c.Member, Force: c.Force})
+}
+
+// RemoveDeviceCmd is `ddraid remove-device`.
+type RemoveDeviceCmd struct {
+	Name   string `arg:"" help:"Array name."`
+	Member string `arg:"" help:"Failed or missing member (role number or path), or a spare."`
+}
+
+// Run removes the member.
+func (c *RemoveDeviceCmd) Run(g *Globals) error {
+	return act(g, c.Name, "remove", array.Request{Ref: c.Member})
+}
+
+// AddDeviceCmd is `ddraid add-device`.
+type AddDeviceCmd struct {
+	Name  string `arg:"" help:"Array name."`
+	Path  string `arg:"" help:"File or block device to add." type:"path"`
+	Force bool   `help:"Overwrite a device that belongs to another array."`
+}
+
+// Run adds the device.
+func (c *AddDeviceCmd) Run(g *Globals) error {
+	return act(g, c.Name, "add", array.Request{Path: c.Path, Force: c.Force})
+}
+
+// ReplaceCmd is `ddraid replace`.
+type ReplaceCmd struct {
+	Name  string `arg:"" help:"Array name."`
+	Old   string `arg:"" help:"Member to replace: role number or path."`
+	New   string `arg:"" help:"New file or block device." type:"path"`
+	Force bool   `help:"Overwrite a device that belongs to another array."`
+}
+
+// Run replaces the member.
+func (c *ReplaceCmd) Run(g *Globals) error {
+	return act(g, c.Name, "replace", array.Request{Ref: c.Old, Path: c.New, Force: c.Force})
+}
+
+// CheckCmd is `ddraid check`.
+type CheckCmd struct {
+	Name     string `arg:"" help:"Array name."`
+	Repair   bool   `help:"Rewrite the redundancy of blocks that do not match."`
+	SpeedMin string `help:"Minimum check speed (stopped arrays), e.g. 1M." default:"1M"`
+	SpeedMax string `help:"Maximum check speed (stopped arrays); 0 for none." default:"0"`
+}
+
+// errMismatches makes check exit non-zero without a second message.
+var errMismatches = errors.New("mismatches found")
+
+// Run checks the array; it exits 1 when mismatches were found.
+func (c *CheckCmd) Run(g *Globals) error {
+	var p resync.Progress
+	var err error
+	if cl := controlFor(g.StateDir, c.Name); cl != nil {
+		stop := watchProgress(cl, c.Name)
+		var rep array.Reply
+		rep, err = cl.Do(context.Background(), c.Name, "check", array.Request{Repair: c.Repair})
+		stop()
+		if rep.Progress != nil {
+			p = *rep.Progress
+		}
+	} else {
+		th, terr := parseThrottle(c.SpeedMin, c.SpeedMax)
+		if terr != nil {
+			return terr
+		}
+		a, oerr := array.Open(array.Options{StateDir: g.StateDir, Name: c.Name, Throttle: th})
+		if oerr != nil {
+			return oerr
+		}
+		p, err = a.Check(context.Background(), c.Repair)
+		if cerr := a.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("check %s: %w", c.Name, err)
+	}
+	verb := "found"
+	if c.Repair && p.Mismatches > 0 {
+		verb = "repaired"
+	}
+	fmt.Printf("check %s: %d bytes checked, %d mismatched blocks %s\n", c.Name, p.Done, p.Mismatches, verb)
+	if p.Mismatches > 0 {
+		return errMismatches
+	}
+	return nil
+}
+
+// watchProgress prints the running job's progress to stderr while a
+// long action waits; the returned func stops it.
+func watchProgress(cl *array.Client, name string) func() {
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			sts, err := cl.Status(context.Background())
+			if err != nil {
+				continue
+			}
+			for _, s := range sts {
+				if s.Name == name && s.Job != nil {
+					fmt.Fprintf(os.Stderr, "  %s\n", progressLine(*s.Job))
+				}
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
+}

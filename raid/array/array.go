@@ -1,0 +1,369 @@
+package array
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/ddraid/ddraid/bitmap"
+	"github.com/ddraid/ddraid/blockdev"
+	"github.com/ddraid/ddraid/raid"
+	"github.com/ddraid/ddraid/raid/meta"
+	"github.com/ddraid/ddraid/resync"
+)
+
+// Options configure Open.
+type Options struct {
+	StateDir string
+	Name     string
+	// Direct opens members with O_DIRECT.
+	Direct bool
+	// Wrap wraps each member below the counters (latency or fault
+	// injection for benchmarks and drills).
+	Wrap func(role int, dev blockdev.Device) blockdev.Device
+	// Throttle bounds background jobs; zero value: resync.DefaultThrottle.
+	Throttle resync.Throttle
+	// ClearDelay is how long a bitmap region stays marked after its last
+	// write; 0: 5 s.
+	ClearDelay time.Duration
+	Logger     *slog.Logger
+}
+
+// Array is an assembled, running array.
+type Array struct {
+	opts  Options
+	log   *slog.Logger
+	asm   *raid.Assembled
+	eng   blockdev.Device // the raid engine
+	sync  raid.Syncer     // nil for linear
+	front blockdev.Device // what is served: bitmap in front of the engine
+
+	swaps []*blockdev.Swap
+	stats []*blockdev.Stats
+	store *bitmap.Store
+	bm    *bitmap.Bitmap
+
+	mu      sync.Mutex
+	sb      *meta.Array // latest superblock
+	jobs    []queued
+	current *resync.Progress
+	last    *resync.Progress // the last finished job
+	wake    chan struct{}
+	ctx     context.Context
+	cancel  context.CancelFunc
+	done    chan struct{}
+	// unsynced is set while regions are known inconsistent (a resync,
+	// initial sync or recovery is queued or running, or failed).
+	unsynced bool
+}
+
+// queued is a job waiting for the worker.
+type queued struct {
+	job    resync.Job
+	finish func(p resync.Progress, err error)
+}
+
+// Open assembles the named array and starts its background work.
+func Open(o Options) (*Array, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Throttle == (resync.Throttle{}) {
+		o.Throttle = resync.DefaultThrottle()
+	}
+	if err := o.Throttle.Validate(); err != nil {
+		return nil, err
+	}
+	a := &Array{opts: o, log: o.Logger.With("array", o.Name), wake: make(chan struct{}, 1), done: make(chan struct{})}
+	var mu sync.Mutex
+	asm, err := raid.Assemble(o.StateDir, o.Name, raid.AssembleOptions{
+		Direct: o.Direct,
+		OnFail: a.onFail,
+		Wrap: func(role int, dev blockdev.Device) blockdev.Device {
+			mu.Lock()
+			defer mu.Unlock()
+			return a.wrapMember(role, dev)
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.asm, a.eng, a.sb = asm, asm.Device(), asm.Array
+	for len(a.swaps) < len(a.sb.Members) {
+		a.swaps = append(a.swaps, nil)
+		a.stats = append(a.stats, nil)
+	}
+	a.sync, _ = a.eng.(raid.Syncer)
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	if err := a.openBitmap(); err != nil {
+		asm.Close()
+		return nil, err
+	}
+	a.resume()
+	go a.worker()
+	return a, nil
+}
+
+// wrapMember puts the counters and the swap in front of a member.
+func (a *Array) wrapMember(role int, dev blockdev.Device) blockdev.Device {
+	for len(a.swaps) <= role {
+		a.swaps = append(a.swaps, nil)
+		a.stats = append(a.stats, nil)
+	}
+	if a.opts.Wrap != nil {
+		dev = a.opts.Wrap(role, dev)
+	}
+	a.stats[role] = blockdev.NewStats(dev)
+	a.swaps[role] = blockdev.NewSwap(a.stats[role])
+	return a.swaps[role]
+}
+
+// openBitmap opens the bitmap store (a corrupt store is set aside and
+// replaced, and the whole array resynced) and puts the bitmap in front of
+// the engine. Linear arrays have no redundancy and no bitmap.
+func (a *Array) openBitmap() error {
+	if a.sync == nil {
+		a.front = a.eng
+		return nil
+	}
+	dir := filepath.Join(a.opts.StateDir, "bitmap")
+	store, err := bitmap.OpenStore(dir, bitmap.StoreConfig{})
+	if errors.Is(err, bitmap.ErrCorrupt) {
+		aside := fmt.Sprintf("%s.corrupt-%d", dir, time.Now().Unix())
+		a.log.Warn("bitmap store is corrupt; set aside, the whole array will be resynced", "dir", dir, "moved_to", aside, "err", err)
+		if rerr := os.Rename(dir, aside); rerr != nil {
+			return fmt.Errorf("set aside corrupt bitmap store: %w", rerr)
+		}
+		store, err = bitmap.OpenStore(dir, bitmap.StoreConfig{})
+		if err == nil {
+			a.mu.Lock()
+			a.sb.InitialSync, a.sb.SyncedTo = true, 0
+			a.mu.Unlock()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("bitmap: %w", err)
+	}
+	region := a.sb.RegionSize
+	if region == 0 {
+		region = raid.DefaultRegionSize
+	}
+	bm, err := bitmap.New(store, a.sb.UUID.String(), 0, a.eng.Size(), bitmap.Config{
+		RegionSize: region, ClearDelay: a.opts.ClearDelay, Flush: a.eng.Flush, Logger: a.log,
+	})
+	if err != nil {
+		store.Close()
+		return fmt.Errorf("bitmap: %w", err)
+	}
+	a.store, a.bm = store, bm
+	a.bm.SetDegraded(a.degraded())
+	a.front = bitmap.NewDevice(a.eng, bm)
+	return nil
+}
+
+// Device returns the array as served: writes are marked in the bitmap
+// before they reach the members.
+func (a *Array) Device() blockdev.Device { return a.front }
+
+// Name returns the array name.
+func (a *Array) Name() string { return a.opts.Name }
+
+// Superblock returns a copy of the current superblock.
+func (a *Array) Superblock() meta.Array {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	sb := *a.sb
+	sb.Members = append([]meta.Member(nil), a.sb.Members...)
+	sb.Spares = append([]meta.Member(nil), a.sb.Spares...)
+	return sb
+}
+
+// degraded reports whether any member is not active.
+func (a *Array) degraded() bool {
+	if a.sync == nil {
+		return false
+	}
+	for _, s := range a.sync.MemberStates() {
+		if s != raid.MemberActive {
+			return true
+		}
+	}
+	return false
+}
+
+// resume queues the work an earlier run left: resync of dirty regions,
+// the initial sync, and recovery of members recorded as recovering.
+func (a *Array) resume() {
+	if a.sync == nil {
+		return
+	}
+	sb := a.Superblock()
+	for role, m := range sb.Members {
+		if m.State == meta.StateRecovering {
+			if err := a.startRecovery(role, nil, false); err != nil {
+				a.log.Error("cannot resume recovery", "role", role, "member", m.Path, "err", err)
+			}
+		}
+	}
+	if sb.InitialSync {
+		a.log.Info("initial sync pending", "from", sb.SyncedTo)
+		a.queueSync(resync.Range{Off: sb.SyncedTo, Len: a.eng.Size() - sb.SyncedTo}, true)
+		return
+	}
+	dirty := a.bm.Dirty()
+	if len(dirty) == 0 {
+		return
+	}
+	if a.degraded() {
+		a.log.Warn("unclean stop while degraded: dirty regions wait for recovery", "regions", len(dirty))
+		return
+	}
+	a.log.Info("unclean stop: resyncing dirty regions", "regions", len(dirty))
+	a.queueDirtyResync(dirty)
+}
+
+// ranges turns region numbers into byte ranges of the array, merging
+// neighbours.
+func (a *Array) ranges(regions []uint64) []resync.Range {
+	var out []resync.Range
+	for _, r := range regions {
+		off, n := a.bm.RegionRange(r)
+		if k := len(out) - 1; k >= 0 && out[k].Off+out[k].Len == off {
+			out[k].Len += n
+			continue
+		}
+		out = append(out, resync.Range{Off: off, Len: n})
+	}
+	return out
+}
+
+// regionsOf returns the region numbers a range covers.
+func (a *Array) regionsOf(r resync.Range) []uint64 {
+	var out []uint64
+	for x := a.bm.Region(r.Off); x <= a.bm.Region(r.Off+r.Len-1); x++ {
+		out = append(out, x)
+	}
+	return out
+}
+
+func (a *Array) queueDirtyResync(dirty []uint64) {
+	a.setUnsynced(true)
+	a.enqueue(resync.Job{
+		Kind: resync.KindResync, Array: a.sync, Ranges: a.ranges(dirty),
+		OnRangeDone: func(r resync.Range) error {
+			if err := a.eng.Flush(); err != nil {
+				return err
+			}
+			return a.bm.ClearRegions(a.regionsOf(r))
+		},
+	}, func(p resync.Progress, err error) {
+		if err == nil {
+			a.setUnsynced(false)
+			a.log.Info("resync done", "bytes", p.Done)
+		}
+	})
+}
+
+// queueSync queues the initial (or full) sync of r, checkpointing progress
+// in the superblock.
+func (a *Array) queueSync(r resync.Range, initial bool) {
+	a.setUnsynced(true)
+	lastSave := time.Now()
+	a.enqueue(resync.Job{
+		Kind: resync.KindResync, Array: a.sync, Ranges: []resync.Range{r}, Chunk: 4 << 20,
+		OnProgress: func(p resync.Progress) {
+			if !initial || time.Since(lastSave) < 5*time.Second || p.Finished {
+				return
+			}
+			lastSave = time.Now()
+			if err := a.eng.Flush(); err == nil {
+				a.update(func(sb *meta.Array) error { sb.SyncedTo = r.Off + p.Done; return nil })
+			}
+		},
+	}, func(p resync.Progress, err error) {
+		if err != nil {
+			if initial {
+				a.eng.Flush()
+				a.update(func(sb *meta.Array) error { sb.SyncedTo = r.Off + p.Done; return nil })
+			}
+			return
+		}
+		a.eng.Flush()
+		a.update(func(sb *meta.Array) error { sb.InitialSync, sb.SyncedTo = false, 0; return nil })
+		a.setUnsynced(false)
+		a.log.Info("sync done", "bytes", p.Done)
+	})
+}
+
+func (a *Array) setUnsynced(v bool) {
+	a.mu.Lock()
+	a.unsynced = v
+	a.mu.Unlock()
+}
+
+// update changes the stored superblock and the in-memory copy together.
+func (a *Array) update(fn func(*meta.Array) error) error {
+	sb, err := meta.Update(a.opts.StateDir, a.opts.Name, fn)
+	if err != nil {
+		a.log.Error("update metadata", "err", err)
+		return err
+	}
+	a.mu.Lock()
+	a.sb = sb
+	a.mu.Unlock()
+	return nil
+}
+
+// onFail records a member failure reported by the engine.
+func (a *Array) onFail(member int, err error) {
+	a.log.Warn("member failed; array continues degraded", "member", member, "err", err)
+	if a.bm != nil {
+		a.bm.SetDegraded(true)
+	}
+	// Recording opens the metadata store; do it off the IO path.
+	go func() {
+		a.update(func(sb *meta.Array) error {
+			if member < len(sb.Members) {
+				sb.Members[member].State = meta.StateFailed
+			}
+			return nil
+		})
+		a.useSpare()
+	}()
+}
+
+// Close stops background jobs, flushes, and closes the array. The bitmap
+// is cleared only when the array is healthy and nothing is left to sync.
+func (a *Array) Close() error {
+	a.cancel()
+	<-a.done
+	var errs []error
+	if err := a.front.Flush(); err != nil {
+		errs = append(errs, fmt.Errorf("flush: %w", err))
+	}
+	if a.bm != nil {
+		a.mu.Lock()
+		clean := !a.unsynced && len(errs) == 0 && !a.degraded()
+		a.mu.Unlock()
+		if err := a.bm.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		if clean {
+			if err := a.store.ClearAll(a.sb.UUID.String(), 0); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := a.store.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := a.asm.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

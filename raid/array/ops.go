@@ -1,0 +1,444 @@
+package array
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/ddraid/ddraid/blockdev"
+	"github.com/ddraid/ddraid/raid"
+	"github.com/ddraid/ddraid/raid/meta"
+	"github.com/ddraid/ddraid/resync"
+)
+
+// ErrRefused reports an operator action refused to protect the data.
+var ErrRefused = errors.New("refused")
+
+// errOperator is the failure recorded when the operator fails a member.
+var errOperator = errors.New("failed by the operator")
+
+// Resolve finds a member by role number or path; spare reports a spare.
+func Resolve(sb *meta.Array, ref string) (role int, spare bool, err error) {
+	if n, err := strconv.Atoi(ref); err == nil {
+		if n < 0 || n >= len(sb.Members) {
+			return 0, false, fmt.Errorf("array %s has no member %d (roles 0-%d)", sb.Name, n, len(sb.Members)-1)
+		}
+		return n, false, nil
+	}
+	abs, _ := filepath.Abs(ref)
+	for i, m := range sb.Members {
+		if m.Path != "" && (m.Path == ref || m.Path == abs) {
+			return i, false, nil
+		}
+	}
+	for i, m := range sb.Spares {
+		if m.Path == ref || m.Path == abs {
+			return i, true, nil
+		}
+	}
+	return 0, false, fmt.Errorf("%s is not a member of array %s", ref, sb.Name)
+}
+
+// checkFail refuses to fail a member when that would lose data.
+func checkFail(sb *meta.Array, role int, force bool) error {
+	m := sb.Members[role]
+	if m.State != meta.StateActive && m.State != meta.StateRecovering {
+		return fmt.Errorf("member %d (%s) is already %s", role, m.Path, m.State)
+	}
+	level, _ := raid.ParseLevel(sb.Level)
+	lost := 0
+	for _, x := range sb.Members {
+		if x.State != meta.StateActive {
+			lost++
+		}
+	}
+	if m.State == meta.StateActive && lost+1 > raid.Tolerance(level, len(sb.Members)) && !force {
+		return fmt.Errorf("%w: failing member %d (%s) would leave %s array %s without its data (%d of %d members lost, it tolerates %d); use --force",
+			ErrRefused, role, m.Path, sb.Level, sb.Name, lost+1, len(sb.Members), raid.Tolerance(level, len(sb.Members)))
+	}
+	return nil
+}
+
+// Fail marks a member failed; IO continues degraded.
+func (a *Array) Fail(ref string, force bool) error {
+	if a.sync == nil {
+		return fmt.Errorf("%s array %s has no redundancy: members cannot be failed", a.sb.Level, a.opts.Name)
+	}
+	sb := a.Superblock()
+	role, spare, err := Resolve(&sb, ref)
+	if err != nil {
+		return err
+	}
+	if spare {
+		return fmt.Errorf("%s is a spare; use remove-device", ref)
+	}
+	if err := checkFail(&sb, role, force); err != nil {
+		return err
+	}
+	a.sync.Fail(role, errOperator)
+	// onFail records it asynchronously; record synchronously too so the
+	// caller sees the new state when we return.
+	return a.update(func(sb *meta.Array) error { sb.Members[role].State = meta.StateFailed; return nil })
+}
+
+// Remove takes a failed or missing member (or a spare) out of the array.
+func (a *Array) Remove(ref string) error {
+	sb := a.Superblock()
+	if _, _, err := Resolve(&sb, ref); err != nil {
+		return err
+	}
+	return a.update(func(sb *meta.Array) error { return removeIn(sb, ref) })
+}
+
+func removeIn(sb *meta.Array, ref string) error {
+	role, spare, err := Resolve(sb, ref)
+	if err != nil {
+		return err
+	}
+	if spare {
+		sb.Spares = append(sb.Spares[:role], sb.Spares[role+1:]...)
+		return nil
+	}
+	m := &sb.Members[role]
+	if m.State != meta.StateFailed && m.State != meta.StateMissing {
+		return fmt.Errorf("%w: member %d (%s) is %s; fail it first", ErrRefused, role, m.Path, m.State)
+	}
+	m.State, m.Path = meta.StateMissing, ""
+	return nil
+}
+
+// plan describes how a new device joins an array.
+type plan struct {
+	role      int  // -1: spare
+	readd     bool // the device is this role's previous member: dirty regions only
+	header    meta.Header
+	memberDev meta.Member
+}
+
+// planAdd checks a device and decides where it goes.
+func planAdd(sb *meta.Array, path string, force bool) (plan, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return plan{}, err
+	}
+	if sb.Level == string(raid.LevelLinear) {
+		return plan{}, fmt.Errorf("linear array %s cannot take new members", sb.Name)
+	}
+	f, err := blockdev.OpenFile(abs, blockdev.FileOptions{ReadOnly: true})
+	if err != nil {
+		return plan{}, fmt.Errorf("add %s: %w", path, err)
+	}
+	defer f.Close()
+	if need := sb.DataOffset + sb.MemberDataSize; f.Size() < need {
+		return plan{}, fmt.Errorf("%w: %s is too small: %d bytes, array %s needs %d", ErrRefused, path, f.Size(), sb.Name, need)
+	}
+	for _, m := range append(append([]meta.Member(nil), sb.Members...), sb.Spares...) {
+		if m.Path == abs && m.State != meta.StateFailed && m.State != meta.StateMissing {
+			return plan{}, fmt.Errorf("%w: %s is already in array %s (%s)", ErrRefused, path, sb.Name, m.State)
+		}
+	}
+	p := plan{role: -1}
+	if h, err := meta.ReadHeader(f); err == nil {
+		switch {
+		case h.ArrayUUID == sb.UUID && h.Role >= 0 && int(h.Role) < len(sb.Members) && sb.Members[h.Role].UUID == h.MemberUUID:
+			m := sb.Members[h.Role]
+			if m.State != meta.StateFailed && m.State != meta.StateMissing {
+				return plan{}, fmt.Errorf("%w: %s is member %d of array %s and is %s", ErrRefused, path, h.Role, sb.Name, m.State)
+			}
+			p.role, p.readd = int(h.Role), true
+		case !force:
+			return plan{}, fmt.Errorf("%w: %s belongs to array %q (%s); use --force to overwrite it", ErrRefused, path, h.ArrayName, h.ArrayUUID)
+		}
+	}
+	if !p.readd {
+		for i, m := range sb.Members {
+			if m.State == meta.StateFailed || m.State == meta.StateMissing {
+				p.role = i
+				break
+			}
+		}
+	}
+	p.memberDev = meta.Member{Role: p.role, UUID: meta.NewUUID(), Path: abs, State: meta.StateRecovering}
+	if p.readd {
+		p.memberDev.UUID = sb.Members[p.role].UUID
+	}
+	if p.role < 0 {
+		p.memberDev.State = meta.StateSpare
+	}
+	return p, nil
+}
+
+// apply writes the device's header and records it in sb.
+func (p plan) apply(sb *meta.Array) error {
+	h := meta.Header{
+		Role: int32(p.role), ArrayUUID: sb.UUID, MemberUUID: p.memberDev.UUID, Members: uint32(len(sb.Members)),
+		BlockSize: uint32(sb.BlockSize), DataOffset: uint64(sb.DataOffset), DataSize: uint64(sb.MemberDataSize),
+		Events: sb.Events + 1, Level: sb.Level, ArrayName: sb.Name,
+	}
+	f, err := blockdev.OpenFile(p.memberDev.Path, blockdev.FileOptions{})
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := meta.WriteHeader(f, &h); err != nil {
+		return fmt.Errorf("%s: %w", p.memberDev.Path, err)
+	}
+	if p.role < 0 {
+		p.memberDev.Role = -1
+		sb.Spares = append(sb.Spares, p.memberDev)
+		return nil
+	}
+	sb.Members[p.role] = p.memberDev
+	return nil
+}
+
+// Add adds a device: into a failed or missing role (recovery starts: only
+// the dirty regions when the device is that role's previous member), or as
+// a spare when every role is in use.
+func (a *Array) Add(path string, force bool) (string, error) {
+	var p plan
+	err := a.update(func(sb *meta.Array) error {
+		var err error
+		if p, err = planAdd(sb, path, force); err != nil {
+			return err
+		}
+		return p.apply(sb)
+	})
+	if err != nil {
+		return "", err
+	}
+	if p.role < 0 {
+		return fmt.Sprintf("added %s as a spare", path), nil
+	}
+	if err := a.startRecovery(p.role, nil, p.readd); err != nil {
+		return "", err
+	}
+	if p.readd {
+		return fmt.Sprintf("re-added %s as member %d; recovering its dirty regions", path, p.role), nil
+	}
+	return fmt.Sprintf("added %s as member %d; recovery started", path, p.role), nil
+}
+
+// useSpare starts recovery onto a spare when a role is failed or missing.
+func (a *Array) useSpare() {
+	sb := a.Superblock()
+	if len(sb.Spares) == 0 || a.sync == nil {
+		return
+	}
+	spare := sb.Spares[0].Path
+	err := a.update(func(sb *meta.Array) error {
+		sb.Spares = sb.Spares[1:]
+		p, err := planAdd(sb, spare, true)
+		if err != nil || p.role < 0 {
+			return fmt.Errorf("no role for spare %s: %v", spare, err)
+		}
+		p.readd = false
+		p.memberDev.UUID = meta.NewUUID()
+		return p.apply(sb)
+	})
+	if err != nil {
+		a.log.Warn("cannot use spare", "spare", spare, "err", err)
+		return
+	}
+	sb = a.Superblock()
+	role, _, _ := Resolve(&sb, spare)
+	a.log.Info("recovering onto spare", "spare", spare, "role", role)
+	if err := a.startRecovery(role, nil, false); err != nil {
+		a.log.Error("recovery onto spare", "err", err)
+	}
+}
+
+// startRecovery opens the role's device as recorded in the superblock
+// (unless dev is given), makes it recovering and queues its rebuild.
+func (a *Array) startRecovery(role int, dev blockdev.Device, dirtyOnly bool) error {
+	sb := a.Superblock()
+	if dev == nil {
+		d, err := raid.OpenMember(&sb, role, a.opts.Direct)
+		if err != nil {
+			return err
+		}
+		dev = d
+	}
+	a.mu.Lock()
+	wrapped := a.wrapMember(role, dev)
+	a.mu.Unlock()
+	if err := a.sync.StartRecovery(role, wrapped); err != nil {
+		wrapped.Close()
+		return err
+	}
+	a.bm.SetDegraded(true)
+	ranges := resync.Whole(a.eng.Size())
+	if dirtyOnly {
+		ranges = a.ranges(a.bm.Dirty())
+	}
+	a.setUnsynced(true)
+	a.enqueue(resync.Job{Kind: resync.KindRecover, Array: a.sync, Member: role, Ranges: ranges},
+		func(p resync.Progress, err error) {
+			if err != nil {
+				return
+			}
+			if err := a.sync.FinishRecovery(role); err != nil {
+				a.log.Error("finish recovery", "role", role, "err", err)
+				return
+			}
+			a.update(func(sb *meta.Array) error { sb.Members[role].State = meta.StateActive; return nil })
+			a.bm.SetDegraded(a.degraded())
+			a.setUnsynced(false)
+			a.log.Info("member recovered", "role", role, "bytes", p.Done)
+		})
+	return nil
+}
+
+// Replace rebuilds NEW from OLD while OLD keeps serving, then swaps them.
+func (a *Array) Replace(oldRef, newPath string, force bool) (string, error) {
+	if a.sync == nil {
+		return "", fmt.Errorf("linear array %s cannot replace members online", a.opts.Name)
+	}
+	sb := a.Superblock()
+	role, spare, err := Resolve(&sb, oldRef)
+	if err != nil {
+		return "", err
+	}
+	if spare || sb.Members[role].State != meta.StateActive {
+		return "", fmt.Errorf("%w: %s is not an active member; use add-device", ErrRefused, oldRef)
+	}
+	p, err := planAdd(&sb, newPath, force)
+	if err != nil {
+		return "", err
+	}
+	if p.readd {
+		return "", fmt.Errorf("%w: %s is already a member of %s", ErrRefused, newPath, sb.Name)
+	}
+	p.role, p.memberDev.Role = role, role
+	scratch := sb
+	scratch.Members = append([]meta.Member(nil), sb.Members...)
+	if err := p.apply(&scratch); err != nil { // header only; the superblock changes at the swap
+		return "", err
+	}
+	f, err := blockdev.OpenFile(p.memberDev.Path, blockdev.FileOptions{Direct: a.opts.Direct})
+	if err != nil {
+		return "", err
+	}
+	sec, err := blockdev.NewSection(f, sb.DataOffset, sb.MemberDataSize)
+	if err != nil {
+		f.Close()
+		return "", err
+	}
+	newDev := blockdev.NewStats(sec)
+	old := a.swaps[role].Current()
+	inner, err := raid.NewMirror([]blockdev.Device{old, nil}, sb.MemberDataSize, raid.Config{})
+	if err == nil {
+		err = inner.StartRecovery(1, newDev)
+	}
+	if err != nil {
+		f.Close()
+		return "", err
+	}
+	a.swaps[role].Set(inner)
+	a.enqueue(resync.Job{Kind: resync.KindRecover, Array: inner, Member: 1, Ranges: resync.Whole(sb.MemberDataSize)},
+		func(_ resync.Progress, err error) {
+			if err != nil || inner.FinishRecovery(1) != nil {
+				a.swaps[role].Set(old)
+				f.Close()
+				a.log.Warn("replace abandoned; the old member stays", "role", role, "err", err)
+				return
+			}
+			a.swaps[role].Set(newDev)
+			a.mu.Lock()
+			a.stats[role] = newDev
+			a.mu.Unlock()
+			old.Close()
+			a.update(func(sb *meta.Array) error {
+				sb.Members[role] = meta.Member{Role: role, UUID: p.memberDev.UUID, Path: p.memberDev.Path, State: meta.StateActive}
+				return nil
+			})
+			a.log.Info("member replaced", "role", role, "new", p.memberDev.Path)
+		})
+	return fmt.Sprintf("replacing member %d (%s) with %s", role, sb.Members[role].Path, newPath), nil
+}
+
+// Check runs a check (or repair) after any queued job and waits for it.
+func (a *Array) Check(ctx context.Context, repair bool) (resync.Progress, error) {
+	if a.sync == nil {
+		return resync.Progress{}, fmt.Errorf("%s array %s has no redundancy to check", a.sb.Level, a.opts.Name)
+	}
+	kind := resync.KindCheck
+	if repair {
+		kind = resync.KindRepair
+	}
+	type result struct {
+		p   resync.Progress
+		err error
+	}
+	res := make(chan result, 1)
+	a.enqueue(resync.Job{Kind: kind, Array: a.sync, Ranges: resync.Whole(a.eng.Size()), Chunk: 4 << 20},
+		func(p resync.Progress, err error) { res <- result{p, err} })
+	select {
+	case r := <-res:
+		return r.p, r.err
+	case <-ctx.Done():
+		return resync.Progress{}, ctx.Err()
+	}
+}
+
+// OfflineUpdate applies an operator action to a stopped array's metadata.
+// Devices that are added are written their header now; the recovery runs
+// when the array is next served.
+func OfflineUpdate(stateDir, name, action, ref, path string, force bool) (string, error) {
+	var msg string
+	_, err := meta.Update(stateDir, name, func(sb *meta.Array) error {
+		switch action {
+		case "fail":
+			role, spare, err := Resolve(sb, ref)
+			if err != nil {
+				return err
+			}
+			if spare {
+				return fmt.Errorf("%s is a spare; use remove-device", ref)
+			}
+			if err := checkFail(sb, role, force); err != nil {
+				return err
+			}
+			sb.Members[role].State = meta.StateFailed
+			msg = fmt.Sprintf("member %d (%s) marked failed", role, sb.Members[role].Path)
+		case "remove":
+			if err := removeIn(sb, ref); err != nil {
+				return err
+			}
+			msg = fmt.Sprintf("removed %s", ref)
+		case "add", "replace":
+			if action == "replace" {
+				role, _, err := Resolve(sb, ref)
+				if err != nil {
+					return err
+				}
+				if err := checkFail(sb, role, force); err != nil {
+					return err
+				}
+				sb.Members[role].State = meta.StateFailed
+			}
+			p, err := planAdd(sb, path, force)
+			if err != nil {
+				return err
+			}
+			if err := p.apply(sb); err != nil {
+				return err
+			}
+			if p.role < 0 {
+				msg = fmt.Sprintf("added %s as a spare", path)
+			} else {
+				msg = fmt.Sprintf("added %s as member %d; it is rebuilt when the array is served", path, p.role)
+			}
+		default:
+			return fmt.Errorf("unknown action %q", action)
+		}
+		return nil
+	})
+	if errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	return msg, err
+}

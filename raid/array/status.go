@@ -1,0 +1,48 @@
+package array
+
+import (
+	"github.com/ddraid/ddraid/blockdev"
+	"github.com/ddraid/ddraid/raid"
+	"github.com/ddraid/ddraid/resync"
+)
+
+// Status is a running array's status: the stored view plus what only the
+// running process knows.
+type Status struct {
+	raid.Status
+	Job          *resync.Progress   `json:"job,omitempty"`
+	LastJob      *resync.Progress   `json:"last_job,omitempty"`
+	Queued       int                `json:"queued,omitempty"`
+	DirtyRegions int                `json:"dirty_regions"`
+	RegionSize   int64              `json:"region_size,omitempty"`
+	MemberIO     []blockdev.IOStats `json:"member_io,omitempty"`
+}
+
+// Status returns the array's status.
+func (a *Array) Status() Status {
+	sb := a.Superblock()
+	st := Status{Status: raid.Describe(a.opts.StateDir, &sb)}
+	if a.bm != nil {
+		st.DirtyRegions = len(a.bm.Dirty())
+		st.RegionSize = a.bm.RegionSize()
+	}
+	a.mu.Lock()
+	if a.current != nil {
+		cp := *a.current
+		st.Job = &cp
+	}
+	if a.last != nil {
+		cp := *a.last
+		st.LastJob = &cp
+	}
+	st.Queued = len(a.jobs)
+	a.mu.Unlock()
+	for _, s := range a.stats {
+		var io blockdev.IOStats
+		if s != nil {
+			io = s.Snapshot()
+		}
+		st.MemberIO = append(st.MemberIO, io)
+	}
+	return st
+}
