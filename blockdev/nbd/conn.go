@@ -3,16 +3,19 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/ddraid/ddraid/blockdev"
 )
 
 // connPhase says what the reader goroutine of a connection is doing, so
@@ -30,12 +33,17 @@ const (
 const readBufferSize = 32 << 10
 
 // minConnBudget is the least payload memory a connection may hold; the
-// budget is max(2 × MaxPayload, minConnBudget).
+// budget is max(2 × MaxPayload, minConnBudget), capped by
+// Config.MaxPayloadMemory.
 const minConnBudget = 64 << 20
 
-// byteBudget bounds the payload bytes a connection holds at once, so that
-// a client cannot pin MaxInFlight × MaxPayload bytes with a burst of long
-// READs whose replies it does not read.
+// tlsCloseTimeout bounds sending the TLS close_notify when a connection
+// ends.
+const tlsCloseTimeout = time.Second
+
+// byteBudget bounds the payload bytes held at once, so that a client
+// cannot pin MaxInFlight × MaxPayload bytes with a burst of long READs
+// whose replies it does not read.
 type byteBudget struct {
 	mu    sync.Mutex
 	cond  sync.Cond
@@ -66,29 +74,47 @@ func (b *byteBudget) release(n int64) {
 }
 
 // request is one request in flight. Requests are recycled through the
-// connection's free list, so the steady state allocates nothing per request.
+// connection's free list with their scratch slices, so the steady state
+// allocates nothing per request.
 type request struct {
 	Request
-	bufp  *[]byte // pooled payload buffer (WRITE data in, READ data out)
-	held  int64   // bytes of the connection's budget bufp holds
-	hdr   [replyHeaderLen]byte
-	reply []byte // READ data to send after hdr
+	bufp *[]byte // pooled payload buffer (WRITE data in, READ data out)
+	held int64   // bytes of the budgets bufp holds
+
+	// Outcome, set by execute.
+	errno Errno
+	msg   string // why the request failed, for structured error chunks
+	data  []byte // READ data to send
+
+	ext     []blockdev.Extent // BLOCK_STATUS: the device's extents
+	status  []blockdev.Extent // BLOCK_STATUS: the descriptors to send
+	runs    []run             // READ chunk plan scratch
+	hdr     [32]byte          // the reply header when one suffices
+	scratch []byte            // headers and payloads of longer replies
+	vec     [][]byte          // the reply's pieces, in order
 }
 
 // conn serves one client connection: the serve goroutine runs the
 // handshake and then reads requests; worker goroutines execute them.
 type conn struct {
-	s   *Server
-	nc  net.Conn
-	br  *bufio.Reader
-	log *slog.Logger
+	s    *Server
+	nc   net.Conn  // the socket: deadlines and Close go here
+	tlsc *tls.Conn // set once TLS runs; data goes through it
+	br   *bufio.Reader
+	log  *slog.Logger
 
-	exp    *export
-	strict bool
+	exp         *export
+	strict      bool
+	structured  bool
+	blockStatus bool
 
 	mu       sync.Mutex // guards phase, shutting and read deadlines
 	phase    connPhase
 	shutting bool
+
+	// misbehaved is set once the client has been logged for breaking
+	// the protocol; later offences are logged at Debug only.
+	misbehaved atomic.Bool
 
 	// Replies are written by whichever worker finds no write under way:
 	// it sends every queued reply in one writev, repeating until the queue
@@ -100,6 +126,7 @@ type conn struct {
 	wspare  []*request // the writer's second queue, swapped with wq
 	wvec    [][]byte   // the writer's iovecs
 	wbufs   net.Buffers
+	bw      *bufio.Writer // under TLS, replies are gathered here (tls.Conn has no writev)
 
 	budget      byteBudget
 	maxInFlight int
@@ -122,7 +149,7 @@ func newConn(s *Server, nc net.Conn, remote string) *conn {
 		free:        make(chan *request, s.cfg.MaxInFlight),
 		work:        make(chan *request),
 	}
-	c.budget.init(max(2*int64(s.cfg.MaxPayload), minConnBudget))
+	c.budget.init(min(max(2*int64(s.cfg.MaxPayload), minConnBudget), s.cfg.MaxPayloadMemory))
 	return c
 }
 
@@ -147,7 +174,7 @@ func (c *conn) isShutting() bool {
 // serve runs the connection to its end and unregisters it.
 func (c *conn) serve() {
 	defer c.s.connDone(c)
-	defer c.nc.Close()
+	defer c.close()
 	if tc, ok := c.nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
@@ -161,11 +188,35 @@ func (c *conn) serve() {
 	c.log.Debug("nbd: connection closed", "export", c.exportName(), "in", phase)
 }
 
+// close ends the connection, shutting TLS down first when it runs.
+func (c *conn) close() {
+	if c.tlsc != nil {
+		c.nc.SetWriteDeadline(time.Now().Add(tlsCloseTimeout))
+		c.tlsc.Close()
+	}
+	c.nc.Close()
+}
+
 func (c *conn) exportName() string {
 	if c.exp == nil {
 		return ""
 	}
 	return c.exp.Name
+}
+
+// misbehave logs a protocol violation: the first one of a connection at
+// Warn (through the server's rate limiter), later ones at Debug.
+func (c *conn) misbehave(msg string, args ...any) {
+	if c.misbehaved.CompareAndSwap(false, true) {
+		if ok, dropped := c.s.limiter.allow(); ok {
+			if dropped > 0 {
+				args = append(args, "log_lines_suppressed", dropped)
+			}
+			c.log.Warn(msg, args...)
+			return
+		}
+	}
+	c.log.Debug(msg, args...)
 }
 
 // safely runs f, turning a panic into a logged error and a closed
@@ -181,6 +232,20 @@ func (c *conn) safely(what string, f func() bool) (ok bool) {
 	return f()
 }
 
+// startTLS upgrades the connection after the ACK to NBD_OPT_STARTTLS. The
+// TLS handshake is bounded by the handshake deadline already set.
+func (c *conn) startTLS() (*bufio.Reader, *bufio.Writer, error) {
+	tc := tls.Server(&bufferedConn{Conn: c.nc, r: c.br}, c.s.cfg.TLS)
+	if err := tc.Handshake(); err != nil {
+		return nil, nil, err
+	}
+	c.tlsc = tc
+	c.br = bufio.NewReaderSize(tc, readBufferSize)
+	c.bw = bufio.NewWriterSize(tc, 64<<10)
+	c.log.Debug("nbd: TLS started", "version", tls.VersionName(tc.ConnectionState().Version))
+	return c.br, bufio.NewWriterSize(tc, 4096), nil
+}
+
 // negotiate runs the option phase. It reports whether transmission begins.
 func (c *conn) negotiate() bool {
 	c.mu.Lock()
@@ -193,6 +258,9 @@ func (c *conn) negotiate() bool {
 	c.mu.Unlock()
 
 	h := handshake{s: c.s, r: c.br, w: bufio.NewWriterSize(c.nc, 4096), shutting: c.isShutting}
+	if c.s.cfg.TLSMode != TLSOff {
+		h.startTLS = c.startTLS
+	}
 	n, err := h.run()
 	switch {
 	case err == nil:
@@ -204,10 +272,10 @@ func (c *conn) negotiate() bool {
 		c.log.Debug("nbd: handshake cut by shutdown")
 		return false
 	default:
-		c.log.Info("nbd: handshake failed; closing connection", "err", err)
+		c.misbehave("nbd: handshake failed; closing connection", "err", err)
 		return false
 	}
-	c.exp, c.strict = n.exp, n.strict
+	c.exp, c.strict, c.structured, c.blockStatus = n.exp, n.strict, n.structured, n.blockStatus
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -216,7 +284,8 @@ func (c *conn) negotiate() bool {
 		return false
 	}
 	c.nc.SetDeadline(time.Time{})
-	c.log.Debug("nbd: transmission started", "export", c.exp.Name, "block_size_negotiated", c.strict)
+	c.log.Debug("nbd: transmission started", "export", c.exp.Name, "block_size_negotiated", c.strict,
+		"structured_replies", c.structured, "block_status", c.blockStatus, "tls", c.tlsc != nil)
 	return true
 }
 
@@ -248,7 +317,7 @@ func (c *conn) readLoop() bool {
 
 		req, err := parseRequest(&c.hdr)
 		if err != nil {
-			c.log.Warn("nbd: malformed request; closing connection", "export", c.exp.Name, "err", err)
+			c.misbehave("nbd: malformed request; closing connection", "export", c.exp.Name, "err", err)
 			return false
 		}
 		if req.Type == CmdDisc {
@@ -258,7 +327,7 @@ func (c *conn) readLoop() bool {
 		if req.Type == CmdWrite && req.Length > c.exp.maxBS {
 			// The payload cannot be skipped without reading it all, and a
 			// client sending it ignored our advertised maximum.
-			c.log.Warn("nbd: WRITE payload exceeds the maximum; closing connection",
+			c.misbehave("nbd: WRITE payload exceeds the maximum; closing connection",
 				"export", c.exp.Name, "length", req.Length, "max", c.exp.maxBS)
 			return false
 		}
@@ -287,7 +356,7 @@ func (c *conn) logReadErr(what string, err error) {
 	case errors.Is(err, net.ErrClosed):
 		c.log.Debug("nbd: connection closed locally", "while", what)
 	default:
-		c.log.Info("nbd: connection read failed", "export", c.exportName(), "while", what, "err", err)
+		c.misbehave("nbd: connection broke mid-request", "export", c.exportName(), "while", what, "err", err)
 	}
 }
 
@@ -307,9 +376,10 @@ func (c *conn) getRequest() *request {
 }
 
 // takeBuf gives r a pooled payload buffer of n bytes, waiting for the
-// connection's buffer budget.
+// connection's and then the server's buffer budget.
 func (c *conn) takeBuf(r *request, n int) {
 	c.budget.acquire(int64(n))
+	c.s.budget.acquire(int64(n))
 	r.held = int64(n)
 	r.bufp = getBuf(n)
 }
@@ -319,9 +389,11 @@ func (c *conn) recycle(r *request) {
 	if r.bufp != nil {
 		putBuf(r.bufp)
 		r.bufp = nil
+		c.s.budget.release(r.held)
 		c.budget.release(r.held)
 		r.held = 0
 	}
+	r.data, r.msg = nil, ""
 	c.free <- r
 }
 
@@ -364,240 +436,41 @@ func (c *conn) worker(r *request) {
 // handle executes one request and queues its reply; the reply writer
 // recycles the request once the reply is sent.
 func (c *conn) handle(r *request) {
-	errno, data := c.safeExecute(r)
-	c.reply(r, errno, data)
+	c.safeExecute(r)
+	c.encodeReply(r)
+	c.queueReply(r)
 }
 
 // safeExecute runs execute, turning a panic into EIO and a closed
 // connection.
-func (c *conn) safeExecute(r *request) (errno Errno, data []byte) {
+func (c *conn) safeExecute(r *request) {
 	defer func() {
 		if p := recover(); p != nil {
 			c.log.Error("nbd: panic serving request; closing connection", "export", c.exp.Name,
 				"cmd", r.Type.String(), "panic", p, "stack", string(debug.Stack()))
 			c.nc.Close()
-			errno, data = EIO, nil
+			r.errno, r.msg, r.data = EIO, "internal server error", nil
 		}
 	}()
-	return c.execute(r)
+	c.execute(r)
 }
 
-// allowedFlags lists the command flags each command accepts. FUA is valid
-// on every command once NBD_FLAG_SEND_FUA is advertised (the spec requires
-// accepting it, if only by ignoring it). FAST_ZERO is absent because
-// NBD_FLAG_SEND_FAST_ZERO is not advertised.
-func allowedFlags(t Command) (uint16, bool) {
-	switch t {
-	case CmdRead, CmdWrite, CmdFlush, CmdTrim, CmdCache:
-		return CmdFlagFUA, true
-	case CmdWriteZeroes:
-		return CmdFlagFUA | CmdFlagNoHole, true
-	}
-	return 0, false
-}
-
-// execute validates and performs r. It returns the reply's error and, for a
-// successful READ, the data to send.
-func (c *conn) execute(r *request) (Errno, []byte) {
-	e := c.exp
-	allowed, known := allowedFlags(r.Type)
-	if !known {
-		return c.refuse(r, EINVAL, "unknown command")
-	}
-	if r.Flags&^allowed != 0 {
-		return c.refuse(r, EINVAL, "command flags not valid for this command")
-	}
-	switch r.Type {
-	case CmdRead:
-		if r.Length > e.maxBS {
-			return c.refuse(r, EINVAL, "READ longer than the maximum payload")
-		}
-		if errno := c.checkRange(r, EINVAL); errno != 0 {
-			return c.refuse(r, errno, "READ out of range or misaligned")
-		}
-		if r.Length == 0 {
-			return 0, nil
-		}
-		c.takeBuf(r, int(r.Length))
-		if _, err := e.Device.ReadAt(*r.bufp, int64(r.Offset)); err != nil {
-			return c.deviceFailed(r, err), nil
-		}
-		return 0, *r.bufp
-
-	case CmdWrite:
-		if e.ReadOnly {
-			return c.refuse(r, EPERM, "WRITE to a read-only export")
-		}
-		if errno := c.checkRange(r, ENOSPC); errno != 0 {
-			return c.refuse(r, errno, "WRITE out of range or misaligned")
-		}
-		if r.Length == 0 {
-			return 0, nil
-		}
-		if _, err := e.Device.WriteAt(*r.bufp, int64(r.Offset)); err != nil {
-			return c.deviceFailed(r, err), nil
-		}
-		return c.fua(r), nil
-
-	case CmdFlush:
-		if r.Offset != 0 || r.Length != 0 {
-			return c.refuse(r, EINVAL, "FLUSH with nonzero offset or length")
-		}
-		if err := e.Device.Flush(); err != nil {
-			return c.deviceFailed(r, err), nil
-		}
-		return 0, nil
-
-	case CmdTrim:
-		if e.ReadOnly {
-			return c.refuse(r, EPERM, "TRIM on a read-only export")
-		}
-		if errno := c.checkRange(r, EINVAL); errno != 0 {
-			return c.refuse(r, errno, "TRIM out of range or misaligned")
-		}
-		if r.Length == 0 {
-			return 0, nil
-		}
-		if err := e.Device.Trim(int64(r.Offset), int64(r.Length)); err != nil {
-			return c.deviceFailed(r, err), nil
-		}
-		return c.fua(r), nil
-
-	case CmdWriteZeroes:
-		if e.ReadOnly {
-			return c.refuse(r, EPERM, "WRITE_ZEROES on a read-only export")
-		}
-		if errno := c.checkRange(r, ENOSPC); errno != 0 {
-			return c.refuse(r, errno, "WRITE_ZEROES out of range or misaligned")
-		}
-		if r.Length == 0 {
-			return 0, nil
-		}
-		// NO_HOLE needs nothing extra: Device.Zero never leaves the range
-		// less provisioned than a write of zeroes would.
-		if err := e.Device.Zero(int64(r.Offset), int64(r.Length)); err != nil {
-			return c.deviceFailed(r, err), nil
-		}
-		return c.fua(r), nil
-
-	case CmdCache:
-		if errno := c.checkRange(r, EINVAL); errno != 0 {
-			return c.refuse(r, errno, "CACHE out of range or misaligned")
-		}
-		return 0, nil
-	}
-	return c.refuse(r, EINVAL, "unknown command")
-}
-
-// checkRange validates r's range against the export. A zero-length request
-// touches nothing and always passes. Past the end it returns beyond (EINVAL
-// for reads, ENOSPC for writes, as the spec recommends). When the client
-// negotiated block sizes, a range not aligned to the minimum block size is
-// EINVAL, except that a request may end exactly at an unaligned export end.
-func (c *conn) checkRange(r *request, beyond Errno) Errno {
-	if r.Length == 0 {
-		return 0
-	}
-	size := c.exp.size
-	if r.Offset > size || uint64(r.Length) > size-r.Offset {
-		return beyond
-	}
-	if c.strict && c.exp.minBS > 1 {
-		m := uint64(c.exp.minBS)
-		end := r.Offset + uint64(r.Length)
-		if r.Offset%m != 0 || (end%m != 0 && end != size) {
-			return EINVAL
-		}
-	}
-	return 0
-}
-
-// fua flushes the device after a write-type command with the FUA flag.
-func (c *conn) fua(r *request) Errno {
-	if r.Flags&CmdFlagFUA == 0 {
-		return 0
-	}
-	if err := c.exp.Device.Flush(); err != nil {
-		return c.deviceFailed(r, fmt.Errorf("flush for FUA: %w", err))
-	}
-	return 0
-}
-
-// refuse logs a request refused for the client's own fault.
-func (c *conn) refuse(r *request, errno Errno, why string) (Errno, []byte) {
-	if c.log.Enabled(context.Background(), slog.LevelDebug) {
-		c.log.Debug("nbd: request refused", "export", c.exp.Name, "cmd", r.Type.String(),
-			"flags", r.Flags, "offset", r.Offset, "length", r.Length, "errno", uint32(errno), "why", why)
-	}
-	return errno, nil
-}
-
-// deviceFailed logs a device error and maps it to the reply's error.
-func (c *conn) deviceFailed(r *request, err error) Errno {
-	errno := deviceErrno(err)
-	c.log.Warn("nbd: device error", "export", c.exp.Name, "cmd", r.Type.String(),
-		"offset", r.Offset, "length", r.Length, "errno", uint32(errno), "err", err)
-	return errno
-}
-
-// reply queues a simple reply for r and, unless another worker is already
-// writing, writes the queue. Each reply's header and data go out in the
-// same writev. After the write, requests are recycled and leave the
-// in-flight count.
-func (c *conn) reply(r *request, errno Errno, data []byte) {
-	putSimpleReply(&r.hdr, errno, r.Cookie)
-	r.reply = data
-	c.wmu.Lock()
-	c.wq = append(c.wq, r)
-	if c.writing {
-		c.wmu.Unlock()
+// refuse records that r is refused for the client's own fault, logging the
+// first such request of the connection.
+func (c *conn) refuse(r *request, errno Errno, why string) {
+	r.errno, r.msg, r.data = errno, why, nil
+	if c.misbehaved.Load() && !c.log.Enabled(context.Background(), slog.LevelDebug) {
 		return
 	}
-	c.writing = true
-	for len(c.wq) > 0 {
-		batch := c.wq
-		c.wq = c.wspare[:0]
-		failed := c.werr != nil
-		c.wmu.Unlock()
-
-		if !failed {
-			c.writeBatch(batch)
-		}
-		for i, q := range batch {
-			q.reply = nil
-			c.recycle(q)
-			c.inflight.Done()
-			batch[i] = nil
-		}
-
-		c.wmu.Lock()
-		c.wspare = batch[:0]
-	}
-	c.writing = false
-	c.wmu.Unlock()
+	c.misbehave("nbd: invalid request refused", "export", c.exp.Name, "cmd", r.Type.String(),
+		"flags", r.Flags, "offset", r.Offset, "length", r.Length, "errno", uint32(errno), "why", why)
 }
 
-// writeBatch writes the replies of batch with one writev (the kernel may
-// take it in parts; net.Buffers continues them).
-func (c *conn) writeBatch(batch []*request) {
-	vec := c.wvec[:0]
-	for _, q := range batch {
-		vec = append(vec, q.hdr[:])
-		if len(q.reply) > 0 {
-			vec = append(vec, q.reply)
-		}
-	}
-	c.wbufs = vec
-	_, err := c.wbufs.WriteTo(c.nc)
-	clear(vec)
-	c.wvec = vec[:0]
-	if err != nil {
-		c.wmu.Lock()
-		c.werr = err
-		c.wmu.Unlock()
-		if !errors.Is(err, net.ErrClosed) {
-			c.log.Info("nbd: writing reply failed; closing connection", "export", c.exp.Name, "err", err)
-		}
-		c.nc.Close()
-	}
+// deviceFailed records and logs a device error.
+func (c *conn) deviceFailed(r *request, err error) {
+	errno := deviceErrno(err)
+	r.errno, r.data = errno, nil
+	r.msg = "device error: " + errno.name()
+	c.log.Warn("nbd: device error", "export", c.exp.Name, "cmd", r.Type.String(),
+		"offset", r.Offset, "length", r.Length, "errno", uint32(errno), "err", err)
 }

@@ -24,11 +24,18 @@ type negotiated struct {
 	// NBD_OPT_GO: it promised to honour the block size constraints, so
 	// misaligned requests are refused with EINVAL.
 	strict bool
+	// structured is set when NBD_OPT_STRUCTURED_REPLY was acknowledged.
+	structured bool
+	// blockStatus is set when the last NBD_OPT_SET_META_CONTEXT selected
+	// base:allocation for the export that was then chosen.
+	blockStatus bool
+	// tflags are the transmission flags the client was sent.
+	tflags uint16
 }
 
 // handshake runs the server side of the fixed newstyle option phase over a
 // buffered reader and writer. It holds no goroutines and touches no socket
-// state, so it can be fed arbitrary bytes.
+// state (the TLS upgrade is a callback), so it can be fed arbitrary bytes.
 type handshake struct {
 	s        *Server
 	r        *bufio.Reader
@@ -36,7 +43,15 @@ type handshake struct {
 	fixed    bool // client set NBD_FLAG_C_FIXED_NEWSTYLE
 	noZeroes bool // client set NBD_FLAG_C_NO_ZEROES
 	shutting func() bool
-	scratch  [optReplyHeaderLen]byte
+	// startTLS upgrades the connection to TLS once the ACK to
+	// NBD_OPT_STARTTLS has been flushed and returns the new reader and
+	// writer. nil means the upgrade fails.
+	startTLS func() (*bufio.Reader, *bufio.Writer, error)
+
+	tls        bool    // TLS is running
+	structured bool    // NBD_OPT_STRUCTURED_REPLY acknowledged
+	meta       *export // export base:allocation was last selected for, or nil
+	scratch    [optReplyHeaderLen]byte
 }
 
 // run performs the handshake until the client enters transmission (nil
@@ -76,6 +91,9 @@ func readErr(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
+// tlsMode is the server's TLS mode.
+func (h *handshake) tlsMode() TLSMode { return h.s.cfg.TLSMode }
+
 // option reads and answers one option. done reports that the option phase
 // is over (transmission begins).
 func (h *handshake) option() (n negotiated, done bool, err error) {
@@ -113,6 +131,12 @@ func (h *handshake) option() (n negotiated, done bool, err error) {
 		}
 		return n, false, h.reply(opt, repErrShutdown, "server is shutting down")
 	}
+	if h.tlsMode() == TLSRequired && !h.tls && opt != optStartTLS && opt != optAbort {
+		if opt == optExportName {
+			return n, false, errors.New("NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS on a server that requires TLS")
+		}
+		return n, false, h.reply(opt, repErrTLSReqd, "this server requires TLS: send NBD_OPT_STARTTLS first")
+	}
 
 	switch opt {
 	case optExportName:
@@ -126,11 +150,51 @@ func (h *handshake) option() (n negotiated, done bool, err error) {
 			return n, false, h.reply(opt, repErrInvalid, "NBD_OPT_LIST takes no data")
 		}
 		return n, false, h.list()
+	case optStartTLS:
+		return n, false, h.startTLSOption(length)
 	case optInfo, optGo:
 		return h.infoGo(opt, data)
+	case optStructuredReply:
+		if length != 0 {
+			return n, false, h.reply(opt, repErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data")
+		}
+		h.structured = true
+		return n, false, h.reply(opt, repAck, "")
+	case optListMetaContext, optSetMetaContext:
+		return n, false, h.metaContext(opt, data)
 	default:
 		return n, false, h.reply(opt, repErrUnsup, "option "+strconv.FormatUint(uint64(opt), 10)+" is not supported")
 	}
+}
+
+// visible reports whether e may be used on this connection: TLS-only
+// exports need TLS.
+func (h *handshake) visible(e *export) bool { return !e.TLSOnly || h.tls }
+
+// startTLSOption answers NBD_OPT_STARTTLS and upgrades the connection.
+func (h *handshake) startTLSOption(length uint32) error {
+	switch {
+	case h.tlsMode() == TLSOff:
+		return h.reply(optStartTLS, repErrPolicy, "TLS is not enabled on this server")
+	case length != 0:
+		return h.reply(optStartTLS, repErrInvalid, "NBD_OPT_STARTTLS takes no data")
+	case h.tls:
+		return h.reply(optStartTLS, repErrInvalid, "TLS is already running")
+	}
+	if err := h.reply(optStartTLS, repAck, ""); err != nil {
+		return err
+	}
+	if h.startTLS == nil {
+		return errors.New("TLS handshake: no TLS transport")
+	}
+	r, w, err := h.startTLS()
+	if err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	// The spec: no negotiation state survives the upgrade.
+	h.r, h.w, h.tls = r, w, true
+	h.structured, h.meta = false, nil
+	return nil
 }
 
 // exportName answers NBD_OPT_EXPORT_NAME, which cannot report errors: an
@@ -140,23 +204,41 @@ func (h *handshake) exportName(name string) (negotiated, bool, error) {
 	if e == nil {
 		return negotiated{}, false, fmt.Errorf("NBD_OPT_EXPORT_NAME: unknown export %q", name)
 	}
+	if !h.visible(e) {
+		return negotiated{}, false, fmt.Errorf("NBD_OPT_EXPORT_NAME: export %q needs TLS", name)
+	}
+	n := h.negotiated(e, false)
 	var b [10 + zeroPadLen]byte
 	binary.BigEndian.PutUint64(b[0:], e.size)
-	binary.BigEndian.PutUint16(b[8:], e.tflags)
-	n := 10
+	binary.BigEndian.PutUint16(b[8:], n.tflags)
+	size := 10
 	if !h.noZeroes {
-		n += zeroPadLen
+		size += zeroPadLen
 	}
-	h.w.Write(b[:n])
+	h.w.Write(b[:size])
 	if err := h.w.Flush(); err != nil {
 		return negotiated{}, false, fmt.Errorf("NBD_OPT_EXPORT_NAME reply: %w", err)
 	}
-	return negotiated{exp: e}, true, nil
+	return n, true, nil
+}
+
+// negotiated returns the outcome of choosing e now.
+func (h *handshake) negotiated(e *export, strict bool) negotiated {
+	n := negotiated{exp: e, strict: strict, structured: h.structured, tflags: e.tflags}
+	if h.structured {
+		n.tflags |= FlagSendDF
+		n.blockStatus = h.meta == e
+	}
+	return n
 }
 
 // list answers NBD_OPT_LIST: one NBD_REP_SERVER per export, then ACK.
+// TLS-only exports are left out until TLS runs.
 func (h *handshake) list() error {
 	for _, e := range h.s.list() {
+		if !h.visible(e) {
+			continue
+		}
 		h.header(optList, repServer, 4+len(e.Name)+len(e.Description))
 		var l [4]byte
 		binary.BigEndian.PutUint32(l[:], uint32(len(e.Name)))
@@ -202,11 +284,15 @@ func (h *handshake) infoGo(opt uint32, data []byte) (negotiated, bool, error) {
 	if e == nil {
 		return negotiated{}, false, h.reply(opt, repErrUnknown, "unknown export "+strconv.Quote(name))
 	}
+	if !h.visible(e) {
+		return negotiated{}, false, h.reply(opt, repErrTLSReqd, "export "+strconv.Quote(name)+" needs TLS")
+	}
+	n := h.negotiated(e, wantBS)
 
 	var b [14]byte
 	binary.BigEndian.PutUint16(b[0:], infoExport)
 	binary.BigEndian.PutUint64(b[2:], e.size)
-	binary.BigEndian.PutUint16(b[10:], e.tflags)
+	binary.BigEndian.PutUint16(b[10:], n.tflags)
 	h.header(opt, repInfo, 12)
 	h.w.Write(b[:12])
 	if wantName {
@@ -228,9 +314,90 @@ func (h *handshake) infoGo(opt uint32, data []byte) (negotiated, bool, error) {
 		return negotiated{}, false, err
 	}
 	if opt == optGo {
-		return negotiated{exp: e, strict: wantBS}, true, nil
+		return n, true, nil
 	}
 	return negotiated{}, false, nil
+}
+
+// metaContext answers NBD_OPT_LIST_META_CONTEXT and
+// NBD_OPT_SET_META_CONTEXT. The only context is base:allocation; a query
+// "base:" lists it (and selects nothing), other namespaces are ignored,
+// and a query without a colon is invalid.
+func (h *handshake) metaContext(opt uint32, data []byte) error {
+	set := opt == optSetMetaContext
+	if set {
+		h.meta = nil // replaced even when the option fails
+	}
+	if !h.structured {
+		return h.reply(opt, repErrInvalid, "negotiate NBD_OPT_STRUCTURED_REPLY first")
+	}
+	name, rest, ok := cutString(data)
+	if !ok || len(rest) < 4 {
+		return h.reply(opt, repErrInvalid, "malformed export name or query count")
+	}
+	count := binary.BigEndian.Uint32(rest)
+	rest = rest[4:]
+	base, all := false, count == 0 && !set
+	for i := uint32(0); i < count; i++ {
+		var q string
+		q, rest, ok = cutString(rest)
+		if !ok {
+			return h.reply(opt, repErrInvalid, "query "+strconv.FormatUint(uint64(i), 10)+" runs past the option data")
+		}
+		ns, leaf, hasColon := cutNamespace(q)
+		if !hasColon {
+			return h.reply(opt, repErrInvalid, "query "+strconv.Quote(q)+" has no namespace")
+		}
+		if ns == "base" && (leaf == "allocation" || (!set && leaf == "")) {
+			base = true
+		}
+	}
+	if len(rest) != 0 {
+		return h.reply(opt, repErrInvalid, "option data continues after the last query")
+	}
+	e := h.s.lookup(name)
+	if e == nil {
+		return h.reply(opt, repErrUnknown, "unknown export "+strconv.Quote(name))
+	}
+	if !h.visible(e) {
+		return h.reply(opt, repErrTLSReqd, "export "+strconv.Quote(name)+" needs TLS")
+	}
+	if base || all {
+		id := uint32(0) // the spec reserves the ID in LIST replies
+		if set {
+			id = metaIDBaseAllocation
+			h.meta = e
+		}
+		h.header(opt, repMetaContext, 4+len(metaBaseAllocation))
+		var b [4]byte
+		binary.BigEndian.PutUint32(b[:], id)
+		h.w.Write(b[:])
+		h.w.WriteString(metaBaseAllocation)
+	}
+	return h.reply(opt, repAck, "")
+}
+
+// cutString splits a 32-bit length-prefixed string off the front of b; ok
+// is false when it does not fit or is longer than the spec allows.
+func cutString(b []byte) (s string, rest []byte, ok bool) {
+	if len(b) < 4 {
+		return "", b, false
+	}
+	n := binary.BigEndian.Uint32(b)
+	if uint64(n) > uint64(len(b)-4) || n > maxStringLen {
+		return "", b, false
+	}
+	return string(b[4 : 4+n]), b[4+n:], true
+}
+
+// cutNamespace splits a metadata context query at its first colon.
+func cutNamespace(q string) (ns, leaf string, ok bool) {
+	for i := 0; i < len(q); i++ {
+		if q[i] == ':' {
+			return q[:i], q[i+1:], true
+		}
+	}
+	return "", "", false
 }
 
 func (h *handshake) infoString(opt uint32, typ uint16, s string) {

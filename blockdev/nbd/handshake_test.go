@@ -112,7 +112,7 @@ func TestInfoThenGoAgree(t *testing.T) {
 				t.Errorf("size %d", size)
 			}
 			wantFlags := uint16(FlagHasFlags|FlagSendFlush|FlagSendFUA|FlagSendTrim|FlagSendWriteZeroes|
-				FlagCanMultiConn|FlagSendCache) | tc.wantFlagsBesidesRO
+				FlagCanMultiConn|FlagSendCache|FlagSendFastZero) | tc.wantFlagsBesidesRO
 			if f := binary.BigEndian.Uint16(exp[8:]); f != wantFlags {
 				t.Errorf("transmission flags %#x, want %#x", f, wantFlags)
 			}
@@ -169,10 +169,6 @@ func TestUnsupportedOptionsThenGo(t *testing.T) {
 		opt  uint32
 		data []byte
 	}{
-		{optStructuredReply, nil},
-		{optStartTLS, nil},
-		{optListMetaContext, goData("disk")},
-		{optSetMetaContext, []byte("\x00\x00\x00\x04disk\x00\x00\x00\x01\x00\x00\x00\x0fbase:allocation")},
 		{optPeekExport, nil},
 		{11, nil}, // EXTENDED_HEADERS in newer specs
 		{0, nil},

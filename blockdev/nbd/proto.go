@@ -19,6 +19,7 @@ const (
 	magicStructReply  = 0x668e33ef
 	requestHeaderLen  = 28
 	replyHeaderLen    = 16
+	chunkHeaderLen    = 20 // structured reply chunk header
 	optReplyHeaderLen = 20
 	optHeaderLen      = 16
 	zeroPadLen        = 124
@@ -68,9 +69,12 @@ const (
 	repAck           = 1
 	repServer        = 2
 	repInfo          = 3
+	repMetaContext   = 4
 	repFlagError     = 1 << 31
 	repErrUnsup      = repFlagError | 1
+	repErrPolicy     = repFlagError | 2
 	repErrInvalid    = repFlagError | 3
+	repErrTLSReqd    = repFlagError | 5
 	repErrUnknown    = repFlagError | 6
 	repErrShutdown   = repFlagError | 7
 	repErrTooBig     = repFlagError | 9
@@ -88,6 +92,27 @@ const (
 	interopBlockSize = 512       // block size a client assumes when none is advertised
 	maxZeroChunk     = 1 << 30   // largest TRIM/WRITE_ZEROES the client sends at once
 	zeroBufLen       = 256 << 10 // zero buffer for emulating WRITE_ZEROES
+)
+
+// Structured reply chunk types and flags.
+const (
+	replyFlagDone        = 1 << 0
+	replyTypeNone        = 0
+	replyTypeOffsetData  = 1
+	replyTypeOffsetHole  = 2
+	replyTypeBlockStatus = 5
+	replyTypeError       = 1<<15 | 1
+	replyTypeErrorOffset = 1<<15 | 2
+)
+
+// Metadata contexts. base:allocation is the only one; its ID is fixed.
+const (
+	metaBaseAllocation   = "base:allocation"
+	metaBaseNamespace    = "base:"
+	metaIDBaseAllocation = 1
+	// Extent flags of base:allocation (equal to blockdev.ExtentFlags).
+	stateHole = 1 << 0
+	stateZero = 1 << 1
 )
 
 // Command is the type field of a transmission request.
@@ -153,6 +178,29 @@ const (
 	ENOTSUP   Errno = 95
 	ESHUTDOWN Errno = 108
 )
+
+// name returns the protocol name of e ("EIO"), or a number.
+func (e Errno) name() string {
+	switch e {
+	case EPERM:
+		return "EPERM"
+	case EIO:
+		return "EIO"
+	case ENOMEM:
+		return "ENOMEM"
+	case EINVAL:
+		return "EINVAL"
+	case ENOSPC:
+		return "ENOSPC"
+	case EOVERFLOW:
+		return "EOVERFLOW"
+	case ENOTSUP:
+		return "ENOTSUP"
+	case ESHUTDOWN:
+		return "ESHUTDOWN"
+	}
+	return "error " + strconv.FormatUint(uint64(e), 10)
+}
 
 // Error implements error.
 func (e Errno) Error() string {

@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -38,6 +39,10 @@ type Export struct {
 	// breaks clients that pass sector-sized IO straight through (nbdfuse
 	// under mkfs). The preferred block size is at least Device.BlockSize().
 	MinBlockSize int
+	// TLSOnly serves the export only to clients that upgraded with
+	// NBD_OPT_STARTTLS (the spec's SELECTIVETLS mode); it needs
+	// Config.TLSMode TLSOptional or TLSRequired.
+	TLSOnly bool
 }
 
 // Config tunes a Server. The zero value of every field selects its default.
@@ -55,9 +60,23 @@ type Config struct {
 	// the connection stops reading requests while that many are in flight.
 	// Default 128; at most 65536.
 	MaxInFlight int
-	// HandshakeTimeout bounds the whole option phase of a connection.
-	// Default 30 s.
+	// MaxPayloadMemory bounds the payload buffers (WRITE data received,
+	// READ data to send) all connections hold together, in bytes; a
+	// request that would exceed it waits until replies drain. Each
+	// connection is also bounded on its own, by max(2 × MaxPayload,
+	// 64 MiB) or MaxPayloadMemory if that is smaller. Default 1 GiB; at
+	// least 2 × MaxPayload.
+	MaxPayloadMemory int64
+	// HandshakeTimeout bounds the whole option phase of a connection,
+	// TLS handshake included. Default 30 s.
 	HandshakeTimeout time.Duration
+	// TLSMode selects NOTLS (TLSOff, the default), optional TLS
+	// (TLSOptional) or forced TLS (TLSRequired).
+	TLSMode TLSMode
+	// TLS is the server's TLS configuration (certificate, and client CAs
+	// if client certificates are required; see LoadTLSConfig). Required
+	// unless TLSMode is TLSOff. Its MinVersion is raised to TLS 1.2.
+	TLS *tls.Config
 	// Logger receives connection and protocol events. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -68,6 +87,7 @@ const (
 	DefaultMaxConnections   = 1024
 	DefaultMaxInFlight      = 128
 	DefaultHandshakeTimeout = 30 * time.Second
+	DefaultMaxPayloadMemory = 1 << 30
 	maxInFlightCap          = 1 << 16
 )
 
@@ -77,6 +97,7 @@ func DefaultConfig() Config {
 		MaxPayload:       DefaultMaxPayload,
 		MaxConnections:   DefaultMaxConnections,
 		MaxInFlight:      DefaultMaxInFlight,
+		MaxPayloadMemory: DefaultMaxPayloadMemory,
 		HandshakeTimeout: DefaultHandshakeTimeout,
 		Logger:           slog.Default(),
 	}
@@ -108,6 +129,23 @@ func (c *Config) validate() error {
 	if c.HandshakeTimeout < 0 {
 		return fmt.Errorf("nbd: HandshakeTimeout %v is negative", c.HandshakeTimeout)
 	}
+	if c.MaxPayloadMemory == 0 {
+		c.MaxPayloadMemory = max(DefaultMaxPayloadMemory, 2*int64(c.MaxPayload))
+	}
+	if c.MaxPayloadMemory < 2*int64(c.MaxPayload) {
+		return fmt.Errorf("nbd: MaxPayloadMemory %d is less than twice MaxPayload %d", c.MaxPayloadMemory, c.MaxPayload)
+	}
+	switch c.TLSMode {
+	case TLSOff:
+	case TLSOptional, TLSRequired:
+		if c.TLS == nil || (len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil && c.TLS.GetConfigForClient == nil) {
+			return fmt.Errorf("nbd: TLS mode %v needs a TLS configuration with a certificate", c.TLSMode)
+		}
+		c.TLS = c.TLS.Clone()
+		c.TLS.MinVersion = max(c.TLS.MinVersion, tls.VersionTLS12)
+	default:
+		return fmt.Errorf("nbd: unknown TLS mode %d", int(c.TLSMode))
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -121,7 +159,7 @@ var ErrServerClosed = errors.New("nbd: server closed")
 type export struct {
 	Export
 	size   uint64
-	tflags uint16
+	tflags uint16 // without SEND_DF, which depends on the connection
 	minBS  uint32 // minimum block size, a power of two in [1, 64 KiB]
 	prefBS uint32 // preferred block size, max(minBS, 4096)
 	maxBS  uint32 // maximum payload, a multiple of minBS
@@ -130,8 +168,10 @@ type export struct {
 // Server serves exports over the NBD protocol. Create it with NewServer,
 // add exports, then call Serve for each listener.
 type Server struct {
-	cfg Config
-	log *slog.Logger
+	cfg     Config
+	log     *slog.Logger
+	limiter *logLimiter
+	budget  byteBudget // payload memory of all connections
 
 	mu        sync.Mutex
 	exports   map[string]*export
@@ -150,15 +190,18 @@ func NewServer(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Server{
+	s := &Server{
 		cfg:       cfg,
 		log:       cfg.Logger,
+		limiter:   newLogLimiter(time.Now),
 		exports:   make(map[string]*export),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
 		done:      make(chan struct{}),
 		idle:      make(chan struct{}),
-	}, nil
+	}
+	s.budget.init(cfg.MaxPayloadMemory)
+	return s, nil
 }
 
 // AddExport makes e available to new connections. It fails on an empty,
@@ -176,6 +219,8 @@ func (s *Server) AddExport(e Export) error {
 		return fmt.Errorf("nbd: add export %q: description longer than %d bytes or contains NUL", e.Name, maxStringLen)
 	case e.Device == nil:
 		return fmt.Errorf("nbd: add export %q: nil device", e.Name)
+	case e.TLSOnly && s.cfg.TLSMode == TLSOff:
+		return fmt.Errorf("nbd: add export %q: TLS-only export on a server without TLS", e.Name)
 	}
 	size := e.Device.Size()
 	if size < 0 {
@@ -183,7 +228,7 @@ func (s *Server) AddExport(e Export) error {
 	}
 	x := &export{Export: e, size: uint64(size)}
 	x.tflags = FlagHasFlags | FlagSendFlush | FlagSendFUA | FlagSendTrim |
-		FlagSendWriteZeroes | FlagCanMultiConn | FlagSendCache
+		FlagSendWriteZeroes | FlagCanMultiConn | FlagSendCache | FlagSendFastZero
 	if e.ReadOnly {
 		x.tflags |= FlagReadOnly
 	}
@@ -319,7 +364,10 @@ func (s *Server) startConn(nc net.Conn) {
 	}
 	if len(s.conns) >= s.cfg.MaxConnections {
 		s.mu.Unlock()
-		s.log.Warn("nbd: too many connections; closing new connection", "remote", remote, "max", s.cfg.MaxConnections)
+		if ok, dropped := s.limiter.allow(); ok {
+			s.log.Warn("nbd: too many connections; closing new connection", "remote", remote,
+				"max", s.cfg.MaxConnections, "log_lines_suppressed", dropped)
+		}
 		nc.Close()
 		return
 	}

@@ -103,13 +103,13 @@ func TestNbdinfo(t *testing.T) {
 		if err := json.Unmarshal([]byte(raw), &out); err != nil {
 			t.Fatalf("nbdinfo output is not JSON: %v\n%s", err, raw)
 		}
-		if out.Protocol != "newstyle-fixed" || out.Structured || len(out.Exports) != 1 {
+		if out.Protocol != "newstyle-fixed" || !out.Structured || len(out.Exports) != 1 {
 			t.Fatalf("nbdinfo: %+v", out)
 		}
 		want := nbdinfoExport{
 			Name: "disk", Description: "memory disk", Size: 16 << 20,
 			CanCache: true, CanFlush: true, CanFUA: true, CanMultiConn: true, CanTrim: true, CanZero: true,
-			BlockMin: 512, BlockPref: 4096, BlockMax: 32 << 20,
+			CanDF: true, CanFastZero: true, BlockMin: 512, BlockPref: 4096, BlockMax: 32 << 20,
 		}
 		if out.Exports[0] != want {
 			t.Errorf("nbdinfo export\n got %+v\nwant %+v", out.Exports[0], want)
@@ -131,12 +131,13 @@ func TestNbdinfo(t *testing.T) {
 			t.Errorf("nbdinfo --list exports %v, want [disk ro]", names)
 		}
 
-		for _, can := range []string{"flush", "fua", "trim", "zero", "multi-conn", "cache"} {
+		for _, can := range []string{"flush", "fua", "trim", "zero", "multi-conn", "cache", "fast-zero", "df", "structured-reply"} {
 			runTool(t, nil, "nbdinfo", "--can", can, uri("disk"))
 		}
-		if _, err := runToolErr(t, nil, "nbdinfo", "--can", "fast-zero", uri("disk")); err == nil {
-			t.Error("nbdinfo --can fast-zero succeeded")
+		if _, err := runToolErr(t, nil, "nbdinfo", "--is", "read-only", uri("disk")); err == nil {
+			t.Error("nbdinfo --is read-only succeeded on a writable export")
 		}
+		runTool(t, nil, "nbdinfo", "--is", "read-only", uri("ro"))
 		if _, err := runToolErr(t, nil, "nbdinfo", uri("missing")); err == nil {
 			t.Error("nbdinfo on a missing export succeeded")
 		}
@@ -224,7 +225,8 @@ assert h.get_block_size(nbd.SIZE_PREFERRED) == 4096
 assert h.get_block_size(nbd.SIZE_MAXIMUM) == 32 << 20
 assert h.can_flush() and h.can_fua() and h.can_trim() and h.can_zero()
 assert h.can_multi_conn() and h.can_cache()
-assert not h.is_read_only() and not h.can_fast_zero() and not h.can_df()
+assert h.can_fast_zero() and h.can_df() and h.get_structured_replies_negotiated()
+assert not h.is_read_only()
 h.pwrite(b'\xab' * 8192, 0)
 assert h.pread(8192, 0) == b'\xab' * 8192
 h.pwrite(b'\xcd' * 4096, 8192, nbd.CMD_FLAG_FUA)
@@ -252,8 +254,11 @@ expect("trim past end", lambda: h.trim(4096, size), errno.EINVAL)
 expect("cache past end", lambda: h.cache(4096, size), errno.EINVAL)
 expect("misaligned read", lambda: h.pread(100, 1), errno.EINVAL)
 expect("misaligned write", lambda: h.pwrite(b'y' * 100, 512), errno.EINVAL)
-expect("fast zero", lambda: h.zero(512, 0, nbd.CMD_FLAG_FAST_ZERO), errno.EINVAL)
+h.zero(512, 0, nbd.CMD_FLAG_FAST_ZERO)
+h.zero(512, 0, nbd.CMD_FLAG_FAST_ZERO | nbd.CMD_FLAG_NO_HOLE)
+assert h.pread(512, 0, nbd.CMD_FLAG_DF) == bytes(512)
 expect("read with REQ_ONE", lambda: h.pread(512, 0, nbd.CMD_FLAG_REQ_ONE), errno.EINVAL)
+expect("write with DF", lambda: h.pwrite(b'z' * 512, 0, nbd.CMD_FLAG_DF), errno.EINVAL)
 expect("oversized read", lambda: h.pread(64 << 20, 0), errno.EINVAL)
 assert h.pread(0, 0) == b''
 h.pwrite(b'', 0)

@@ -1,0 +1,270 @@
+package nbd
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/ddraid/ddraid/blockdev"
+)
+
+// Limits of NBD_CMD_BLOCK_STATUS replies.
+const (
+	// maxStatusQuery bounds the bytes one BLOCK_STATUS asks the device
+	// about; the client asks again for the rest.
+	maxStatusQuery = 1 << 30
+	// maxStatusExtents bounds the descriptors of one reply (8 bytes each).
+	maxStatusExtents = 4096
+)
+
+// allowedFlags lists the command flags each command accepts on this
+// connection. FUA is valid on every command once NBD_FLAG_SEND_FUA is
+// advertised (the spec requires accepting it, if only by ignoring it). DF
+// needs structured replies, which is when NBD_FLAG_SEND_DF is advertised.
+func (c *conn) allowedFlags(t Command) (uint16, bool) {
+	switch t {
+	case CmdRead:
+		if c.structured {
+			return CmdFlagFUA | CmdFlagDF, true
+		}
+		return CmdFlagFUA, true
+	case CmdWrite, CmdFlush, CmdTrim, CmdCache:
+		return CmdFlagFUA, true
+	case CmdWriteZeroes:
+		return CmdFlagFUA | CmdFlagNoHole | CmdFlagFastZero, true
+	case CmdBlockStatus:
+		return CmdFlagFUA | CmdFlagReqOne, true
+	}
+	return 0, false
+}
+
+// execute validates and performs r, recording the outcome in r.errno,
+// r.msg and, for a successful READ, r.data (r.status for BLOCK_STATUS).
+func (c *conn) execute(r *request) {
+	r.errno, r.msg, r.data = 0, "", nil
+	e := c.exp
+	allowed, known := c.allowedFlags(r.Type)
+	if !known {
+		c.refuse(r, EINVAL, "unknown command")
+		return
+	}
+	if r.Flags&^allowed != 0 {
+		c.refuse(r, EINVAL, "command flags not valid for this command")
+		return
+	}
+	switch r.Type {
+	case CmdRead:
+		if r.Length > e.maxBS {
+			c.refuse(r, EINVAL, "READ longer than the maximum block size")
+			return
+		}
+		if errno := c.checkRange(r, EINVAL); errno != 0 {
+			c.refuse(r, errno, rangeWhy(errno, "READ"))
+			return
+		}
+		if r.Length == 0 {
+			return
+		}
+		c.takeBuf(r, int(r.Length))
+		if _, err := e.Device.ReadAt(*r.bufp, int64(r.Offset)); err != nil {
+			c.deviceFailed(r, err)
+			return
+		}
+		r.data = *r.bufp
+
+	case CmdWrite:
+		if e.ReadOnly {
+			c.refuse(r, EPERM, "WRITE to a read-only export")
+			return
+		}
+		if errno := c.checkRange(r, ENOSPC); errno != 0 {
+			c.refuse(r, errno, rangeWhy(errno, "WRITE"))
+			return
+		}
+		if r.Length == 0 {
+			return
+		}
+		if _, err := e.Device.WriteAt(*r.bufp, int64(r.Offset)); err != nil {
+			c.deviceFailed(r, err)
+			return
+		}
+		c.fua(r)
+
+	case CmdFlush:
+		if r.Offset != 0 || r.Length != 0 {
+			c.refuse(r, EINVAL, "FLUSH with nonzero offset or length")
+			return
+		}
+		if err := e.Device.Flush(); err != nil {
+			c.deviceFailed(r, err)
+		}
+
+	case CmdTrim:
+		if e.ReadOnly {
+			c.refuse(r, EPERM, "TRIM on a read-only export")
+			return
+		}
+		if errno := c.checkRange(r, EINVAL); errno != 0 {
+			c.refuse(r, errno, rangeWhy(errno, "TRIM"))
+			return
+		}
+		if r.Length == 0 {
+			return
+		}
+		if err := e.Device.Trim(int64(r.Offset), int64(r.Length)); err != nil {
+			c.deviceFailed(r, err)
+			return
+		}
+		c.fua(r)
+
+	case CmdWriteZeroes:
+		if e.ReadOnly {
+			c.refuse(r, EPERM, "WRITE_ZEROES on a read-only export")
+			return
+		}
+		if errno := c.checkRange(r, ENOSPC); errno != 0 {
+			c.refuse(r, errno, rangeWhy(errno, "WRITE_ZEROES"))
+			return
+		}
+		if r.Length == 0 {
+			return
+		}
+		c.writeZeroes(r)
+
+	case CmdCache:
+		if errno := c.checkRange(r, EINVAL); errno != 0 {
+			c.refuse(r, errno, rangeWhy(errno, "CACHE"))
+		}
+
+	case CmdBlockStatus:
+		if !c.blockStatus {
+			c.refuse(r, EINVAL, "BLOCK_STATUS without a metadata context selected")
+			return
+		}
+		if errno := c.checkRange(r, EINVAL); errno != 0 {
+			c.refuse(r, errno, rangeWhy(errno, "BLOCK_STATUS"))
+			return
+		}
+		if r.Length == 0 {
+			c.refuse(r, EINVAL, "BLOCK_STATUS of zero length")
+			return
+		}
+		c.blockStatusQuery(r)
+	}
+}
+
+// rangeWhy explains a range refusal.
+func rangeWhy(errno Errno, cmd string) string {
+	if errno == EINVAL || errno == ENOSPC {
+		return cmd + " beyond the end of the export or not aligned to the minimum block size"
+	}
+	return cmd + " refused"
+}
+
+// writeZeroes performs WRITE_ZEROES. NO_HOLE needs the range to stay
+// allocated: a device that can zero without holes (blockdev.NoHoleZeroer)
+// does so, any other gets zeroes written. FAST_ZERO fails at once with
+// ENOTSUP unless the chosen way is fast.
+func (c *conn) writeZeroes(r *request) {
+	dev := c.exp.Device
+	off, n := int64(r.Offset), int64(r.Length)
+	fast := r.Flags&CmdFlagFastZero != 0
+	if r.Flags&CmdFlagNoHole != 0 {
+		err := blockdev.ZeroNoHole(dev, off, n)
+		switch {
+		case err == nil:
+			c.fua(r)
+			return
+		case !errors.Is(err, blockdev.ErrNotSupported):
+			c.deviceFailed(r, err)
+			return
+		case fast:
+			r.errno, r.msg = ENOTSUP, "the export cannot zero fast without leaving holes"
+			return
+		}
+		for n > 0 {
+			k := min(n, int64(len(zeroes)))
+			if _, err := dev.WriteAt(zeroes[:k], off); err != nil {
+				c.deviceFailed(r, err)
+				return
+			}
+			off += k
+			n -= k
+		}
+		c.fua(r)
+		return
+	}
+	if fast && !blockdev.CanFastZero(dev) {
+		r.errno, r.msg = ENOTSUP, "the export cannot zero fast"
+		return
+	}
+	if err := dev.Zero(off, n); err != nil {
+		c.deviceFailed(r, err)
+		return
+	}
+	c.fua(r)
+}
+
+// blockStatusQuery answers BLOCK_STATUS for base:allocation into r.ext.
+// Descriptor boundaries fall on multiples of the minimum block size (the
+// query's own start and the export's end excepted). A device that cannot
+// describe its extents, or fails to, reports flags 0 (unknown) for the
+// whole range, which the spec allows.
+func (c *conn) blockStatusQuery(r *request) {
+	e := c.exp
+	off := int64(r.Offset)
+	n := min(int64(r.Length), maxStatusQuery)
+	if end := off + n; end < int64(e.size) {
+		// Cut long queries at a block boundary.
+		if m := int64(e.minBS); end%m != 0 && end-end%m > off {
+			n = end - end%m - off
+		}
+	}
+	src, err := blockdev.ExtentsOf(e.Device, r.ext[:0], off, n)
+	if err != nil {
+		c.log.Debug("nbd: device cannot report extents; reporting unknown", "export", e.Name,
+			"offset", off, "length", n, "err", err)
+		src = append(src[:0], blockdev.Extent{Length: n})
+	}
+	r.ext = src
+	out := blockdev.AlignExtents(r.status[:0], src, off, int64(e.minBS))
+	if r.Flags&CmdFlagReqOne != 0 {
+		out = out[:1]
+	}
+	if len(out) > maxStatusExtents {
+		out = out[:maxStatusExtents]
+	}
+	r.status = out
+}
+
+// checkRange validates r's range against the export. A zero-length request
+// touches nothing and always passes. Past the end it returns beyond (EINVAL
+// for reads, ENOSPC for writes, as the spec recommends). When the client
+// negotiated block sizes, a range not aligned to the minimum block size is
+// EINVAL, except that a request may end exactly at an unaligned export end.
+func (c *conn) checkRange(r *request, beyond Errno) Errno {
+	if r.Length == 0 {
+		return 0
+	}
+	size := c.exp.size
+	if r.Offset > size || uint64(r.Length) > size-r.Offset {
+		return beyond
+	}
+	if c.strict && c.exp.minBS > 1 {
+		m := uint64(c.exp.minBS)
+		end := r.Offset + uint64(r.Length)
+		if r.Offset%m != 0 || (end%m != 0 && end != size) {
+			return EINVAL
+		}
+	}
+	return 0
+}
+
+// fua flushes the device after a write-type command with the FUA flag.
+func (c *conn) fua(r *request) {
+	if r.Flags&CmdFlagFUA == 0 {
+		return
+	}
+	if err := c.exp.Device.Flush(); err != nil {
+		c.deviceFailed(r, fmt.Errorf("flush for FUA: %w", err))
+	}
+}
