@@ -212,10 +212,11 @@ func (c *conn) writeZeroes(r *request) {
 func (c *conn) blockStatusQuery(r *request) {
 	e := c.exp
 	off := int64(r.Offset)
-	n := min(int64(r.Length), maxStatusQuery)
-	if end := off + n; end < int64(e.size) {
-		// Cut long queries at a block boundary.
-		if m := int64(e.minBS); end%m != 0 && end-end%m > off {
+	n := int64(r.Length)
+	if n > maxStatusQuery {
+		// Answer the first part; end it on a block boundary.
+		n = maxStatusQuery
+		if end, m := off+n, int64(e.minBS); end%m != 0 && end-end%m > off {
 			n = end - end%m - off
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -70,6 +71,9 @@ func withMaxInFlight(n int) serverOpt { return func(c *Config) { c.MaxInFlight =
 func withMaxConns(n int) serverOpt    { return func(c *Config) { c.MaxConnections = n } }
 func withHandshake(d time.Duration) serverOpt {
 	return func(c *Config) { c.HandshakeTimeout = d }
+}
+func withTLS(mode TLSMode, cfg *tls.Config) serverOpt {
+	return func(c *Config) { c.TLSMode, c.TLS = mode, cfg }
 }
 
 // startServer serves exps on 127.0.0.1:0 (and a unix socket when unix is
