@@ -8,7 +8,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -216,22 +215,20 @@ func TestClientAgainstNbdkit(t *testing.T) {
 			t.Logf("nbdkit log:\n%s", log.String())
 		}
 	})
-	// nbdkit creates the socket once it is ready.
-	deadline := time.Now().Add(testTimeout)
-	for {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("nbdkit did not start")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	// nbdkit creates the socket file when it binds, a moment before it
+	// listens: retry until it accepts.
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	c, err := Dial(ctx, "unix", sock, "")
-	if err != nil {
-		t.Fatal(err)
+	var c *Client
+	for {
+		var err error
+		if c, err = Dial(ctx, "unix", sock, ""); err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("nbdkit did not start: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	defer c.Close()
 	if c.Size() != 4<<20 {
