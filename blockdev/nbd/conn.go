@@ -66,6 +66,13 @@ func (b *byteBudget) acquire(n int64) {
 	b.mu.Unlock()
 }
 
+// available returns the bytes not taken.
+func (b *byteBudget) available() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.avail
+}
+
 func (b *byteBudget) release(n int64) {
 	b.mu.Lock()
 	b.avail += n

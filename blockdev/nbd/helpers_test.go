@@ -76,6 +76,16 @@ func withTLS(mode TLSMode, cfg *tls.Config) serverOpt {
 	return func(c *Config) { c.TLSMode, c.TLS = mode, cfg }
 }
 
+// newTestLogger logs text into lb, at Debug level when debug is set and
+// Info otherwise.
+func newTestLogger(lb *logBuffer, debug bool) *slog.Logger {
+	lvl := slog.LevelInfo
+	if debug {
+		lvl = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: lvl}))
+}
+
 // startServer serves exps on 127.0.0.1:0 (and a unix socket when unix is
 // set) until the test ends.
 func startServer(t testing.TB, unix bool, exps []Export, opts ...serverOpt) *testServer {
