@@ -554,8 +554,15 @@ func (b *Bitmap) clearIdle() {
 		}
 	}
 	b.mu.Unlock()
-	if _, err := b.clear(cands); err != nil && !errors.Is(err, ErrDegraded) && !errors.Is(err, ErrClosed) {
-		b.log.Warn("bitmap: clearing idle regions failed; their marks stay", "err", err)
+	_, err := b.clear(cands)
+	if err == nil || errors.Is(err, ErrDegraded) {
+		return
+	}
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if !closed {
+		b.log.Warn("bitmap: clearing idle regions failed", "err", err)
 	}
 }
 

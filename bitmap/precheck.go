@@ -270,8 +270,9 @@ func walReplay(data []byte) (validEnd int) {
 func checkWAL(data []byte) error {
 	switch {
 	case len(data) == 0:
-		// Created but never sized: badger sizes it on open.
-		return nil
+		// Damage, or a crash between creating the file and sizing it;
+		// badger cannot open it either way.
+		return fmt.Errorf("empty: %w", ErrCorrupt)
 	case len(data) < walHeaderSize:
 		return fmt.Errorf("truncated to %d bytes: %w", len(data), ErrCorrupt)
 	case binary.BigEndian.Uint64(data) != 0:
