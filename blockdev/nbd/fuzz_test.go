@@ -3,10 +3,13 @@ package nbd
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,20 +17,38 @@ import (
 	"github.com/ddraid/ddraid/blockdev"
 )
 
-// fuzzServer is a server with two exports that is never started; the fuzz
-// targets drive its handshake and request handling directly.
-func fuzzServer(tb testing.TB, lb *logBuffer) *Server {
-	s, err := NewServer(Config{
+// fuzzServer is a server with three exports that is never started; the
+// fuzz targets drive its handshake and request handling directly. With
+// tlsMode other than TLSOff its TLS configuration has a certificate
+// callback but no certificate, so any TLS handshake fails.
+func fuzzServer(tb testing.TB, lb *logBuffer, tlsMode TLSMode) *Server {
+	cfg := Config{
 		MaxPayload:  64 << 10,
 		MaxInFlight: 4,
 		Logger:      slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
+		TLSMode:     tlsMode,
+	}
+	if tlsMode != TLSOff {
+		cfg.TLS = &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return nil, errors.New("fuzz: no certificate")
+		}}
+	}
+	s, err := NewServer(cfg)
 	if err != nil {
+		tb.Fatal(err)
+	}
+	file, err := blockdev.OpenFile(filepath.Join(tb.TempDir(), "img"), blockdev.FileOptions{Create: true, CreateSize: 1 << 20})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { file.Close() })
+	if _, err := file.WriteAt(bytes.Repeat([]byte{1}, 8192), 64<<10); err != nil {
 		tb.Fatal(err)
 	}
 	for _, e := range []Export{
 		{Name: "disk", Description: "fuzz disk", Device: blockdev.NewMem(1<<20, 512)},
 		{Name: "ro", Device: blockdev.NewMem(64<<10, 4096), ReadOnly: true},
+		{Name: "file", Device: file, TLSOnly: tlsMode != TLSOff},
 	} {
 		if err := s.AddExport(e); err != nil {
 			tb.Fatal(err)
@@ -44,21 +65,32 @@ func seedOptions(cflags uint32, opts ...[]byte) []byte {
 	return b
 }
 
+// FuzzHandshake feeds the option parser arbitrary client bytes. mode
+// selects the server's TLS mode (off, optional or required; the TLS
+// handshake itself always fails here).
 func FuzzHandshake(f *testing.F) {
 	fixed := uint32(flagCFixedNewstyle | flagCNoZeroes)
-	f.Add(seedOptions(fixed, optBytes(optList, nil), optBytes(optAbort, nil)))
-	f.Add(seedOptions(fixed, optBytes(optInfo, goData("disk", infoName, infoBlockSize)), optBytes(optGo, goData("disk", infoName, infoBlockSize))))
-	f.Add(seedOptions(fixed, optBytes(optStructuredReply, nil), optBytes(optGo, goData(""))))
-	f.Add(seedOptions(0, optBytes(optExportName, []byte("ro"))))
-	f.Add(seedOptions(fixed, optBytes(optGo, []byte{0, 0, 0, 9, 'd'})))
+	f.Add(byte(0), seedOptions(fixed, optBytes(optList, nil), optBytes(optAbort, nil)))
+	f.Add(byte(0), seedOptions(fixed, optBytes(optInfo, goData("disk", infoName, infoBlockSize)), optBytes(optGo, goData("disk", infoName, infoBlockSize))))
+	f.Add(byte(0), seedOptions(fixed, optBytes(optStructuredReply, nil), optBytes(optGo, goData(""))))
+	f.Add(byte(0), seedOptions(fixed, optBytes(optStructuredReply, nil),
+		optBytes(optListMetaContext, metaData("disk")), optBytes(optListMetaContext, metaData("file", "base:", "x-a:b")),
+		optBytes(optSetMetaContext, metaData("disk", "base:allocation")), optBytes(optGo, goData("disk"))))
+	f.Add(byte(0), seedOptions(fixed, optBytes(optSetMetaContext, metaData("disk", "nocolon")), optBytes(optStartTLS, nil)))
+	f.Add(byte(1), seedOptions(fixed, optBytes(optList, nil), optBytes(optInfo, goData("file")), optBytes(optStartTLS, nil)))
+	f.Add(byte(2), seedOptions(fixed, optBytes(optGo, goData("disk")), optBytes(optStartTLS, []byte{1}), optBytes(optStartTLS, nil)))
+	f.Add(byte(2), seedOptions(fixed, optBytes(optExportName, []byte("disk"))))
+	f.Add(byte(0), seedOptions(0, optBytes(optExportName, []byte("ro"))))
+	f.Add(byte(0), seedOptions(fixed, optBytes(optGo, []byte{0, 0, 0, 9, 'd'})))
 	// An option claiming a payload far beyond the limit (the input ends
 	// first); large real payloads would slow the fuzzer down.
-	f.Add(seedOptions(fixed, optBytes(0xffffffff, nil)[:12], []byte{0, 1, 0, 0, 1, 2, 3}))
-	f.Add([]byte("\x00\x00\x00\x03IHAVEOPT\x00\x00\x00\x07\xff\xff\xff\xff"))
+	f.Add(byte(0), seedOptions(fixed, optBytes(0xffffffff, nil)[:12], []byte{0, 1, 0, 0, 1, 2, 3}))
+	f.Add(byte(0), []byte("\x00\x00\x00\x03IHAVEOPT\x00\x00\x00\x07\xff\xff\xff\xff"))
 
 	lb := &logBuffer{}
-	s := fuzzServer(f, lb)
-	f.Fuzz(func(t *testing.T, data []byte) {
+	servers := []*Server{fuzzServer(f, lb, TLSOff), fuzzServer(f, lb, TLSOptional), fuzzServer(f, lb, TLSRequired)}
+	f.Fuzz(func(t *testing.T, mode byte, data []byte) {
+		s := servers[int(mode)%len(servers)]
 		h := handshake{
 			s:        s,
 			r:        bufio.NewReader(bytes.NewReader(data)),
@@ -71,6 +103,17 @@ func FuzzHandshake(f *testing.F) {
 		}
 		if err != nil && n.exp != nil {
 			t.Fatal("handshake failed but chose an export")
+		}
+		if err == nil {
+			if n.exp.TLSOnly || s.cfg.TLSMode == TLSRequired {
+				t.Fatal("transmission without TLS on a TLS-only export or a TLS-required server")
+			}
+			if n.blockStatus && !n.structured {
+				t.Fatal("block status without structured replies")
+			}
+			if (n.tflags&FlagSendDF != 0) != n.structured {
+				t.Fatalf("SEND_DF %v with structured replies %v", n.tflags&FlagSendDF != 0, n.structured)
+			}
 		}
 	})
 }
@@ -87,6 +130,10 @@ func (c fuzzConn) SetDeadline(t time.Time) error      { return nil }
 func (c fuzzConn) SetReadDeadline(t time.Time) error  { return nil }
 func (c fuzzConn) SetWriteDeadline(t time.Time) error { return nil }
 
+// FuzzRequest feeds the request reader and executor arbitrary bytes after
+// a handshake. mode picks the export (bits 0-1: disk, ro, file), whether
+// block sizes were negotiated (bit 2), structured replies (bit 3) and
+// base:allocation (bit 4).
 func FuzzRequest(f *testing.F) {
 	req := func(r Request, payload ...byte) []byte {
 		var h [requestHeaderLen]byte
@@ -100,9 +147,13 @@ func FuzzRequest(f *testing.F) {
 	f.Add(byte(0), req(Request{Type: CmdWrite, Length: 1 << 31}))
 	f.Add(byte(1), req(Request{Type: 0xffff, Flags: 0xffff, Offset: 1 << 63, Length: 0xffffffff}))
 	f.Add(byte(0), []byte("garbage that is not a request at all"))
+	f.Add(byte(0x1a), append(req(Request{Type: CmdBlockStatus, Length: 1 << 20}), req(Request{Type: CmdBlockStatus, Flags: CmdFlagReqOne, Offset: 4096, Length: 100})...))
+	f.Add(byte(0x0a), append(req(Request{Type: CmdRead, Flags: CmdFlagDF, Offset: 60 << 10, Length: 16 << 10}), req(Request{Type: CmdRead, Offset: 1000, Length: 64 << 10})...))
+	f.Add(byte(0x0e), req(Request{Type: CmdWriteZeroes, Flags: CmdFlagNoHole | CmdFlagFastZero, Offset: 4096, Length: 8192}))
+	f.Add(byte(0x08), req(Request{Type: CmdBlockStatus, Length: 512}))
 
 	lb := &logBuffer{}
-	s := fuzzServer(f, lb)
+	s := fuzzServer(f, lb, TLSOff)
 	exps := s.list()
 	f.Fuzz(func(t *testing.T, mode byte, data []byte) {
 		if len(data) >= requestHeaderLen {
@@ -117,8 +168,10 @@ func FuzzRequest(f *testing.F) {
 			}
 		}
 		c := newConn(s, fuzzConn{bytes.NewReader(data)}, "fuzz")
-		c.exp = exps[int(mode)%len(exps)]
-		c.strict = mode&2 != 0
+		c.exp = exps[int(mode&3)%len(exps)]
+		c.strict = mode&4 != 0
+		c.structured = mode&8 != 0
+		c.blockStatus = c.structured && mode&16 != 0
 		c.readLoop()
 		c.drain()
 		if strings.Contains(lb.String(), "panic") {
