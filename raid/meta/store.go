@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -146,9 +147,16 @@ func Open(stateDir string, wait time.Duration) (*Store, error) {
 	}
 }
 
+// isLockErr reports pebble's refusal to open a directory another process
+// (or another Open in this process) holds: an EAGAIN from flock, however
+// pebble words it.
 func isLockErr(err error) bool {
+	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK) {
+		return true
+	}
 	s := err.Error()
-	return strings.Contains(s, "lock") && (strings.Contains(s, "resource temporarily unavailable") || strings.Contains(s, "already locked") || strings.Contains(s, "held"))
+	return strings.Contains(s, "resource temporarily unavailable") ||
+		(strings.Contains(s, "lock") && (strings.Contains(s, "already locked") || strings.Contains(s, "held")))
 }
 
 // Close closes the store.
