@@ -755,9 +755,8 @@ func (b *Bitmap) Stats() Stats {
 }
 
 // Close stops the committer and the clearer and releases the slot. Marks
-// stay as they are: a clean shutdown stops IO, flushes the array and then
-// calls Store.ClearAll itself. A StartWrite still waiting for its mark
-// fails with ErrClosed. Close is idempotent.
+// stay as they are (use Shutdown for a clean stop). A StartWrite still
+// waiting for its mark fails with ErrClosed. Close is idempotent.
 func (b *Bitmap) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -770,5 +769,57 @@ func (b *Bitmap) Close() error {
 	b.bg.Wait()
 	b.ops.Wait()
 	b.store.release(b.array, b.slot)
+	return nil
+}
+
+// Shutdown closes the bitmap for a clean stop, once IO to the array has
+// stopped: unless the array is degraded, it calls Config.Flush and then
+// clears, in one store batch, every mark that is not pinned and has no
+// write in flight, so the next start resyncs only what still needs it.
+// Pinned marks (not yet resynced) stay, and so does everything while
+// degraded (a returning member needs those regions). When the flush or
+// the clear fails the marks stay and the error is returned; the bitmap is
+// closed in every case.
+func (b *Bitmap) Shutdown() error {
+	if err := b.Close(); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	if b.degraded {
+		b.mu.Unlock()
+		return nil
+	}
+	var idle []uint64
+	for r, st := range b.regions {
+		if st.durable && st.batch == nil && !st.pinned && st.inflight == 0 {
+			idle = append(idle, r)
+		}
+	}
+	if len(idle) > 0 {
+		b.st.Flushes++
+	}
+	b.mu.Unlock()
+	if len(idle) == 0 {
+		return nil
+	}
+	if err := b.cfg.Flush(); err != nil {
+		return fmt.Errorf("bitmap %s: shutdown: flush before clearing %d regions: %w", b.array, len(idle), err)
+	}
+	slices.Sort(idle)
+	if err := b.store.Clear(b.array, b.slot, idle); err != nil {
+		return fmt.Errorf("bitmap %s: shutdown: %w", b.array, err)
+	}
+	b.mu.Lock()
+	for _, r := range idle {
+		if st := b.regions[r]; st.inflight == 0 {
+			delete(b.regions, r)
+		} else {
+			st.durable = false
+		}
+	}
+	b.st.Dirty -= len(idle)
+	b.st.Clears += uint64(len(idle))
+	b.st.ClearSyncs++
+	b.mu.Unlock()
 	return nil
 }

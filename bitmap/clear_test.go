@@ -360,3 +360,50 @@ func TestClearRegions(t *testing.T) {
 		t.Fatalf("store holds %v, want [1 3]", got)
 	}
 }
+
+func TestShutdown(t *testing.T) {
+	tests := []struct {
+		name      string
+		degraded  bool
+		flushErr  error
+		wantKept  []uint64
+		wantErr   bool
+		wantFlush int64
+	}{
+		{"clears what is not pinned or busy", false, nil, regions(2, 5), false, 1},
+		{"degraded keeps everything", true, nil, regions(0, 1, 2, 5), false, 0},
+		{"failed flush keeps everything", false, errors.New("EIO"), regions(0, 1, 2, 5), true, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.write(0, 2*rs64k)                                   // regions 0, 1: idle
+			if err := h.b.MarkForResync(regions(5)); err != nil { // pinned
+				t.Fatal(err)
+			}
+			end, err := h.b.StartWrite(2*rs64k, 1) // region 2: busy
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.b.SetDegraded(tc.degraded)
+			h.mu.Lock()
+			h.flushErr = tc.flushErr
+			h.mu.Unlock()
+			err = h.b.Shutdown()
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("Shutdown = %v, want error %v", err, tc.wantErr)
+			}
+			end()
+			if got := h.stored(); !slices.Equal(got, tc.wantKept) {
+				t.Fatalf("store keeps %v, want %v", got, tc.wantKept)
+			}
+			if n := h.flushes.Load(); n != tc.wantFlush {
+				t.Fatalf("%d flushes, want %d", n, tc.wantFlush)
+			}
+			checkFlushBeforeClears(t, h.takeEvents())
+			if _, err := h.b.StartWrite(0, 1); !errors.Is(err, ErrClosed) {
+				t.Fatalf("StartWrite after Shutdown = %v", err)
+			}
+		})
+	}
+}
