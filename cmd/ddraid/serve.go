@@ -25,7 +25,11 @@ import (
 // ServeCmd is `ddraid serve`.
 type ServeCmd struct {
 	Names          []string      `arg:"" help:"Arrays to serve; each is an NBD export of the same name."`
-	Listen         []string      `help:"Address to listen on: HOST:PORT or unix:/PATH (repeatable)." default:"127.0.0.1:10809"`
+	Listen         []string      `help:"Address to listen on: HOST:PORT or unix:/PATH (repeatable). Ignored under systemd socket activation (LISTEN_FDS), which serves the sockets passed in." default:"127.0.0.1:10809"`
+	TLS            string        `name:"tls" help:"TLS (NBD_OPT_STARTTLS): off, on (clients may upgrade) or require (plaintext clients are refused)." enum:"off,on,require" default:"off"`
+	TLSCert        string        `name:"tls-cert" help:"Server certificate chain (PEM) for --tls." type:"path" placeholder:"FILE"`
+	TLSKey         string        `name:"tls-key" help:"Private key (PEM) of --tls-cert." type:"path" placeholder:"FILE"`
+	TLSCA          string        `name:"tls-ca" help:"CA certificates (PEM); with it every client must present a certificate signed by one of them." type:"path" placeholder:"FILE"`
 	ReadOnly       bool          `help:"Serve the arrays read-only."`
 	Direct         bool          `help:"Open members with O_DIRECT."`
 	MaxConnections int           `help:"Most client connections at once." default:"1024"`
@@ -50,11 +54,22 @@ func nbdURL(listen, name string) string {
 	return fmt.Sprintf("nbd://%s/%s", listen, name)
 }
 
-func serveArrays(stateDir string, names []string, c *ServeCmd) error {
+func serveArrays(stateDir string, names []string, c *ServeCmd) (err error) {
 	cfg := nbd.DefaultConfig()
 	cfg.MaxConnections = c.MaxConnections
 	cfg.MaxPayload = int(c.MaxPayload)
 	cfg.Logger = slog.Default()
+	if cfg.TLSMode, err = nbd.ParseTLSMode(c.TLS); err != nil {
+		return err
+	}
+	switch {
+	case cfg.TLSMode != nbd.TLSOff:
+		if cfg.TLS, err = nbd.LoadTLSConfig(c.TLSCert, c.TLSKey, c.TLSCA); err != nil {
+			return err
+		}
+	case c.TLSCert != "" || c.TLSKey != "" || c.TLSCA != "":
+		return errors.New("--tls-cert, --tls-key and --tls-ca need --tls=on or --tls=require")
+	}
 	srv, err := nbd.NewServer(cfg)
 	if err != nil {
 		return err
@@ -108,19 +123,12 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) error {
 		return err
 	}
 	defer ctl.Close()
-	var listeners []net.Listener
-	for _, addr := range c.Listen {
-		l, err := nbd.Listen(addr)
-		if err != nil {
-			for _, l := range listeners {
-				l.Close()
-			}
-			return fmt.Errorf("listen %s: %w", addr, err)
-		}
-		listeners = append(listeners, l)
+	listeners, addrs, activated, err := serveListeners(c.Listen)
+	if err != nil {
+		return err
 	}
 	for _, name := range names {
-		if err := raid.WriteRunInfo(stateDir, name, raid.RunInfo{PID: os.Getpid(), Listen: c.Listen, Control: ctlPath}); err != nil {
+		if err := raid.WriteRunInfo(stateDir, name, raid.RunInfo{PID: os.Getpid(), Listen: addrs, Control: ctlPath}); err != nil {
 			slog.Warn("cannot record run info", "err", err)
 		}
 		defer raid.RemoveRunInfo(stateDir, name)
@@ -129,10 +137,16 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) error {
 	for _, l := range listeners {
 		go func() { serveErr <- srv.Serve(l) }()
 	}
+	// Under socket activation stdout belongs to whoever started us (for
+	// `nbdinfo -- [ ddraid serve … ]` it is nbdinfo's output).
+	out := os.Stdout
+	if activated {
+		out = os.Stderr
+	}
 	for _, a := range arrays {
 		sb := a.Superblock()
-		for _, addr := range c.Listen {
-			fmt.Printf("serving %s (%s, %s, %d members) at %s\n", sb.Name, sb.Level,
+		for _, addr := range addrs {
+			fmt.Fprintf(out, "serving %s (%s, %s, %d members) at %s\n", sb.Name, sb.Level,
 				units.FormatSize(sb.Size), len(sb.Members), nbdURL(addr, sb.Name))
 		}
 	}
@@ -156,6 +170,38 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) error {
 	}
 	slog.Info("stopped")
 	return runErr
+}
+
+// serveListeners returns the sockets passed by systemd socket activation
+// when there are any (activated is then set), otherwise listeners on
+// listen; addrs are their addresses as --listen spells them.
+func serveListeners(listen []string) (ls []net.Listener, addrs []string, activated bool, err error) {
+	ls, err = nbd.ActivationListeners()
+	if err != nil {
+		return nil, nil, false, err
+	}
+	if ls != nil {
+		for _, l := range ls {
+			a := l.Addr().String()
+			if l.Addr().Network() == "unix" {
+				a = "unix:" + a
+			}
+			addrs = append(addrs, a)
+		}
+		slog.Info("socket activation: serving the sockets passed in; --listen is ignored", "sockets", addrs)
+		return ls, addrs, true, nil
+	}
+	for _, addr := range listen {
+		l, err := nbd.Listen(addr)
+		if err != nil {
+			for _, l := range ls {
+				l.Close()
+			}
+			return nil, nil, false, fmt.Errorf("listen %s: %w", addr, err)
+		}
+		ls = append(ls, l)
+	}
+	return ls, listen, false, nil
 }
 
 // memberDelay returns a member wrapper adding latency d, or nil for none.
