@@ -40,7 +40,7 @@ vet:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 
 test: test-deps vet
-	$(GO) test -race -timeout 20m ./blockdev/... ./raid/... ./internal/...
+	$(GO) test -race -timeout 20m ./blockdev/... ./raid/... ./internal/... ./bitmap/... ./resync/...
 	$(GO) test -timeout 40m ./cmd/... ./tests/...
 
 # bench compares ddraid with nbdkit and qemu-nbd (fio, same run); then Go
@@ -54,6 +54,8 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./blockdev/nbd/ || exit 1; done
 	$(GO) test -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME) ./raid/meta/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseSize$$' -fuzztime $(FUZZTIME) ./internal/units/
+	@for t in FuzzDecodeKey FuzzCheckWAL; do \
+		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./bitmap/ || exit 1; done
 
 clean:
 	rm -rf bin dist ddraid-demo
