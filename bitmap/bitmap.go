@@ -496,8 +496,12 @@ func (b *Bitmap) commit() {
 	for _, r := range regs {
 		st := b.regions[r]
 		st.batch = nil
-		if err == nil {
+		switch {
+		case err == nil:
 			st.durable = true
+		case st.inflight == 0:
+			// Its writers gave up waiting on another batch that failed.
+			delete(b.regions, r)
 		}
 	}
 	if err == nil {

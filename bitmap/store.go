@@ -88,7 +88,13 @@ func (c *StoreConfig) validate() error {
 
 // Store holds the dirty region sets of every (array, slot) pair of one
 // node, in a badger database. It is safe for concurrent use. Every change
-// is on stable storage when the method making it returns.
+// is on stable storage when the method making it returns. Methods do not
+// retain the slices passed to them.
+//
+// An open Bitmap keeps its own slot's marks in memory: change that slot
+// only through the Bitmap while it is open. Reading any slot, and
+// changing slots that have no open Bitmap (another node's slot on
+// takeover, a stopped array), is fine.
 type Store struct {
 	dir string
 	db  *badger.DB
