@@ -122,7 +122,7 @@ func TestMarkBeforeWrite(t *testing.T) {
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(uint64(w), 7))
 			buf := make([]byte, 3*rs64k)
-			for i := range 300 {
+			for i := range 200 {
 				off := rng.Int64N(testSize)
 				n := rng.Int64N(min(3*rs64k, testSize-off) + 1)
 				var err error
@@ -154,8 +154,8 @@ func TestMarkBeforeWrite(t *testing.T) {
 	}
 	st := h.b.Stats()
 	t.Logf("%d requests checked; %+v", checker.checked, st)
-	if checker.checked != 1200 {
-		t.Fatalf("%d requests reached the device, want 1200", checker.checked)
+	if checker.checked != 800 {
+		t.Fatalf("%d requests reached the device, want 800", checker.checked)
 	}
 	if st.Clears == 0 || st.Marks <= st.Regions {
 		t.Fatalf("the clearer never raced the writers (%+v); the test proves nothing", st)
@@ -231,7 +231,7 @@ func TestDeviceZeroNoHoleUnsupported(t *testing.T) {
 const crashEnv = "BITMAP_CRASH_CHILD_DIR"
 
 const (
-	crashSize    = 64 << 20
+	crashSize    = 32 << 20
 	crashRegions = crashSize / rs64k
 )
 
@@ -289,7 +289,7 @@ func TestCrashKill(t *testing.T) {
 		t.Skip("starts processes")
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
-	for iter := range 5 {
+	for iter := range 4 {
 		dir := t.TempDir()
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
 		cmd.Env = append(os.Environ(), crashEnv+"="+dir)

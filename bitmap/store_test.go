@@ -139,7 +139,7 @@ func TestStoreLargeBatch(t *testing.T) {
 	defer s.Close()
 	syncs := 0
 	s.afterSync = func(bool, [][]byte) { syncs++ }
-	const n = 20000
+	const n = 8000
 	all := make([]uint64, n)
 	for i := range all {
 		all[i] = uint64(i) * 3
@@ -186,8 +186,12 @@ func TestStoreLocked(t *testing.T) {
 	}
 }
 
+// imageTxns is how many synced transactions (of two marks each) the store
+// images below hold.
+const imageTxns = 80
+
 // crashImage returns a copy of an open store's directory holding the same
-// marks as populated.
+// marks as cleanImage.
 func crashImage(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir() + "/bitmap"
@@ -196,8 +200,8 @@ func crashImage(t *testing.T) string {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	for i := range 200 {
-		if err := s.Mark("arr", i%3, regions(uint64(i))); err != nil {
+	for i := range imageTxns {
+		if err := s.Mark("arr", i%3, regions(uint64(2*i), uint64(2*i+1))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -213,8 +217,8 @@ func cleanImage(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range 200 {
-		if err := s.Mark("arr", i%3, regions(uint64(i))); err != nil {
+	for i := range imageTxns {
+		if err := s.Mark("arr", i%3, regions(uint64(2*i), uint64(2*i+1))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -320,7 +324,12 @@ func TestCorruptStore(t *testing.T) {
 			os.WriteFile(onlyFile(t, dir, ".sst"), garbage, 0o640)
 		}},
 		{"bit flip in a table", false, func(t *testing.T, dir string) {
-			writeAt(t, onlyFile(t, dir, ".sst"), 100, []byte{0xa5})
+			p := onlyFile(t, dir, ".sst")
+			data, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeAt(t, p, 100, []byte{data[100] ^ 0x04})
 		}},
 		{"missing table", false, func(t *testing.T, dir string) {
 			os.Remove(onlyFile(t, dir, ".sst"))
@@ -344,7 +353,12 @@ func TestCorruptStore(t *testing.T) {
 			writeAt(t, onlyFile(t, dir, ".mem"), 1000, garbage)
 		}},
 		{"bit flip in the middle of a log", true, func(t *testing.T, dir string) {
-			writeAt(t, onlyFile(t, dir, ".mem"), 2000, []byte{0xff})
+			p := onlyFile(t, dir, ".mem")
+			data, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeAt(t, p, 2000, []byte{data[2000] ^ 0x04})
 		}},
 		{"log replaced by garbage", true, func(t *testing.T, dir string) {
 			os.WriteFile(onlyFile(t, dir, ".mem"), bytes.Repeat(garbage, 100), 0o640)
@@ -456,8 +470,8 @@ func TestCrashStatesOpen(t *testing.T) {
 				}
 				total += len(d)
 			}
-			if total < 200-tc.lost || total > 200 {
-				t.Fatalf("%d marks survive, want %d-200", total, 200-tc.lost)
+			if want := 2 * imageTxns; total < want-2*tc.lost || total > want {
+				t.Fatalf("%d marks survive, want %d-%d", total, want-2*tc.lost, want)
 			}
 		})
 	}
