@@ -45,8 +45,10 @@ type Array struct {
 
 	swaps []*blockdev.Swap
 	stats []*blockdev.Stats
-	store *bitmap.Store
-	bm    *bitmap.Bitmap
+	store *bitmap.Store // shared with the state directory's other arrays
+	// storeDir is the store's directory, its key in stores.
+	storeDir string
+	bm       *bitmap.Bitmap
 
 	mu      sync.Mutex
 	sb      *meta.Array // latest superblock
@@ -131,21 +133,7 @@ func (a *Array) openBitmap() error {
 		a.front = a.eng
 		return nil
 	}
-	dir := filepath.Join(a.opts.StateDir, "bitmap")
-	store, err := bitmap.OpenStore(dir, bitmap.StoreConfig{})
-	if errors.Is(err, bitmap.ErrCorrupt) {
-		aside := fmt.Sprintf("%s.corrupt-%d", dir, time.Now().Unix())
-		a.log.Warn("bitmap store is corrupt; set aside, the whole array will be resynced", "dir", dir, "moved_to", aside, "err", err)
-		if rerr := os.Rename(dir, aside); rerr != nil {
-			return fmt.Errorf("set aside corrupt bitmap store: %w", rerr)
-		}
-		store, err = bitmap.OpenStore(dir, bitmap.StoreConfig{})
-		if err == nil {
-			a.mu.Lock()
-			a.sb.InitialSync, a.sb.SyncedTo = true, 0
-			a.mu.Unlock()
-		}
-	}
+	store, err := a.openStore()
 	if err != nil {
 		return fmt.Errorf("bitmap: %w", err)
 	}
@@ -157,13 +145,78 @@ func (a *Array) openBitmap() error {
 		RegionSize: region, ClearDelay: a.opts.ClearDelay, Flush: a.eng.Flush, Logger: a.log,
 	})
 	if err != nil {
-		store.Close()
+		releaseStore(a.storeDir)
 		return fmt.Errorf("bitmap: %w", err)
 	}
 	a.store, a.bm = store, bm
 	a.bm.SetDegraded(a.degraded())
 	a.front = bitmap.NewDevice(a.eng, bm)
 	return nil
+}
+
+// stores holds the bitmap stores open in this process, by directory.
+// The arrays of one state directory share its store: badger locks its
+// directory, so it can be open only once per process.
+var stores = struct {
+	sync.Mutex
+	m map[string]*sharedStore
+}{m: map[string]*sharedStore{}}
+
+type sharedStore struct {
+	store *bitmap.Store
+	refs  int
+}
+
+// openStore returns the state directory's bitmap store, opening it for
+// the first array that needs it.
+func (a *Array) openStore() (*bitmap.Store, error) {
+	dir, err := filepath.Abs(bitmap.Dir(a.opts.StateDir))
+	if err != nil {
+		return nil, err
+	}
+	stores.Lock()
+	defer stores.Unlock()
+	if s := stores.m[dir]; s != nil {
+		s.refs++
+		a.storeDir = dir
+		return s.store, nil
+	}
+	store, err := bitmap.OpenStore(dir, bitmap.StoreConfig{})
+	if errors.Is(err, bitmap.ErrCorrupt) {
+		aside := fmt.Sprintf("%s.corrupt-%d", dir, time.Now().Unix())
+		a.log.Warn("bitmap store is corrupt; set aside, the whole array will be resynced", "dir", dir, "moved_to", aside, "err", err)
+		if rerr := os.Rename(dir, aside); rerr != nil {
+			return nil, fmt.Errorf("set aside corrupt bitmap store: %w", rerr)
+		}
+		store, err = bitmap.OpenStore(dir, bitmap.StoreConfig{})
+		if err == nil {
+			a.mu.Lock()
+			a.sb.InitialSync, a.sb.SyncedTo = true, 0
+			a.mu.Unlock()
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	stores.m[dir] = &sharedStore{store: store, refs: 1}
+	a.storeDir = dir
+	return store, nil
+}
+
+// releaseStore drops an array's use of the store in dir and closes the
+// store when no array uses it any more.
+func releaseStore(dir string) error {
+	stores.Lock()
+	defer stores.Unlock()
+	s := stores.m[dir]
+	if s == nil {
+		return nil
+	}
+	if s.refs--; s.refs > 0 {
+		return nil
+	}
+	delete(stores.m, dir)
+	return s.store.Close()
 }
 
 // Device returns the array as served: writes are marked in the bitmap
@@ -358,7 +411,7 @@ func (a *Array) Close() error {
 				errs = append(errs, err)
 			}
 		}
-		if err := a.store.Close(); err != nil {
+		if err := releaseStore(a.storeDir); err != nil {
 			errs = append(errs, err)
 		}
 	}
