@@ -184,16 +184,16 @@ func (a *Array) openStore() (*bitmap.Store, error) {
 	store, err := bitmap.OpenStore(dir, bitmap.StoreConfig{})
 	if errors.Is(err, bitmap.ErrCorrupt) {
 		aside := fmt.Sprintf("%s.corrupt-%d", dir, time.Now().Unix())
-		a.log.Warn("bitmap store is corrupt; set aside, the whole array will be resynced", "dir", dir, "moved_to", aside, "err", err)
+		a.log.Warn("bitmap store is corrupt; set aside, every array of the state directory will be resynced in full", "dir", dir, "moved_to", aside, "err", err)
+		// Record the full syncs before the marks go, so that neither a
+		// stop during a sync nor an array opened later forgets one.
+		if merr := a.syncAll(); merr != nil {
+			return nil, fmt.Errorf("record the full resync a corrupt bitmap store needs: %w", merr)
+		}
 		if rerr := os.Rename(dir, aside); rerr != nil {
 			return nil, fmt.Errorf("set aside corrupt bitmap store: %w", rerr)
 		}
 		store, err = bitmap.OpenStore(dir, bitmap.StoreConfig{})
-		if err == nil {
-			a.mu.Lock()
-			a.sb.InitialSync, a.sb.SyncedTo = true, 0
-			a.mu.Unlock()
-		}
 	}
 	if err != nil {
 		return nil, err
@@ -201,6 +201,42 @@ func (a *Array) openStore() (*bitmap.Store, error) {
 	stores.m[dir] = &sharedStore{store: store, refs: 1}
 	a.storeDir = dir
 	return store, nil
+}
+
+// syncAll records in the superblock of every redundant array of the state
+// directory that it needs a full sync (the initial sync, resumable), as
+// after a create on disks that held data.
+func (a *Array) syncAll() error {
+	return meta.View(a.opts.StateDir, func(s *meta.Store) error {
+		names, err := s.List()
+		if err != nil {
+			return err
+		}
+		for _, n := range names {
+			sb, err := s.Get(n)
+			if err != nil {
+				if n == a.opts.Name {
+					return err
+				}
+				a.log.Error("cannot record a full resync", "other_array", n, "err", err)
+				continue
+			}
+			if sb.Level == string(raid.LevelLinear) {
+				continue
+			}
+			sb.InitialSync, sb.SyncedTo = true, 0
+			sb.Events++
+			if err := s.Put(sb); err != nil {
+				return err
+			}
+			if n == a.opts.Name {
+				a.mu.Lock()
+				a.sb = sb
+				a.mu.Unlock()
+			}
+		}
+		return nil
+	})
 }
 
 // releaseStore drops an array's use of the store in dir and closes the
