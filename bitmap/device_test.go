@@ -235,25 +235,26 @@ const (
 	crashRegions = crashSize / rs64k
 )
 
-// TestCrashChild is the process TestCrashKill kills: it writes random
-// patterns through a Device over a file until it dies. Lazy clearing is
-// off (an hour's delay), so every region that holds data must be marked.
-func TestCrashChild(t *testing.T) {
-	dir := os.Getenv(crashEnv)
-	if dir == "" {
-		t.Skip("run by TestCrashKill")
+// crashChild is the process TestCrashKill kills (TestMain runs it when
+// crashEnv is set): it writes random patterns through a Device over a file
+// until it dies. Lazy clearing is off (an hour's delay), so every region
+// that holds data must be marked.
+func crashChild(dir string) {
+	fatal := func(err error) {
+		fmt.Fprintln(os.Stderr, "crash child:", err)
+		os.Exit(2)
 	}
 	store, err := OpenStore(filepath.Join(dir, "bitmap"), StoreConfig{Logger: quietLogger()})
 	if err != nil {
-		t.Fatal(err)
+		fatal(err)
 	}
 	file, err := blockdev.OpenFile(filepath.Join(dir, "data"), blockdev.FileOptions{Create: true, CreateSize: crashSize})
 	if err != nil {
-		t.Fatal(err)
+		fatal(err)
 	}
 	b, err := New(store, "crash", 0, crashSize, Config{RegionSize: rs64k, ClearDelay: time.Hour, Flush: file.Flush, Logger: quietLogger()})
 	if err != nil {
-		t.Fatal(err)
+		fatal(err)
 	}
 	dev := NewDevice(file, b)
 	var progress atomic.Int64
@@ -282,16 +283,10 @@ func TestCrashChild(t *testing.T) {
 // every region holding written data is marked in the store it leaves, and
 // that the store opens (a kill is not corruption).
 func TestCrashKill(t *testing.T) {
-	if os.Getenv(crashEnv) != "" {
-		t.Skip("in the child")
-	}
-	if testing.Short() {
-		t.Skip("starts processes")
-	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	for iter := range 4 {
 		dir := t.TempDir()
-		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
+		cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.count=1")
 		cmd.Env = append(os.Environ(), crashEnv+"="+dir)
 		out, err := cmd.StdoutPipe()
 		if err != nil {

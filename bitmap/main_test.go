@@ -3,12 +3,17 @@ package bitmap
 import (
 	"io"
 	"log/slog"
+	"os"
 	"testing"
 
 	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) {
+	if dir := os.Getenv(crashEnv); dir != "" {
+		crashChild(dir) // returns only if the writers stop on an error
+		os.Exit(1)
+	}
 	goleak.VerifyTestMain(m)
 }
 

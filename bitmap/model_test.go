@@ -122,7 +122,7 @@ func (m *model) start(rt *rapid.T) {
 
 func (m *model) end(rt *rapid.T) {
 	if len(m.writes) == 0 {
-		rt.Skip("no write to end")
+		return // nothing in flight: ending a write is a no-op step
 	}
 	i := rapid.IntRange(0, len(m.writes)-1).Draw(rt, "write")
 	w := m.writes[i]
