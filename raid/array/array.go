@@ -50,6 +50,11 @@ type Array struct {
 	storeDir string
 	bm       *bitmap.Bitmap
 
+	// updMu serialises superblock updates; bg counts the goroutines that
+	// record member failures.
+	updMu sync.Mutex
+	bg    sync.WaitGroup
+
 	mu      sync.Mutex
 	sb      *meta.Array // latest superblock
 	jobs    []queued
@@ -396,8 +401,15 @@ func (a *Array) setUnsynced(v bool) {
 }
 
 // update changes the stored superblock and the in-memory copy together.
+// Updates are serialised, so the in-memory copy never goes back to an
+// older one.
 func (a *Array) update(fn func(*meta.Array) error) error {
+	a.updMu.Lock()
+	defer a.updMu.Unlock()
 	sb, err := meta.Update(a.opts.StateDir, a.opts.Name, fn)
+	if errors.Is(err, errNoChange) {
+		return nil
+	}
 	if err != nil {
 		a.log.Error("update metadata", "err", err)
 		return err
@@ -408,22 +420,44 @@ func (a *Array) update(fn func(*meta.Array) error) error {
 	return nil
 }
 
+// errNoChange abandons an update that has nothing to change.
+var errNoChange = errors.New("no change")
+
 // onFail records a member failure reported by the engine.
 func (a *Array) onFail(member int, err error) {
 	a.log.Warn("member failed; array continues degraded", "member", member, "err", err)
 	if a.bm != nil {
 		a.bm.SetDegraded(true)
 	}
-	// Recording opens the metadata store; do it off the IO path.
+	// Recording opens the metadata store; do it off the IO path. Close
+	// waits for it.
+	a.bg.Add(1)
 	go func() {
-		a.update(func(sb *meta.Array) error {
-			if member < len(sb.Members) {
-				sb.Members[member].State = meta.StateFailed
-			}
-			return nil
-		})
+		defer a.bg.Done()
+		a.recordFailure(member)
 		a.useSpare()
 	}()
+}
+
+// recordFailure marks a role failed in the superblock if the engine has
+// it failed and the superblock still has it in use. By the time a
+// recording runs, the role may have been removed, re-added or given a
+// spare: then the superblock already says what the role holds now.
+func (a *Array) recordFailure(role int) error {
+	return a.update(func(sb *meta.Array) error {
+		if role < 0 || role >= len(sb.Members) {
+			return errNoChange
+		}
+		if st := a.sync.MemberStates()[role]; st != raid.MemberFailed && st != raid.MemberMissing {
+			return errNoChange
+		}
+		m := &sb.Members[role]
+		if m.State != meta.StateActive && m.State != meta.StateRecovering {
+			return errNoChange
+		}
+		m.State = meta.StateFailed
+		return nil
+	})
 }
 
 // Close stops background jobs, flushes, and closes the array. The bitmap
@@ -435,6 +469,7 @@ func (a *Array) Close() error {
 	if err := a.front.Flush(); err != nil {
 		errs = append(errs, fmt.Errorf("flush: %w", err))
 	}
+	a.bg.Wait() // failure recordings
 	if a.bm != nil {
 		a.mu.Lock()
 		clean := !a.unsynced && len(errs) == 0 && !a.degraded()

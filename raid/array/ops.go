@@ -81,7 +81,7 @@ func (a *Array) Fail(ref string, force bool) error {
 	a.sync.Fail(role, errOperator)
 	// onFail records it asynchronously; record synchronously too so the
 	// caller sees the new state when we return.
-	return a.update(func(sb *meta.Array) error { sb.Members[role].State = meta.StateFailed; return nil })
+	return a.recordFailure(role)
 }
 
 // Remove takes a failed or missing member (or a spare) out of the array.
