@@ -36,8 +36,9 @@ func (a *Array) Status() Status {
 		st.LastJob = &cp
 	}
 	st.Queued = len(a.jobs)
+	stats := append([]*blockdev.Stats(nil), a.stats...) // replace and add change them
 	a.mu.Unlock()
-	for _, s := range a.stats {
+	for _, s := range stats {
 		var io blockdev.IOStats
 		if s != nil {
 			io = s.Snapshot()
