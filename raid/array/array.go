@@ -60,10 +60,12 @@ type Array struct {
 	jobs    []queued
 	current *resync.Progress
 	last    *resync.Progress // the last finished job
-	wake    chan struct{}
-	ctx     context.Context
-	cancel  context.CancelFunc
-	done    chan struct{}
+	// replacing holds the roles a Replace is copying.
+	replacing map[int]bool
+	wake      chan struct{}
+	ctx       context.Context
+	cancel    context.CancelFunc
+	done      chan struct{}
 	// unsynced is set while regions are known inconsistent (a resync,
 	// initial sync or recovery is queued or running, or failed).
 	unsynced bool
@@ -86,7 +88,7 @@ func Open(o Options) (*Array, error) {
 	if err := o.Throttle.Validate(); err != nil {
 		return nil, err
 	}
-	a := &Array{opts: o, log: o.Logger.With("array", o.Name), wake: make(chan struct{}, 1), done: make(chan struct{})}
+	a := &Array{opts: o, log: o.Logger.With("array", o.Name), wake: make(chan struct{}, 1), done: make(chan struct{}), replacing: map[int]bool{}}
 	var mu sync.Mutex
 	asm, err := raid.Assemble(o.StateDir, o.Name, raid.AssembleOptions{
 		Direct: o.Direct,

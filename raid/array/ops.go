@@ -305,6 +305,19 @@ func (a *Array) Replace(oldRef, newPath string, force bool) (string, error) {
 	if spare || sb.Members[role].State != meta.StateActive {
 		return "", fmt.Errorf("%w: %s is not an active member; use add-device", ErrRefused, oldRef)
 	}
+	a.mu.Lock()
+	busy := a.replacing[role]
+	a.replacing[role] = true
+	a.mu.Unlock()
+	if busy {
+		return "", fmt.Errorf("%w: member %d (%s) is already being replaced", ErrRefused, role, sb.Members[role].Path)
+	}
+	queued := false
+	defer func() {
+		if !queued {
+			a.endReplace(role)
+		}
+	}()
 	p, err := planAdd(&sb, newPath, force)
 	if err != nil {
 		return "", err
@@ -338,8 +351,15 @@ func (a *Array) Replace(oldRef, newPath string, force bool) (string, error) {
 		return "", err
 	}
 	a.swaps[role].Set(inner)
+	queued = true
 	a.enqueue(resync.Job{Kind: resync.KindRecover, Array: inner, Member: 1, Ranges: resync.Whole(sb.MemberDataSize)},
 		func(_ resync.Progress, err error) {
+			defer a.endReplace(role)
+			// A role that failed while it was copied took no writes
+			// since: the copy is stale.
+			if err == nil && !a.activeRole(role) {
+				err = fmt.Errorf("member %d failed during the replace", role)
+			}
 			if err != nil || inner.FinishRecovery(1) != nil {
 				a.swaps[role].Set(old)
 				f.Close()
@@ -351,13 +371,28 @@ func (a *Array) Replace(oldRef, newPath string, force bool) (string, error) {
 			a.stats[role] = newDev
 			a.mu.Unlock()
 			old.Close()
-			a.update(func(sb *meta.Array) error {
+			err = a.update(func(sb *meta.Array) error {
+				if !a.activeRole(role) { // failed since the check above
+					return fmt.Errorf("member %d failed during the replace; it stays failed", role)
+				}
 				sb.Members[role] = meta.Member{Role: role, UUID: p.memberDev.UUID, Path: p.memberDev.Path, State: meta.StateActive}
 				return nil
 			})
-			a.log.Info("member replaced", "role", role, "new", p.memberDev.Path)
+			if err == nil {
+				a.log.Info("member replaced", "role", role, "new", p.memberDev.Path)
+			}
 		})
 	return fmt.Sprintf("replacing member %d (%s) with %s", role, sb.Members[role].Path, newPath), nil
+}
+
+// activeRole reports whether the engine has role active.
+func (a *Array) activeRole(role int) bool { return a.sync.MemberStates()[role] == raid.MemberActive }
+
+// endReplace ends Replace's hold on role.
+func (a *Array) endReplace(role int) {
+	a.mu.Lock()
+	delete(a.replacing, role)
+	a.mu.Unlock()
 }
 
 // Check runs a check (or repair) after any queued job and waits for it.
