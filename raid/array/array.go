@@ -12,6 +12,7 @@ import (
 
 	"github.com/ddraid/ddraid/bitmap"
 	"github.com/ddraid/ddraid/blockdev"
+	"github.com/ddraid/ddraid/blockdev/remote"
 	"github.com/ddraid/ddraid/raid"
 	"github.com/ddraid/ddraid/raid/meta"
 	"github.com/ddraid/ddraid/resync"
@@ -31,7 +32,11 @@ type Options struct {
 	// ClearDelay is how long a bitmap region stays marked after its last
 	// write; 0: 5 s.
 	ClearDelay time.Duration
-	Logger     *slog.Logger
+	// Remote configures members given as NBD URIs (nbd://…): how long one
+	// may stay unreachable before it fails, the reconnect backoff. The
+	// zero value takes the defaults of package remote.
+	Remote remote.Config
+	Logger *slog.Logger
 }
 
 // Array is an assembled, running array.
@@ -66,9 +71,6 @@ type Array struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	done      chan struct{}
-	// unsynced is set while regions are known inconsistent (a resync,
-	// initial sync or recovery is queued or running, or failed).
-	unsynced bool
 }
 
 // queued is a job waiting for the worker.
@@ -92,6 +94,7 @@ func Open(o Options) (*Array, error) {
 	var mu sync.Mutex
 	asm, err := raid.Assemble(o.StateDir, o.Name, raid.AssembleOptions{
 		Direct: o.Direct,
+		Remote: o.Remote,
 		OnFail: a.onFail,
 		Wrap: func(role int, dev blockdev.Device) blockdev.Device {
 			mu.Lock()
@@ -348,18 +351,12 @@ func (a *Array) regionsOf(r resync.Range) []uint64 {
 }
 
 func (a *Array) queueDirtyResync(dirty []uint64) {
-	a.setUnsynced(true)
 	a.enqueue(resync.Job{
 		Kind: resync.KindResync, Array: a.sync, Ranges: a.ranges(dirty),
-		OnRangeDone: func(r resync.Range) error {
-			if err := a.eng.Flush(); err != nil {
-				return err
-			}
-			return a.bm.ClearRegions(a.regionsOf(r))
-		},
+		// ClearRegions flushes the array before it clears.
+		OnRangeDone: func(r resync.Range) error { return a.bm.ClearRegions(a.regionsOf(r)) },
 	}, func(p resync.Progress, err error) {
 		if err == nil {
-			a.setUnsynced(false)
 			a.log.Info("resync done", "bytes", p.Done)
 		}
 	})
@@ -368,7 +365,6 @@ func (a *Array) queueDirtyResync(dirty []uint64) {
 // queueSync queues the initial (or full) sync of r, checkpointing progress
 // in the superblock.
 func (a *Array) queueSync(r resync.Range, initial bool) {
-	a.setUnsynced(true)
 	lastSave := time.Now()
 	a.enqueue(resync.Job{
 		Kind: resync.KindResync, Array: a.sync, Ranges: []resync.Range{r}, Chunk: 4 << 20,
@@ -391,15 +387,8 @@ func (a *Array) queueSync(r resync.Range, initial bool) {
 		}
 		a.eng.Flush()
 		a.update(func(sb *meta.Array) error { sb.InitialSync, sb.SyncedTo = false, 0; return nil })
-		a.setUnsynced(false)
 		a.log.Info("sync done", "bytes", p.Done)
 	})
-}
-
-func (a *Array) setUnsynced(v bool) {
-	a.mu.Lock()
-	a.unsynced = v
-	a.mu.Unlock()
 }
 
 // update changes the stored superblock and the in-memory copy together.
@@ -473,16 +462,16 @@ func (a *Array) Close() error {
 	}
 	a.bg.Wait() // failure recordings
 	if a.bm != nil {
-		a.mu.Lock()
-		clean := !a.unsynced && len(errs) == 0 && !a.degraded()
-		a.mu.Unlock()
+		// Shutdown flushes and clears the idle marks of this run's writes.
+		// Marks loaded at Open that no resync cleared stay, and so does
+		// everything while the array is degraded.
+		if len(errs) == 0 {
+			if err := a.bm.Shutdown(); err != nil {
+				errs = append(errs, fmt.Errorf("bitmap shutdown: %w", err))
+			}
+		}
 		if err := a.bm.Close(); err != nil {
 			errs = append(errs, err)
-		}
-		if clean {
-			if err := a.store.ClearAll(a.sb.UUID.String(), 0); err != nil {
-				errs = append(errs, err)
-			}
 		}
 		if err := releaseStore(a.storeDir); err != nil {
 			errs = append(errs, err)

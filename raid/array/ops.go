@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 
 	"github.com/ddraid/ddraid/blockdev"
@@ -28,7 +27,7 @@ func Resolve(sb *meta.Array, ref string) (role int, spare bool, err error) {
 		}
 		return n, false, nil
 	}
-	abs, _ := filepath.Abs(ref)
+	abs, _ := raid.MemberPath(ref)
 	for i, m := range sb.Members {
 		if m.Path != "" && (m.Path == ref || m.Path == abs) {
 			return i, false, nil
@@ -120,14 +119,14 @@ type plan struct {
 
 // planAdd checks a device and decides where it goes.
 func planAdd(sb *meta.Array, path string, force bool) (plan, error) {
-	abs, err := filepath.Abs(path)
+	abs, err := raid.MemberPath(path)
 	if err != nil {
 		return plan{}, err
 	}
 	if sb.Level == string(raid.LevelLinear) {
 		return plan{}, fmt.Errorf("linear array %s cannot take new members", sb.Name)
 	}
-	f, err := blockdev.OpenFile(abs, blockdev.FileOptions{ReadOnly: true})
+	f, err := raid.OpenMemberDevice(abs, raid.MemberOptions{ReadOnly: true})
 	if err != nil {
 		return plan{}, fmt.Errorf("add %s: %w", path, err)
 	}
@@ -178,7 +177,7 @@ func (p plan) apply(sb *meta.Array) error {
 		BlockSize: uint32(sb.BlockSize), DataOffset: uint64(sb.DataOffset), DataSize: uint64(sb.MemberDataSize),
 		Events: sb.Events + 1, Level: sb.Level, ArrayName: sb.Name,
 	}
-	f, err := blockdev.OpenFile(p.memberDev.Path, blockdev.FileOptions{})
+	f, err := raid.OpenMemberDevice(p.memberDev.Path, raid.MemberOptions{})
 	if err != nil {
 		return err
 	}
@@ -256,7 +255,7 @@ func (a *Array) useSpare() {
 func (a *Array) startRecovery(role int, dev blockdev.Device, dirtyOnly bool) error {
 	sb := a.Superblock()
 	if dev == nil {
-		d, err := raid.OpenMember(&sb, role, a.opts.Direct)
+		d, err := raid.OpenMember(&sb, role, raid.MemberOptions{Direct: a.opts.Direct, Remote: a.opts.Remote})
 		if err != nil {
 			return err
 		}
@@ -274,7 +273,6 @@ func (a *Array) startRecovery(role int, dev blockdev.Device, dirtyOnly bool) err
 	if dirtyOnly {
 		ranges = a.ranges(a.bm.Dirty())
 	}
-	a.setUnsynced(true)
 	a.enqueue(resync.Job{Kind: resync.KindRecover, Array: a.sync, Member: role, Ranges: ranges},
 		func(p resync.Progress, err error) {
 			if err != nil {
@@ -286,7 +284,13 @@ func (a *Array) startRecovery(role int, dev blockdev.Device, dirtyOnly bool) err
 			}
 			a.update(func(sb *meta.Array) error { sb.Members[role].State = meta.StateActive; return nil })
 			a.bm.SetDegraded(a.degraded())
-			a.setUnsynced(false)
+			if !a.degraded() {
+				// Every region is consistent now, including those marked
+				// while the member was away.
+				if err := a.bm.ClearRegions(a.bm.Dirty()); err != nil {
+					a.log.Warn("clear bitmap after recovery", "err", err)
+				}
+			}
 			a.log.Info("member recovered", "role", role, "bytes", p.Done)
 		})
 	return nil
@@ -331,7 +335,7 @@ func (a *Array) Replace(oldRef, newPath string, force bool) (string, error) {
 	if err := p.apply(&scratch); err != nil { // header only; the superblock changes at the swap
 		return "", err
 	}
-	f, err := blockdev.OpenFile(p.memberDev.Path, blockdev.FileOptions{Direct: a.opts.Direct})
+	f, err := raid.OpenMemberDevice(p.memberDev.Path, raid.MemberOptions{Direct: a.opts.Direct, Remote: a.opts.Remote})
 	if err != nil {
 		return "", err
 	}
