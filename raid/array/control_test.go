@@ -74,6 +74,7 @@ func TestControlRoundTrip(t *testing.T) {
 	if p := rep.Progress; p == nil || p.Kind != resync.KindCheck || p.Done != a.Device().Size() || p.Mismatches != 0 || !p.Finished {
 		t.Fatalf("check progress %+v", rep.Progress)
 	}
+	waitIdle(t, a) // the worker records the last job just after the reply
 	if j := status().LastJob; j == nil || j.Kind != resync.KindCheck {
 		t.Fatalf("status after check: last job %+v", j)
 	}

@@ -295,13 +295,17 @@ func waitIdle(t *testing.T, a *Array) {
 	waitFor(t, "background jobs to finish", a.Idle)
 }
 
-// check runs a check (or repair) and returns the mismatch count.
+// check runs a check (or repair) and returns the mismatch count. It
+// returns once the worker is idle again, so that status shows the check
+// as the last job (Check returns as soon as the job ends, and the worker
+// records the last job just after).
 func check(t *testing.T, a *Array, repair bool) int64 {
 	t.Helper()
 	p, err := a.Check(context.Background(), repair)
 	if err != nil {
 		t.Fatalf("check: %v", err)
 	}
+	waitIdle(t, a)
 	if p.Done != a.Device().Size() {
 		t.Fatalf("check covered %d bytes of %d", p.Done, a.Device().Size())
 	}
