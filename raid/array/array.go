@@ -46,7 +46,8 @@ type Array struct {
 	asm   *raid.Assembled
 	eng   blockdev.Device // the raid engine
 	sync  raid.Syncer     // nil for linear
-	front blockdev.Device // what is served: bitmap in front of the engine
+	front blockdev.Device // what is served: fg, in front of the bitmap and the engine
+	fg    *blockdev.Stats // foreground IO counters
 
 	swaps []*blockdev.Swap
 	stats []*blockdev.Stats
@@ -116,6 +117,10 @@ func Open(o Options) (*Array, error) {
 		asm.Close()
 		return nil, err
 	}
+	// Foreground IO is counted where it enters: the member counters also
+	// see the jobs' own IO, which is not a reason for a job to yield.
+	a.fg = blockdev.NewStats(a.front)
+	a.front = a.fg
 	a.resume()
 	go a.worker()
 	return a, nil

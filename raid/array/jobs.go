@@ -17,20 +17,12 @@ func (a *Array) enqueue(j resync.Job, finish func(resync.Progress, error)) {
 	}
 }
 
-// busyFunc reports foreground IO since the previous call, from the
-// member counters (a.stats changes under a.mu when a member is replaced
-// or rebuilt).
+// busyFunc reports foreground IO (requests to the served device) since
+// the previous call.
 func (a *Array) busyFunc() func() bool {
 	var last int64
 	return func() bool {
-		var ops int64
-		a.mu.Lock()
-		for _, s := range a.stats {
-			if s != nil {
-				ops += s.Ops()
-			}
-		}
-		a.mu.Unlock()
+		ops := a.fg.Ops()
 		busy := ops != last
 		last = ops
 		return busy
