@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/ddraid/ddraid/blockdev"
+	"github.com/ddraid/ddraid/blockdev/remote"
 	"github.com/ddraid/ddraid/raid/meta"
 )
 
@@ -21,6 +22,8 @@ type AssembleOptions struct {
 	// (latency or fault injection for benchmarks and drills). The wrapper
 	// must close the device it wraps.
 	Wrap func(role int, dev blockdev.Device) blockdev.Device
+	// Remote configures members given as NBD URIs.
+	Remote remote.Config
 }
 
 // Assembled is a running array: its superblock as assembled and the Device
@@ -75,8 +78,8 @@ func Assemble(stateDir, name string, opts AssembleOptions) (*Assembled, error) {
 			lost[i] = m.State
 			continue
 		}
-		dev, err := OpenMember(a, i, opts.Direct)
-		if errors.Is(err, os.ErrNotExist) {
+		dev, err := OpenMember(a, i, MemberOptions{Direct: opts.Direct, Remote: opts.Remote})
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, remote.ErrUnreachable) {
 			lost[i] = meta.StateMissing
 			newlyMissing = append(newlyMissing, i)
 			continue
@@ -134,10 +137,13 @@ func Assemble(stateDir, name string, opts AssembleOptions) (*Assembled, error) {
 
 // OpenMember opens the device at a.Members[role].Path, checks that its
 // header names this array and role, and returns its data area (closing it
-// closes the device). A missing file is reported with os.ErrNotExist.
-func OpenMember(a *meta.Array, role int, direct bool) (blockdev.Device, error) {
+// closes the device). A missing file is reported with os.ErrNotExist, an
+// unreachable remote member with remote.ErrUnreachable. A remote member
+// checks the header again after every reconnect.
+func OpenMember(a *meta.Array, role int, opts MemberOptions) (blockdev.Device, error) {
 	m := a.Members[role]
-	f, err := blockdev.OpenFile(m.Path, blockdev.FileOptions{Direct: direct})
+	opts.Remote.Verify = verifyMember(a, role)
+	f, err := OpenMemberDevice(m.Path, opts)
 	if err != nil {
 		return nil, fmt.Errorf("member %d (%s): %w", role, m.Path, err)
 	}
@@ -161,7 +167,7 @@ func MemberDataSize(a *meta.Array, role int) int64 {
 	return a.MemberDataSize
 }
 
-func checkMember(a *meta.Array, role int, f *blockdev.File) error {
+func checkMember(a *meta.Array, role int, f blockdev.Device) error {
 	h, err := meta.ReadHeader(f)
 	if errors.Is(err, meta.ErrNoHeader) {
 		return fmt.Errorf("not a ddraid member (no header)")

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/ddraid/ddraid/blockdev"
 	"github.com/ddraid/ddraid/raid/meta"
 )
 
@@ -21,10 +20,13 @@ type CreateOptions struct {
 	// Geometry applies to raid35; BlockSize also sets mirror and linear
 	// block sizes (default 4096).
 	Geometry Geometry
-	// Members are paths of files or block devices, in role order.
+	// Members are paths of files or block devices, or NBD URIs of remote
+	// exports (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH), in
+	// role order.
 	Members []string
 	// CreateSize creates member files that do not exist with this size in
-	// bytes (sparse). Zero means every member must exist.
+	// bytes (sparse). Zero means every member must exist. Remote members
+	// always exist and keep their size.
 	CreateSize int64
 	// Force overwrites members that carry another array's header.
 	Force bool
@@ -94,7 +96,7 @@ func (o *CreateOptions) validate() error {
 	}
 	seen := map[string]bool{}
 	for _, p := range o.Members {
-		abs, err := filepath.Abs(p)
+		abs, err := MemberPath(p)
 		if err != nil {
 			return fmt.Errorf("member %s: %w", p, err)
 		}
@@ -186,13 +188,16 @@ func Create(s *meta.Store, opts CreateOptions) (*meta.Array, error) {
 func planMembers(opts CreateOptions) ([]plannedMember, error) {
 	var plan []plannedMember
 	for _, p := range opts.Members {
-		abs, _ := filepath.Abs(p)
+		abs, _ := MemberPath(p)
 		m := plannedMember{path: abs}
 		st, err := os.Stat(abs)
+		if IsRemote(abs) {
+			st, err = nil, nil // an export always exists: open it to learn its size
+		}
 		switch {
 		case err == nil:
 			m.exists, m.info = true, st
-			dev, err := blockdev.OpenFile(abs, blockdev.FileOptions{ReadOnly: true})
+			dev, err := OpenMemberDevice(abs, MemberOptions{ReadOnly: true})
 			if err != nil {
 				return nil, fmt.Errorf("member %s: %w", p, err)
 			}
@@ -214,7 +219,11 @@ func planMembers(opts CreateOptions) ([]plannedMember, error) {
 			return nil, fmt.Errorf("member %s: %w", p, err)
 		}
 		if m.size < meta.DataOffset+MinMemberData {
-			return nil, fmt.Errorf("member %s is too small: %d bytes, need at least %d", p, m.size, meta.DataOffset+MinMemberData)
+			why := ""
+			if IsRemote(abs) {
+				why = " (--size does not apply to remote members)"
+			}
+			return nil, fmt.Errorf("member %s is too small: %d bytes, need at least %d%s", p, m.size, meta.DataOffset+MinMemberData, why)
 		}
 		for _, q := range plan {
 			if q.info != nil && m.info != nil && os.SameFile(q.info, m.info) {
@@ -227,13 +236,20 @@ func planMembers(opts CreateOptions) ([]plannedMember, error) {
 }
 
 func writeMemberHeader(a *meta.Array, role int, m plannedMember) error {
-	dev, err := blockdev.OpenFile(m.path, blockdev.FileOptions{Create: !m.exists, CreateSize: m.size})
+	opts := MemberOptions{}
+	if !m.exists {
+		opts.CreateSize = m.size
+	}
+	dev, err := OpenMemberDevice(m.path, opts)
 	if err != nil {
 		return err
 	}
 	defer dev.Close()
 	h := headerFor(a, role)
-	return meta.WriteHeader(dev, &h)
+	if err := meta.WriteHeader(dev, &h); err != nil {
+		return err
+	}
+	return dev.Flush()
 }
 
 func headerFor(a *meta.Array, role int) meta.Header {
