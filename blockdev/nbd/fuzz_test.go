@@ -172,7 +172,7 @@ func FuzzRequest(f *testing.F) {
 		c.strict = mode&4 != 0
 		c.structured = mode&8 != 0
 		c.blockStatus = c.structured && mode&16 != 0
-		c.readLoop()
+		c.readAll()
 		c.drain()
 		if strings.Contains(lb.String(), "panic") {
 			t.Fatalf("a request panicked:\n%s", lb.String())

@@ -164,14 +164,56 @@ func (c *conn) encodeBlockStatus(r *request) {
 	r.vec = append(r.vec, b)
 }
 
-// queueReply queues r's encoded reply and, unless another worker is
-// already writing, writes the queue. Each reply's pieces go out in the same
-// writev. After the write, requests are recycled and leave the in-flight
-// count.
+// queueReply queues r's encoded reply and, unless another goroutine is
+// already writing or the reader holds replies back (cork), writes the
+// queue. Each reply's pieces go out in the same writev. After the write,
+// requests are recycled and leave the in-flight count.
 func (c *conn) queueReply(r *request) {
 	c.wmu.Lock()
 	c.wq = append(c.wq, r)
-	if c.writing {
+	if c.corked {
+		c.ncork++
+		for _, b := range r.vec {
+			c.corkLen += len(b)
+		}
+		if c.ncork < c.maxCork() && c.corkLen < maxCorkBytes {
+			c.wmu.Unlock()
+			return
+		}
+		c.corked = false
+	}
+	c.writeLocked()
+}
+
+// maxCork is the most replies held back at once: well below MaxInFlight,
+// since held replies hold their requests.
+func (c *conn) maxCork() int { return min(64, c.maxInFlight/2) }
+
+// cork holds replies back until uncork (or until enough are held).
+func (c *conn) cork() {
+	c.wmu.Lock()
+	if !c.corked {
+		c.corked, c.ncork, c.corkLen = true, 0, 0
+	}
+	c.wmu.Unlock()
+}
+
+// uncork sends the replies held back. The reader calls it before anything
+// that may block, since held replies hold requests and buffers.
+func (c *conn) uncork() {
+	c.wmu.Lock()
+	if !c.corked {
+		c.wmu.Unlock()
+		return
+	}
+	c.corked = false
+	c.writeLocked()
+}
+
+// writeLocked is called with wmu held and releases it: unless a write is
+// under way, it writes the queue until it is empty.
+func (c *conn) writeLocked() {
+	if c.writing || len(c.wq) == 0 {
 		c.wmu.Unlock()
 		return
 	}

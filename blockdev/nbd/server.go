@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -163,6 +164,80 @@ type export struct {
 	minBS  uint32 // minimum block size, a power of two in [1, 64 KiB]
 	prefBS uint32 // preferred block size, max(minBS, 4096)
 	maxBS  uint32 // maximum payload, a multiple of minBS
+	// slowNs is a moving average of how much longer than memory speed
+	// requests take to execute, in nanoseconds; it decides whether
+	// requests may run on the reader goroutine (see conn.serveInline).
+	slowNs atomic.Int64
+}
+
+// markSlow records that a request has been running for d, so that the
+// next requests go to workers.
+func (x *export) markSlow(d int64) {
+	if x.slowNs.Load() < d {
+		x.slowNs.Store(d)
+	}
+}
+
+// monoStart anchors nanotime.
+var monoStart = time.Now()
+
+// nanotime is a monotonic clock in nanoseconds, never 0.
+func nanotime() int64 { return int64(time.Since(monoStart)) + 1 }
+
+// Watchdog intervals: every watchFast while requests run inline, slowing
+// down to watchSlow while none do.
+const (
+	watchFast = time.Millisecond
+	watchSlow = 32 * time.Millisecond
+)
+
+// watch is the server's watchdog. While connections exist it looks for a
+// reader goroutine that has been running a request inline for longer than
+// inlineStallNs, takes the reader role from it and starts a new reader, so
+// that one stalled request does not stop its connection from reading.
+func (s *Server) watch() {
+	interval := watchFast
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	for range t.C {
+		now := nanotime()
+		busy := false
+		s.mu.Lock()
+		if len(s.conns) == 0 {
+			s.watching = false
+			s.mu.Unlock()
+			return
+		}
+		for c := range s.conns {
+			since := c.inlineSince.Load()
+			if since == 0 {
+				continue
+			}
+			busy = true
+			if now-since > inlineStallNs && c.inlineSince.CompareAndSwap(since, 0) {
+				c.exp.markSlow(now - since)
+				c.log.Debug("nbd: request stalled the reader; a new reader takes over", "export", c.exp.Name,
+					"stalled", time.Duration(now-since))
+				go c.takeOver()
+			}
+		}
+		s.mu.Unlock()
+		if busy {
+			interval = watchFast
+		} else {
+			interval = min(2*interval, watchSlow)
+		}
+		t.Reset(interval)
+	}
+}
+
+// observe folds the execution time d of one request moving length bytes
+// of data into slowNs (weight 1/16; a lost update between racing requests
+// does not matter).
+func (x *export) observe(d time.Duration, length uint32) {
+	excess := max(0, int64(d)-int64(length>>10)*inlineNsPerKiB)
+	old := x.slowNs.Load()
+	x.slowNs.Store(old + (excess-old)/16)
 }
 
 // Server serves exports over the NBD protocol. Create it with NewServer,
@@ -182,6 +257,7 @@ type Server struct {
 	done      chan struct{} // closed when Shutdown begins
 	idle      chan struct{} // closed when shut down and no connection is left
 	idleShut  bool
+	watching  bool // the watchdog runs
 }
 
 // NewServer returns a server with no exports. It fills the defaults of cfg
@@ -373,6 +449,10 @@ func (s *Server) startConn(nc net.Conn) {
 	}
 	c := newConn(s, nc, remote)
 	s.conns[c] = struct{}{}
+	if !s.watching {
+		s.watching = true
+		go s.watch()
+	}
 	s.mu.Unlock()
 	go c.serve()
 }

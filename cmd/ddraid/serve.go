@@ -9,12 +9,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/ddraid/ddraid/blockdev"
 	"github.com/ddraid/ddraid/blockdev/nbd"
+	"github.com/ddraid/ddraid/blockdev/remote"
 	"github.com/ddraid/ddraid/internal/units"
 	"github.com/ddraid/ddraid/raid"
 	"github.com/ddraid/ddraid/raid/array"
@@ -37,13 +39,26 @@ type ServeCmd struct {
 	MinBlockSize   string        `help:"NBD minimum block size to advertise: 512 (works with every client), a power of two up to 64K, or 'array' for the array block size (clients then send only whole blocks)." default:"512"`
 	ShutdownWait   time.Duration `help:"How long SIGTERM waits for requests in flight." default:"30s"`
 	MemberDelay    time.Duration `hidden:"" help:"Add this latency to every member request (benchmarks only)."`
+	CPUProfile     string        `hidden:"" name:"cpu-profile" type:"path" help:"Write a Go CPU profile of the whole run to this file (benchmarks only)."`
 	SpeedMin       string        `help:"Minimum resync/recovery/check speed, kept even under foreground IO." default:"1M"`
 	SpeedMax       string        `help:"Maximum resync/recovery/check speed; 0 for no limit." default:"200M"`
 	ClearDelay     time.Duration `help:"How long a write-intent bitmap region stays dirty after its last write." default:"5s"`
+	MemberTimeout  time.Duration `help:"How long a remote (nbd://) member may stay unreachable, its requests waiting, before it is failed." default:"10s"`
 }
 
 // Run serves until SIGTERM or SIGINT.
 func (c *ServeCmd) Run(g *Globals) error {
+	if c.CPUProfile != "" {
+		f, err := os.Create(c.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	return serveArrays(g.StateDir, c.Names, c)
 }
 
@@ -70,6 +85,9 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) (err error) {
 	case c.TLSCert != "" || c.TLSKey != "" || c.TLSCA != "":
 		return errors.New("--tls-cert, --tls-key and --tls-ca need --tls=on or --tls=require")
 	}
+	if c.MemberTimeout < time.Millisecond {
+		return fmt.Errorf("--member-timeout %v: want at least 1ms", c.MemberTimeout)
+	}
 	srv, err := nbd.NewServer(cfg)
 	if err != nil {
 		return err
@@ -90,6 +108,7 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) (err error) {
 		a, err := array.Open(array.Options{
 			StateDir: stateDir, Name: name, Direct: c.Direct, Wrap: memberDelay(c.MemberDelay),
 			Throttle: th, ClearDelay: c.ClearDelay, Logger: slog.Default(),
+			Remote: remote.Config{FailAfter: c.MemberTimeout, Logger: slog.Default()},
 		})
 		if err != nil {
 			return err
