@@ -11,7 +11,7 @@ import (
 // CreateCmd is `ddraid create`.
 type CreateCmd struct {
 	Name        string     `arg:"" help:"Array name (also the NBD export name)."`
-	Members     []string   `arg:"" help:"Member files or block devices, in role order." type:"path"`
+	Members     []string   `arg:"" help:"Member files, block devices or NBD URIs (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH), in role order."`
 	Level       string     `help:"RAID level: raid35, mirror or linear." default:"raid35"`
 	Size        units.Size `help:"Create member files that do not exist with this size (e.g. 1GiB)."`
 	BlockSize   units.Size `help:"Array block size (raid35: 512·2^k to 64 KiB)." default:"4096"`

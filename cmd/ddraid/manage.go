@@ -25,6 +25,15 @@ func controlFor(stateDir, name string) *array.Client {
 // act runs an action on a served array through its control socket, or on
 // the stored metadata of a stopped one.
 func act(g *Globals, name, action string, req array.Request) error {
+	if req.Path != "" {
+		// The server resolves paths in its own directory: send absolute
+		// ones (NBD URIs in canonical form).
+		p, err := raid.MemberPath(req.Path)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", action, name, err)
+		}
+		req.Path = p
+	}
 	if c := controlFor(g.StateDir, name); c != nil {
 		rep, err := c.Do(context.Background(), name, action, req)
 		if err != nil {
@@ -67,7 +76,7 @@ func (c *RemoveDeviceCmd) Run(g *Globals) error {
 // AddDeviceCmd is `ddraid add-device`.
 type AddDeviceCmd struct {
 	Name  string `arg:"" help:"Array name."`
-	Path  string `arg:"" help:"File or block device to add." type:"path"`
+	Path  string `arg:"" help:"File, block device or NBD URI to add."`
 	Force bool   `help:"Overwrite a device that belongs to another array."`
 }
 
@@ -80,7 +89,7 @@ func (c *AddDeviceCmd) Run(g *Globals) error {
 type ReplaceCmd struct {
 	Name  string `arg:"" help:"Array name."`
 	Old   string `arg:"" help:"Member to replace: role number or path."`
-	New   string `arg:"" help:"New file or block device." type:"path"`
+	New   string `arg:"" help:"New file, block device or NBD URI."`
 	Force bool   `help:"Overwrite a device that belongs to another array."`
 }
 
