@@ -19,6 +19,16 @@ import (
 // network: time is fake, so backoff and timeouts are checked to the
 // nanosecond and nothing sleeps for real.
 
+// bubble runs f in a synctest bubble. The NBD server's watchdog goroutine
+// may outlive Shutdown by one tick; fake time lets it run out before the
+// bubble ends.
+func bubble(t *testing.T, f func(t *testing.T)) {
+	synctest.Test(t, func(t *testing.T) {
+		defer time.Sleep(time.Second)
+		f(t)
+	})
+}
+
 func openPipe(t *testing.T, n *pipeNet, cfg Config) *Device {
 	t.Helper()
 	cfg.Dial = n.Dial
@@ -43,7 +53,7 @@ type result struct {
 // brings it back 3 s later: the writes complete without an error once the
 // backoff reaches the new server, and the data is intact.
 func TestReconnectWithinFailAfter(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
+	bubble(t, func(t *testing.T) {
 		mem := blockdev.NewMem(4<<20, 512)
 		gate := newGateDev(mem)
 		n := &pipeNet{}
@@ -105,7 +115,7 @@ func TestReconnectWithinFailAfter(t *testing.T) {
 // requests fail with ErrUnreachable exactly FailAfter after the loss, later
 // ones at once, and a server that comes back afterwards is not used.
 func TestUnreachableAfterFailAfter(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
+	bubble(t, func(t *testing.T) {
 		mem := blockdev.NewMem(1<<20, 512)
 		gate := newGateDev(mem)
 		n := &pipeNet{}
@@ -169,7 +179,7 @@ func TestUnreachableAfterFailAfter(t *testing.T) {
 // Device replays them, so a Flush on the new connection makes the disk
 // match every acknowledged write.
 func TestReplayAfterServerLostItsCache(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
+	bubble(t, func(t *testing.T) {
 		disk := blockdev.NewMem(1<<20, 512)
 		c1 := &cacheDev{disk: disk}
 		n := &pipeNet{}
@@ -249,7 +259,7 @@ func TestReplacedExport(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			synctest.Test(t, func(t *testing.T) {
+			bubble(t, func(t *testing.T) {
 				mem := blockdev.NewMem(1<<20, 512)
 				mem.WriteAt(magic, 0)
 				n := &pipeNet{}
@@ -280,7 +290,7 @@ func TestReplacedExport(t *testing.T) {
 		})
 	}
 	t.Run("same disk", func(t *testing.T) {
-		synctest.Test(t, func(t *testing.T) {
+		bubble(t, func(t *testing.T) {
 			mem := blockdev.NewMem(1<<20, 512)
 			mem.WriteAt(magic, 0)
 			n := &pipeNet{}
@@ -303,7 +313,7 @@ func TestReplacedExport(t *testing.T) {
 // is treated as lost after IOTimeout; the request is sent again on a new
 // connection and succeeds.
 func TestIOTimeout(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
+	bubble(t, func(t *testing.T) {
 		mem := blockdev.NewMem(1<<20, 512)
 		gate := newGateDev(mem)
 		n := &pipeNet{}
@@ -342,7 +352,7 @@ func TestIOTimeout(t *testing.T) {
 // TestReplayBudget: a writer that never flushes still gets its writes made
 // durable every ReplayBudget bytes, and the log stays bounded.
 func TestReplayBudget(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
+	bubble(t, func(t *testing.T) {
 		disk := blockdev.NewMem(8<<20, 512)
 		c := &cacheDev{disk: disk}
 		n := &pipeNet{}
@@ -380,7 +390,7 @@ func TestReplayBudget(t *testing.T) {
 // requests fail with blockdev.ErrClosed, and Close reports the
 // acknowledged writes that never became durable.
 func TestCloseWhileReconnecting(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
+	bubble(t, func(t *testing.T) {
 		mem := blockdev.NewMem(1<<20, 512)
 		n := &pipeNet{}
 		inc := serve(t, n.listen(), mem)
@@ -414,7 +424,7 @@ func TestCloseWhileReconnecting(t *testing.T) {
 // what is in flight, ESHUTDOWN or a closed connection for the rest) and
 // starts again is as invisible as one that crashed.
 func TestCleanServerRestart(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
+	bubble(t, func(t *testing.T) {
 		mem := blockdev.NewMem(1<<20, 512)
 		n := &pipeNet{}
 		inc := serve(t, n.listen(), mem)
@@ -450,7 +460,7 @@ func TestCleanServerRestart(t *testing.T) {
 func TestRandomOutages(t *testing.T) {
 	for seed := range uint64(4) {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
-			synctest.Test(t, func(t *testing.T) { randomOutages(t, seed) })
+			bubble(t, func(t *testing.T) { randomOutages(t, seed) })
 		})
 	}
 }

@@ -85,7 +85,7 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) (err error) {
 	case c.TLSCert != "" || c.TLSKey != "" || c.TLSCA != "":
 		return errors.New("--tls-cert, --tls-key and --tls-ca need --tls=on or --tls=require")
 	}
-	if c.MemberTimeout < time.Millisecond {
+	if c.MemberTimeout != 0 && c.MemberTimeout < time.Millisecond { // 0: the default, 10 s
 		return fmt.Errorf("--member-timeout %v: want at least 1ms", c.MemberTimeout)
 	}
 	srv, err := nbd.NewServer(cfg)
