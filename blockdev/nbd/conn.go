@@ -134,6 +134,7 @@ type conn struct {
 	// (nanotime), 0 when it is not; the watchdog takes the reader role
 	// away by swapping it to 0 (see readLoop).
 	inlineSince atomic.Int64
+	inlineNs    int64        // Config.InlineLatency in ns; 0: never inline
 	readerEnd   chan readEnd // the end of a readLoop that took over
 
 	// misbehaved is set once the client has been logged for breaking
@@ -176,6 +177,7 @@ func newConn(s *Server, nc net.Conn, remote string) *conn {
 		free:        make(chan *request, s.cfg.MaxInFlight),
 		work:        make(chan *request),
 		readerEnd:   make(chan readEnd),
+		inlineNs:    max(0, int64(s.cfg.InlineLatency)),
 	}
 	c.budget.init(min(max(2*int64(s.cfg.MaxPayload), minConnBudget), s.cfg.MaxPayloadMemory))
 	return c
@@ -408,7 +410,7 @@ func (c *conn) readLoop() readEnd {
 			}
 		}
 		c.inflight.Add(1)
-		if c.exp.slowNs.Load() < inlineMaxNs {
+		if c.exp.slowNs.Load() < c.inlineNs {
 			if c.br.Buffered() >= requestHeaderLen {
 				c.cork() // more requests follow: send the replies together
 			}
@@ -426,23 +428,23 @@ func (c *conn) readLoop() readEnd {
 
 // Requests run on the reader goroutine itself, one after the other,
 // without a hand-off to a worker, while the export's recent requests ran at
-// memory speed: at most inlineMaxNs plus inlineNsPerKiB for each KiB
-// moved, on average (see export.observe). A hand-off costs two goroutine
-// switches and often a thread wake-up (a context switch), which for a
-// request served from memory costs more than the request, and a buffer
-// copied by the goroutine that filled it is still in the CPU cache. While
-// further requests wait in the read buffer, the replies of such a batch are
-// held back (corked) and go out together in one writev when the buffer
-// runs dry, which also wakes the client once per batch instead of once per
-// reply. A slower device gets workers, so that a slow request never holds
-// up the requests behind it; and should a request run inline for longer
-// than inlineStallNs after all (a device that stalls), the server's
-// watchdog gives the reader role to a new goroutine (see Server.watch), so
-// the requests behind it are read and run on workers meanwhile.
+// memory speed: within Config.InlineLatency plus inlineNsPerKiB for each
+// KiB moved, on average (see export.observe). A hand-off costs two
+// goroutine switches and often a thread wake-up (a context switch), which
+// for a request served from memory costs more than the request, and a
+// buffer copied by the goroutine that filled it is still in the CPU cache.
+// While further requests wait in the read buffer, the replies of such a
+// batch are held back (corked) and go out together in one writev when the
+// buffer runs dry, which also wakes the client once per batch instead of
+// once per reply. A slower device gets workers, so that a slow request
+// never holds up the requests behind it; and should a request run inline
+// for longer than inlineStallNs after all (a device that stalls), the
+// server's watchdog gives the reader role to a new goroutine (see
+// Server.watch), so the requests behind it are read and run on workers
+// meanwhile.
 const (
-	inlineMaxNs    = 30_000
-	inlineStallNs  = 2_000_000
 	inlineNsPerKiB = 500 // about 2 GB/s
+	inlineStallNs  = 2_000_000
 	maxCorkBytes   = 256 << 10
 )
 

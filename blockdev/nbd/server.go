@@ -68,6 +68,16 @@ type Config struct {
 	// 64 MiB) or MaxPayloadMemory if that is smaller. Default 1 GiB; at
 	// least 2 × MaxPayload.
 	MaxPayloadMemory int64
+	// InlineLatency is how slow, on average, an export's requests may be
+	// (beyond the time copying their data at memory speed takes) for a
+	// connection to run them on its reader goroutine one after the other,
+	// with their replies sent in batches, instead of handing each to a
+	// worker goroutine: the hand-off costs more than a request served from
+	// memory. A device slower than this gets parallel workers. A request
+	// that runs inline for more than 2 ms after all hands the reading over
+	// to a new goroutine, so a stalled device delays the requests behind it
+	// by at most that. Default 60 µs; negative never runs requests inline.
+	InlineLatency time.Duration
 	// HandshakeTimeout bounds the whole option phase of a connection,
 	// TLS handshake included. Default 30 s.
 	HandshakeTimeout time.Duration
@@ -89,6 +99,7 @@ const (
 	DefaultMaxInFlight      = 128
 	DefaultHandshakeTimeout = 30 * time.Second
 	DefaultMaxPayloadMemory = 1 << 30
+	DefaultInlineLatency    = 60 * time.Microsecond
 	maxInFlightCap          = 1 << 16
 )
 
@@ -99,6 +110,7 @@ func DefaultConfig() Config {
 		MaxConnections:   DefaultMaxConnections,
 		MaxInFlight:      DefaultMaxInFlight,
 		MaxPayloadMemory: DefaultMaxPayloadMemory,
+		InlineLatency:    DefaultInlineLatency,
 		HandshakeTimeout: DefaultHandshakeTimeout,
 		Logger:           slog.Default(),
 	}
@@ -129,6 +141,9 @@ func (c *Config) validate() error {
 	}
 	if c.HandshakeTimeout < 0 {
 		return fmt.Errorf("nbd: HandshakeTimeout %v is negative", c.HandshakeTimeout)
+	}
+	if c.InlineLatency == 0 {
+		c.InlineLatency = DefaultInlineLatency
 	}
 	if c.MaxPayloadMemory == 0 {
 		c.MaxPayloadMemory = max(DefaultMaxPayloadMemory, 2*int64(c.MaxPayload))
