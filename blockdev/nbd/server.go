@@ -193,12 +193,6 @@ func (x *export) markSlow(d int64) {
 	}
 }
 
-// monoStart anchors nanotime.
-var monoStart = time.Now()
-
-// nanotime is a monotonic clock in nanoseconds, never 0.
-func nanotime() int64 { return int64(time.Since(monoStart)) + 1 }
-
 // Watchdog intervals: every watchFast while requests run inline, slowing
 // down to watchSlow while none do.
 const (
@@ -207,15 +201,17 @@ const (
 )
 
 // watch is the server's watchdog. While connections exist it looks for a
-// reader goroutine that has been running a request inline for longer than
-// inlineStallNs, takes the reader role from it and starts a new reader, so
-// that one stalled request does not stop its connection from reading.
+// reader goroutine that has been running the same request inline for
+// longer than inlineStallNs, takes the reader role from it and starts a
+// new reader, so that one stalled request does not stop its connection
+// from reading. It keeps the clock out of the request path: readers only
+// number their inline requests.
 func (s *Server) watch() {
 	interval := watchFast
 	t := time.NewTimer(interval)
 	defer t.Stop()
 	for range t.C {
-		now := nanotime()
+		now := time.Now().UnixNano()
 		busy := false
 		s.mu.Lock()
 		if len(s.conns) == 0 {
@@ -224,15 +220,19 @@ func (s *Server) watch() {
 			return
 		}
 		for c := range s.conns {
-			since := c.inlineSince.Load()
-			if since == 0 {
+			seq := c.inlineSeq.Load()
+			if seq == 0 {
 				continue
 			}
 			busy = true
-			if now-since > inlineStallNs && c.inlineSince.CompareAndSwap(since, 0) {
-				c.exp.markSlow(now - since)
+			if seq != c.watchSeq {
+				c.watchSeq, c.watchSince = seq, now
+				continue
+			}
+			if stalled := now - c.watchSince; stalled > inlineStallNs && c.inlineSeq.CompareAndSwap(seq, 0) {
+				c.exp.markSlow(stalled)
 				c.log.Debug("nbd: request stalled the reader; a new reader takes over", "export", c.exp.Name,
-					"stalled", time.Duration(now-since))
+					"stalled", time.Duration(stalled))
 				go c.takeOver()
 			}
 		}
@@ -246,13 +246,13 @@ func (s *Server) watch() {
 	}
 }
 
-// observe folds the execution time d of one request moving length bytes
-// of data into slowNs (weight 1/16; a lost update between racing requests
-// does not matter).
+// observe folds the execution time d of one (sampled) request moving
+// length bytes of data into slowNs (weight 1/8; a lost update between
+// racing requests does not matter).
 func (x *export) observe(d time.Duration, length uint32) {
 	excess := max(0, int64(d)-int64(length>>10)*inlineNsPerKiB)
 	old := x.slowNs.Load()
-	x.slowNs.Store(old + (excess-old)/16)
+	x.slowNs.Store(old + (excess-old)/8)
 }
 
 // Server serves exports over the NBD protocol. Create it with NewServer,
