@@ -43,10 +43,12 @@ test: test-deps vet
 	$(GO) test -race -timeout 20m ./blockdev/... ./raid/... ./internal/... ./bitmap/... ./resync/...
 	$(GO) test -timeout 40m ./cmd/... ./tests/...
 
-# bench compares ddraid with nbdkit and qemu-nbd (fio, same run); then Go
-# micro-benchmarks. BENCH_RUNTIME sets seconds per fio case.
+# bench compares ddraid with nbdkit and qemu-nbd (fio, same run), measures
+# rebuild speed and foreground IO during a rebuild; then Go micro-benchmarks.
+# BENCH_RUNTIME sets seconds per fio case.
 bench: build test-deps
 	bash bench/run.sh
+	bash bench/rebuild.sh
 	$(GO) test -run '^$$' -bench . -benchmem ./raid/ ./blockdev/...
 
 fuzz:
