@@ -58,7 +58,7 @@ func chunkErrno(c chunk) (Errno, string) {
 
 // structuredGo negotiates structured replies, optionally base:allocation,
 // and enters transmission on export name.
-func structuredGo(t *testing.T, addr, name string, meta bool, infos ...uint16) *rawConn {
+func structuredGo(t testing.TB, addr, name string, meta bool, infos ...uint16) *rawConn {
 	t.Helper()
 	r := rawDial(t, addr)
 	r.greet(flagCFixedNewstyle | flagCNoZeroes)
