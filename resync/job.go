@@ -131,13 +131,21 @@ func Run(ctx context.Context, j Job) (Progress, error) {
 		return p, err
 	}
 	report()
+	// The throttle looks at the rate within the current window, not since
+	// the start: an average over the whole job would stall it for as long
+	// as it had been fast, and let it burst after a slow stretch.
+	winStart, winDone := start, int64(0)
 	for _, r := range j.Ranges {
 		for off := r.Off; off < r.Off+r.Len; {
 			if err := ctx.Err(); err != nil {
 				return fail(fmt.Errorf("%s stopped at %d: %w", j.Kind, off, err))
 			}
+			now := j.Clock.Now()
+			if now.Sub(winStart) >= rateWindow {
+				winStart, winDone = now, 0
+			}
 			busy := j.Busy != nil && j.Busy()
-			if d := j.Throttle.Delay(p.Done, j.Clock.Now().Sub(start), busy); d > 0 {
+			if d := j.Throttle.Delay(winDone, now.Sub(winStart), busy); d > 0 {
 				if err := j.Clock.Sleep(ctx, d); err != nil {
 					return fail(fmt.Errorf("%s stopped at %d: %w", j.Kind, off, err))
 				}
@@ -150,6 +158,7 @@ func Run(ctx context.Context, j Job) (Progress, error) {
 			}
 			off += n
 			p.Done += n
+			winDone += n
 			report()
 		}
 		if j.OnRangeDone != nil {
@@ -177,6 +186,9 @@ func step(j Job, off, n int64, p *Progress) error {
 		return fmt.Errorf("unknown job kind %q", j.Kind)
 	}
 }
+
+// rateWindow is the span over which the throttle measures a job's speed.
+const rateWindow = time.Second
 
 // Whole returns the one range covering an array of size bytes.
 func Whole(size int64) []Range { return []Range{{0, size}} }
