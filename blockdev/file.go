@@ -238,20 +238,7 @@ func (d *File) Flush() error {
 // Trim implements Device: punch a hole (files) or discard (block devices).
 // Devices that cannot discard ignore the request.
 func (d *File) Trim(off, length int64) error {
-	if err := d.enter(off, length, true); err != nil {
-		return err
-	}
-	defer d.leave()
-	if length == 0 {
-		return nil
-	}
-	var err error
-	if d.block {
-		r := [2]uint64{uint64(off), uint64(length)}
-		err = ioctlPtr(d.f.Fd(), unix.BLKDISCARD, unsafe.Pointer(&r))
-	} else {
-		err = unix.Fallocate(int(d.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
-	}
+	err := d.deallocate(off, length, unix.BLKDISCARD)
 	if err != nil && !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOTTY) {
 		return fmt.Errorf("trim %s at %d+%d: %w", d.path, off, length, err)
 	}
@@ -261,6 +248,23 @@ func (d *File) Trim(off, length int64) error {
 // Zero implements Device: punch a hole (files) or zero-out (block devices),
 // falling back to writing zeroes.
 func (d *File) Zero(off, length int64) error {
+	err := d.deallocate(off, length, unix.BLKZEROOUT)
+	if err == nil || errors.Is(err, ErrClosed) || errors.Is(err, ErrReadOnly) || errors.Is(err, ErrOutOfRange) {
+		return err
+	}
+	if err := d.enter(off, length, true); err != nil {
+		return err
+	}
+	defer d.leave()
+	if err := writeZeroes(d.f, off, length); err != nil {
+		return fmt.Errorf("zero %s at %d+%d: %w", d.path, off, length, err)
+	}
+	return nil
+}
+
+// deallocate punches a hole in [off, off+length) of a regular file, or
+// sends blockReq (BLKDISCARD or BLKZEROOUT) to a block device.
+func (d *File) deallocate(off, length int64, blockReq uint) error {
 	if err := d.enter(off, length, true); err != nil {
 		return err
 	}
@@ -268,20 +272,11 @@ func (d *File) Zero(off, length int64) error {
 	if length == 0 {
 		return nil
 	}
-	var err error
 	if d.block {
 		r := [2]uint64{uint64(off), uint64(length)}
-		err = ioctlPtr(d.f.Fd(), unix.BLKZEROOUT, unsafe.Pointer(&r))
-	} else {
-		err = unix.Fallocate(int(d.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+		return ioctlPtr(d.f.Fd(), blockReq, unsafe.Pointer(&r))
 	}
-	if err == nil {
-		return nil
-	}
-	if err := writeZeroes(d.f, off, length); err != nil {
-		return fmt.Errorf("zero %s at %d+%d: %w", d.path, off, length, err)
-	}
-	return nil
+	return unix.Fallocate(int(d.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
 }
 
 var zeroChunk = make([]byte, 1<<20)

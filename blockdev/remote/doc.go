@@ -17,7 +17,7 @@
 // Range checks are local (blockdev.ErrOutOfRange). An error the server
 // returns (EIO, ENOSPC, EPERM, …) is an answer and is returned at once,
 // wrapped; the raid engine then fails the member as for any IO error.
-// Extenter and FastZeroer are not implemented: the client negotiates
+// Extenter and FastZeroer are left out: the client negotiates
 // neither block status nor fast zero.
 //
 // # Reconnecting
