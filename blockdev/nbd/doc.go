@@ -124,7 +124,7 @@
 // power-of-two size class).
 //
 // While the export's recent requests ran at memory speed (on average
-// within Config.InlineLatency, default 60 µs, plus 0.5 µs per KiB of data
+// within Config.InlineLatency, default 10 µs, plus 0.5 µs per KiB of data
 // moved; one request in eight is timed), the reader runs each request
 // itself, and while more requests wait in its read buffer it holds their
 // replies back and sends the batch in one writev when the buffer runs dry

@@ -39,6 +39,7 @@ type ServeCmd struct {
 	MinBlockSize   string        `help:"NBD minimum block size to advertise: 512 (works with every client), a power of two up to 64K, or 'array' for the array block size (clients then send only whole blocks)." default:"512"`
 	ShutdownWait   time.Duration `help:"How long SIGTERM waits for requests in flight." default:"30s"`
 	MemberDelay    time.Duration `hidden:"" help:"Add this latency to every member request (benchmarks only)."`
+	InlineLatency  time.Duration `hidden:"" name:"inline-latency" help:"Run NBD requests on the connection's reader while the array's requests average at most this (0: the default, 10µs; negative: never). For benchmarks."`
 	CPUProfile     string        `hidden:"" name:"cpu-profile" type:"path" help:"Write a Go CPU profile of the whole run to this file (benchmarks only)."`
 	SpeedMin       string        `help:"Minimum resync/recovery/check speed, kept even under foreground IO." default:"1M"`
 	SpeedMax       string        `help:"Maximum resync/recovery/check speed; 0 for no limit." default:"200M"`
@@ -74,6 +75,7 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) (err error) {
 	cfg.MaxConnections = c.MaxConnections
 	cfg.MaxPayload = int(c.MaxPayload)
 	cfg.Logger = slog.Default()
+	cfg.InlineLatency = c.InlineLatency
 	if cfg.TLSMode, err = nbd.ParseTLSMode(c.TLS); err != nil {
 		return err
 	}
