@@ -51,10 +51,10 @@ Next, in another terminal:
   nbdinfo %[1]s
   qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' %[1]s
   fio --name=demo --ioengine=nbd --uri=%[1]s --rw=randwrite --bs=4k --size=256M --verify=crc32c
-  ddraid status --state-dir=%[2]s
+  %[3]s status --state-dir=%[2]s
 Press Ctrl-C to stop.
 
-`, url, stateDir)
+`, url, stateDir, os.Args[0])
 	return serveArrays(stateDir, []string{demoName}, &ServeCmd{
 		Listen: []string{c.Listen}, MinBlockSize: "512", MaxConnections: 1024, MaxPayload: 32 << 20, ShutdownWait: 30e9,
 		SpeedMin: "1M", SpeedMax: "200M", ClearDelay: 5e9,
