@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make bench: ddraid against nbdkit (file plugin) and qemu-nbd, measured with
 # fio --ioengine=nbd in the same run, on tmpfs-backed files. Prints one row
-# per case with the ratio ours/nbdkit. Usage: bench/run.sh [seconds-per-case]
+# per case with the ratio ours/nbdkit (each server's median of BENCH_REPEAT
+# interleaved runs). Usage: bench/run.sh [seconds-per-case]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNTIME=${1:-${BENCH_RUNTIME:-8}}
@@ -53,29 +54,36 @@ for s in nbdkit qemu linear raid35; do
 done
 
 printf '%-34s %14s %14s %14s %14s %8s %8s\n' case nbdkit qemu-nbd "ddraid linear" "ddraid raid35" linear/k raid35/k
+# Each row runs every server BENCH_REPEAT times (default 3), the servers
+# taking turns in an order that alternates between rounds, and reports each
+# server's median: on a shared machine the load changes from one case to the
+# next, and taking turns spreads that over all servers.
+REPEAT=${BENCH_REPEAT:-3}
 row() { # label unit rw bs depth jobs [delay]
 	local label=$1 unit=$2 rw=$3 bs=$4 depth=$5 jobs=$6 delay=${7:-}
-	local k q l r
-	if [ -n "$delay" ]; then
-		k=$(fio_case "$W/nbdkit-delay.sock" "$rw" "$bs" "$depth" "$jobs")
-		q="- -"
-		l=$(fio_case "$W/linear-delay.sock" "$rw" "$bs" "$depth" "$jobs")
-		r=$(fio_case "$W/raid35-delay.sock" "$rw" "$bs" "$depth" "$jobs")
-	else
-		k=$(fio_case "$W/nbdkit.sock" "$rw" "$bs" "$depth" "$jobs")
-		q=$(fio_case "$W/qemu.sock" "$rw" "$bs" "$depth" "$jobs")
-		l=$(fio_case "$W/linear.sock" "$rw" "$bs" "$depth" "$jobs")
-		r=$(fio_case "$W/raid35.sock" "$rw" "$bs" "$depth" "$jobs")
-	fi
 	local col=1; [ "$unit" = MiB/s ] && col=2
-	pick() { echo "$1" | cut -d' ' -f$col; }
-	local kv qv lv rv
-	kv=$(pick "$k"); qv=$(pick "$q"); lv=$(pick "$l"); rv=$(pick "$r")
-	python3 - "$label" "$unit" "$kv" "$qv" "$lv" "$rv" <<'PY'
-import sys
-label, unit, k, q, l, r = sys.argv[1:]
-f = lambda v: "-" if v == "-" else ("%.0f %s" % (float(v), "IOPS" if unit == "IOPS" else "MiB/s"))
-ratio = lambda v: "%.2f" % (float(v) / float(k)) if float(k) > 0 else "-"
+	local socks
+	if [ -n "$delay" ]; then
+		socks=("$W/nbdkit-delay.sock" "" "$W/linear-delay.sock" "$W/raid35-delay.sock")
+	else
+		socks=("$W/nbdkit.sock" "$W/qemu.sock" "$W/linear.sock" "$W/raid35.sock")
+	fi
+	local vals=("" "" "" "") order i rep v
+	for rep in $(seq "$REPEAT"); do
+		if [ $((rep % 2)) = 1 ]; then order="0 1 2 3"; else order="3 2 1 0"; fi
+		for i in $order; do
+			[ -z "${socks[$i]}" ] && continue
+			v=$(fio_case "${socks[$i]}" "$rw" "$bs" "$depth" "$jobs" | cut -d' ' -f$col)
+			vals[$i]="${vals[$i]} $v"
+		done
+	done
+	python3 - "$label" "$unit" "${vals[@]}" <<'PY'
+import statistics, sys
+label, unit = sys.argv[1:3]
+med = [statistics.median(float(x) for x in v.split()) if v.strip() else None for v in sys.argv[3:7]]
+k, q, l, r = med
+f = lambda v: "-" if v is None else ("%.0f %s" % (v, "IOPS" if unit == "IOPS" else "MiB/s"))
+ratio = lambda v: "%.2f" % (v / k) if k else "-"
 print("%-34s %14s %14s %14s %14s %8s %8s" % (label, f(k), f(q), f(l), f(r), ratio(l), ratio(r)))
 PY
 }

@@ -451,7 +451,7 @@ func (c *conn) readLoop() readEnd {
 const (
 	timeEvery      = 8
 	inlineNsPerKiB = 500 // about 2 GB/s
-	inlineStallNs  = 2_000_000
+	inlineStallNs  = 10_000_000
 	maxCorkBytes   = 256 << 10
 )
 

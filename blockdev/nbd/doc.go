@@ -131,10 +131,10 @@
 // (at most 64 replies or 256 KiB at once). This avoids a goroutine hand-off
 // and a thread wake-up per request, which cost more than a request served
 // from memory, and wakes the client once per batch. A watchdog goroutine
-// (one per server, ticking every millisecond while requests run inline)
-// notices a request that has run inline for more than 2 ms, marks the
+// (one per server, ticking every 5 ms while requests run inline)
+// notices a request that has run inline for more than 10 ms, marks the
 // export slow and starts a new reader, so a stalled device delays the
-// requests behind it by about that much at most.
+// requests behind it by some tens of milliseconds at most.
 //
 // Otherwise, and for every request of a slow export, the reader hands each
 // request to a worker goroutine; workers are started on demand up to

@@ -74,9 +74,9 @@ type Config struct {
 	// with their replies sent in batches, instead of handing each to a
 	// worker goroutine: the hand-off costs more than a request served from
 	// memory. A device slower than this gets parallel workers. A request
-	// that runs inline for more than 2 ms after all hands the reading over
+	// that runs inline for more than 10 ms after all hands the reading over
 	// to a new goroutine, so a stalled device delays the requests behind it
-	// by at most that. Default 10 µs: a file or memory is well within it,
+	// by some tens of milliseconds at most. Default 10 µs: a file or memory is well within it,
 	// an array that fans requests out to several members is not, and does
 	// better with many requests in flight. Negative never runs requests
 	// inline.
@@ -199,7 +199,7 @@ func (x *export) markSlow(d int64) {
 // Watchdog intervals: every watchFast while requests run inline, slowing
 // down to watchSlow while none do.
 const (
-	watchFast = time.Millisecond
+	watchFast = 5 * time.Millisecond
 	watchSlow = 32 * time.Millisecond
 )
 
