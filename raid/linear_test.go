@@ -114,3 +114,26 @@ func TestLinearErrors(t *testing.T) {
 		t.Fatalf("write after close: %v", err)
 	}
 }
+
+// TestLinearSingleMemberIOAllocatesNothing: a request inside one member
+// takes the fast path (the NBD server's hot path for linear arrays).
+func TestLinearSingleMemberIOAllocatesNothing(t *testing.T) {
+	l, err := NewLinear([]blockdev.Device{blockdev.NewMem(1<<20, 512), blockdev.NewMem(1<<20, 512)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	p := make([]byte, 4096)
+	for _, off := range []int64{0, 1<<20 - 4096, 1 << 20, 2<<20 - 4096} {
+		if n := testing.AllocsPerRun(100, func() {
+			if _, err := l.WriteAt(p, off); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := l.ReadAt(p, off); err != nil {
+				t.Fatal(err)
+			}
+		}); n != 0 {
+			t.Errorf("offset %d: %.1f allocations per write+read", off, n)
+		}
+	}
+}
