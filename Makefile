@@ -41,7 +41,9 @@ vet:
 
 test: test-deps vet
 	$(GO) test -race -timeout 20m ./blockdev/... ./raid/... ./internal/... ./bitmap/... ./resync/...
-	$(GO) test -timeout 40m ./cmd/... ./tests/...
+	# -count=1: the end-to-end tests build and run the ddraid binary, which
+	# go test's result cache cannot see.
+	$(GO) test -count=1 -timeout 40m ./cmd/... ./tests/...
 
 # bench compares ddraid with nbdkit and qemu-nbd (fio, same run), measures
 # rebuild speed and foreground IO during a rebuild; then Go micro-benchmarks.
