@@ -144,6 +144,17 @@ func directOK(p []byte, off int64) bool {
 		uintptr(unsafe.Pointer(&p[0]))%directAlign == 0
 }
 
+// route picks the descriptor for p at off: the O_DIRECT one when it is
+// open and the request is sector-aligned (bounce reports that p itself is
+// not memory-aligned and must be copied through an aligned buffer), else
+// the buffered one.
+func (d *File) route(p []byte, off int64) (f *os.File, bounce bool) {
+	if d.direct == nil || off%512 != 0 || len(p)%512 != 0 || len(p) == 0 {
+		return d.f, false
+	}
+	return d.direct, !directOK(p, off)
+}
+
 var bouncePool = sync.Pool{New: func() any { return new([]byte) }}
 
 // alignedBuf returns an n-byte slice aligned to directAlign, from the pool.
@@ -166,20 +177,16 @@ func (d *File) ReadAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	defer d.leave()
-	f := d.f
-	if d.direct != nil && off%512 == 0 && len(p)%512 == 0 && len(p) > 0 {
-		if directOK(p, off) {
-			f = d.direct
-		} else {
-			bp, b := alignedBuf(len(p))
-			defer bouncePool.Put(bp)
-			n, err := readFull(d.direct, b, off)
-			copy(p, b[:n])
-			if err != nil {
-				return n, fmt.Errorf("read %s at %d: %w", d.path, off, err)
-			}
-			return n, nil
+	f, bounce := d.route(p, off)
+	if bounce {
+		bp, b := alignedBuf(len(p))
+		defer bouncePool.Put(bp)
+		n, err := readFull(f, b, off)
+		copy(p, b[:n])
+		if err != nil {
+			return n, fmt.Errorf("read %s at %d: %w", d.path, off, err)
 		}
+		return n, nil
 	}
 	n, err := readFull(f, p, off)
 	if err != nil {
@@ -202,16 +209,12 @@ func (d *File) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	defer d.leave()
-	f := d.f
-	if d.direct != nil && off%512 == 0 && len(p)%512 == 0 && len(p) > 0 {
-		if directOK(p, off) {
-			f = d.direct
-		} else {
-			bp, b := alignedBuf(len(p))
-			defer bouncePool.Put(bp)
-			copy(b, p)
-			p, f = b, d.direct
-		}
+	f, bounce := d.route(p, off)
+	if bounce {
+		bp, b := alignedBuf(len(p))
+		defer bouncePool.Put(bp)
+		copy(b, p)
+		p = b
 	}
 	n, err := f.WriteAt(p, off)
 	if err != nil {
