@@ -7,6 +7,7 @@ require (
 	github.com/cockroachdb/pebble/v2 v2.1.7
 	github.com/dgraph-io/badger/v4 v4.9.6
 	github.com/dgraph-io/ristretto/v2 v2.2.0
+	github.com/pelletier/go-toml v1.9.5
 	github.com/templexxx/xorsimd v0.4.1
 	go.uber.org/goleak v1.3.0
 	golang.org/x/sys v0.49.0
