@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ddraid/ddraid/internal/certs"
+	"github.com/ddraid/ddraid/lockd"
 )
 
 // waitLimit bounds every wait for something that must happen; it is a
@@ -53,7 +54,7 @@ func (p *pki) issue(t testing.TB, req certs.Request) tls.Certificate {
 
 // msg is one delivered frame.
 type msg struct {
-	from  string
+	from  lockd.NodeID
 	frame []byte
 }
 
@@ -64,7 +65,7 @@ type inbox struct {
 
 func newInbox() *inbox { return &inbox{ch: make(chan msg, 1<<16)} }
 
-func (b *inbox) handle(from string, frame []byte) { b.ch <- msg{from, frame} }
+func (b *inbox) handle(from lockd.NodeID, frame []byte) { b.ch <- msg{from, frame} }
 
 // next returns the next delivered frame, failing the test after waitLimit.
 func (b *inbox) next(t testing.TB) msg {
@@ -171,7 +172,7 @@ func (p *pki) start(t testing.TB, name string, mod func(*Config)) (*Transport, *
 	t.Helper()
 	in := newInbox()
 	cfg := Config{
-		Name:        name,
+		Name:        lockd.NodeID(name),
 		Certificate: p.node(t, name),
 		CA:          p.ca.Pool(),
 		Handler:     in.handle,
@@ -206,7 +207,7 @@ func connect(t testing.TB, ts ...*Transport) {
 // certificate (or none), for tests that misbehave on purpose.
 func rawDial(t testing.TB, tr *Transport, roots *certs.CA, cert *tls.Certificate) *tls.Conn {
 	t.Helper()
-	cfg := &tls.Config{RootCAs: roots.Pool(), ServerName: tr.Name(), MinVersion: tls.VersionTLS13}
+	cfg := &tls.Config{RootCAs: roots.Pool(), ServerName: string(tr.Name()), MinVersion: tls.VersionTLS13}
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{*cert}
 	}

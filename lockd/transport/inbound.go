@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"github.com/ddraid/ddraid/lockd"
 )
 
 // readBufSize is the read buffer of an inbound connection.
@@ -102,7 +104,7 @@ func (t *Transport) serve(raw net.Conn) {
 // handshake runs the TLS handshake (the client's certificate must chain to
 // the CA), reads the peer's hello, checks that the certificate carries the
 // name the peer claims, and answers with our own hello.
-func (t *Transport) handshake(raw net.Conn) (string, net.Conn, *bufio.Reader, error) {
+func (t *Transport) handshake(raw net.Conn) (lockd.NodeID, net.Conn, *bufio.Reader, error) {
 	raw.SetDeadline(time.Now().Add(t.cfg.HandshakeTimeout))
 	tc := tls.Server(raw, t.serverTLS)
 	if err := tc.HandshakeContext(t.ctx); err != nil {
@@ -124,12 +126,12 @@ func (t *Transport) handshake(raw net.Conn) (string, net.Conn, *bufio.Reader, er
 	if err := certs[0].VerifyHostname(name); err != nil {
 		return "", nil, nil, fmt.Errorf("peer claims to be %q but its certificate is for %v", name, certs[0].DNSNames)
 	}
-	if name == t.cfg.Name {
+	if lockd.NodeID(name) == t.cfg.Name {
 		return "", nil, nil, fmt.Errorf("peer claims this node's own name %q", name)
 	}
-	if _, err := tc.Write(helloFrame(t.cfg.Name)); err != nil {
+	if _, err := tc.Write(helloFrame(string(t.cfg.Name))); err != nil {
 		return "", nil, nil, fmt.Errorf("writing hello: %w", err)
 	}
 	raw.SetDeadline(time.Time{})
-	return name, tc, br, nil
+	return lockd.NodeID(name), tc, br, nil
 }

@@ -10,6 +10,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"time"
+
+	"github.com/ddraid/ddraid/lockd"
 )
 
 // maxBatch bounds the frames written between two flushes, so one flush
@@ -23,14 +25,14 @@ const writeBufSize = 64 << 10
 // it into a connection (or, for this node itself, into the handler).
 type peer struct {
 	t      *Transport
-	name   string
+	name   lockd.NodeID
 	addr   string
 	queue  chan []byte
 	ctx    context.Context
 	cancel context.CancelFunc
 }
 
-func newPeer(t *Transport, name, addr string) *peer {
+func newPeer(t *Transport, name lockd.NodeID, addr string) *peer {
 	ctx, cancel := context.WithCancel(t.ctx)
 	return &peer{t: t, name: name, addr: addr, queue: make(chan []byte, t.cfg.QueueLen), ctx: ctx, cancel: cancel}
 }
@@ -151,7 +153,7 @@ func (p *peer) dial() (net.Conn, error) {
 }
 
 func (p *peer) hello(c net.Conn) error {
-	if _, err := c.Write(helloFrame(p.t.cfg.Name)); err != nil {
+	if _, err := c.Write(helloFrame(string(p.t.cfg.Name))); err != nil {
 		return err
 	}
 	f, err := readFrame(c, helloMaxLen)
@@ -165,7 +167,7 @@ func (p *peer) hello(c net.Conn) error {
 	if err != nil {
 		return err
 	}
-	if name != p.name {
+	if lockd.NodeID(name) != p.name {
 		return fmt.Errorf("peer answered as %q", name)
 	}
 	return nil

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ddraid/ddraid/lockd"
 )
 
 // Errors returned by Send and New.
@@ -30,7 +33,7 @@ var (
 type Config struct {
 	// Name is this node's name. It must be a DNS SAN of Certificate and
 	// pass ValidName.
-	Name string
+	Name lockd.NodeID
 	// Listen is the TCP address to accept peers on; default
 	// "127.0.0.1:0" (loopback, any port). Ignored when Listener is set.
 	Listen string
@@ -43,13 +46,16 @@ type Config struct {
 	// CA holds the certificate authorities peers' certificates must chain
 	// to, in both directions.
 	CA *x509.CertPool
-	// Handler receives every inbound frame with the name of the node
-	// that sent it (authenticated by its certificate). It is called from
-	// one goroutine per sending peer, so frames from one peer arrive in
-	// order, and frames from different peers concurrently. The frame
-	// belongs to the handler. A handler that blocks stops reading from
-	// that peer (TCP back-pressure), nothing else. It must not call Close.
-	Handler func(from string, frame []byte)
+	// Handler, when set, receives every inbound frame with the name of
+	// the node that sent it (authenticated by its certificate). It is
+	// called from one goroutine per sending peer, so frames from one peer
+	// arrive in order, and frames from different peers concurrently. The
+	// frame belongs to the handler. A handler that blocks stops reading
+	// from that peer (TCP back-pressure), nothing else. It must not call
+	// Close. When Handler is nil, frames go to the channel Receive
+	// returns (QueueLen deep), with the same back-pressure when it is
+	// full.
+	Handler func(from lockd.NodeID, frame []byte)
 	// MaxFrame is the largest frame payload in bytes, sent or received;
 	// default 1 MiB, at most MaxFrameLimit. A peer that announces a
 	// longer frame is disconnected.
@@ -75,11 +81,8 @@ type Config struct {
 }
 
 func (c *Config) validate() error {
-	if err := ValidName(c.Name); err != nil {
+	if err := ValidName(string(c.Name)); err != nil {
 		return err
-	}
-	if c.Handler == nil {
-		return errors.New("transport: Config.Handler is required")
 	}
 	if c.CA == nil {
 		return errors.New("transport: Config.CA is required (mutual TLS)")
@@ -94,7 +97,7 @@ func (c *Config) validate() error {
 			return fmt.Errorf("transport: own certificate: %w", err)
 		}
 	}
-	if err := leaf.VerifyHostname(c.Name); err != nil {
+	if err := leaf.VerifyHostname(string(c.Name)); err != nil {
 		return fmt.Errorf("transport: own certificate is not for node %q: %w", c.Name, err)
 	}
 	if c.Listen == "" {
@@ -159,8 +162,9 @@ type Transport struct {
 
 	mu      sync.RWMutex
 	closed  bool
-	peers   map[string]*peer
-	inbound map[string]net.Conn // latest accepted connection per peer
+	peers   map[lockd.NodeID]*peer
+	inbound map[lockd.NodeID]net.Conn // latest accepted connection per peer
+	recv    chan lockd.Frame          // inbound frames when Config.Handler is nil
 	pending map[net.Conn]struct{}
 
 	sent, received, dropped atomic.Uint64
@@ -193,9 +197,13 @@ func New(cfg Config) (*Transport, error) {
 		},
 		ctx:     ctx,
 		cancel:  cancel,
-		peers:   make(map[string]*peer),
-		inbound: make(map[string]net.Conn),
+		peers:   make(map[lockd.NodeID]*peer),
+		inbound: make(map[lockd.NodeID]net.Conn),
 		pending: make(map[net.Conn]struct{}),
+	}
+	if t.cfg.Handler == nil {
+		t.recv = make(chan lockd.Frame, cfg.QueueLen)
+		t.cfg.Handler = t.deliver
 	}
 	self := newPeer(t, cfg.Name, "")
 	t.peers[cfg.Name] = self
@@ -205,8 +213,24 @@ func New(cfg Config) (*Transport, error) {
 	return t, nil
 }
 
+var _ lockd.Transport = (*Transport)(nil)
+
 // Name returns this node's name.
-func (t *Transport) Name() string { return t.cfg.Name }
+func (t *Transport) Name() lockd.NodeID { return t.cfg.Name }
+
+// Receive returns the channel inbound frames are delivered on when
+// Config.Handler is nil (nil otherwise). It is never closed; stop reading
+// it after Close.
+func (t *Transport) Receive() <-chan lockd.Frame { return t.recv }
+
+// deliver is the handler that feeds Receive. It gives up when the
+// transport closes so that Close never waits for a reader that left.
+func (t *Transport) deliver(from lockd.NodeID, frame []byte) {
+	select {
+	case t.recv <- lockd.Frame{From: from, Data: frame}:
+	case <-t.ctx.Done():
+	}
+}
 
 // Addr returns the address the transport accepts peers on.
 func (t *Transport) Addr() net.Addr { return t.ln.Addr() }
@@ -215,8 +239,8 @@ func (t *Transport) Addr() net.Addr { return t.ln.Addr() }
 // own queue and connection goroutine; a known peer whose address changed
 // is replaced (frames still queued for the old address are dropped); the
 // same address again changes nothing.
-func (t *Transport) SetPeer(name, addr string) error {
-	if err := ValidName(name); err != nil {
+func (t *Transport) SetPeer(name lockd.NodeID, addr string) error {
+	if err := ValidName(string(name)); err != nil {
 		return err
 	}
 	if name == t.cfg.Name {
@@ -245,7 +269,7 @@ func (t *Transport) SetPeer(name, addr string) error {
 
 // RemovePeer forgets a peer: its connection is closed and its queued frames
 // are dropped. Unknown names are ignored.
-func (t *Transport) RemovePeer(name string) {
+func (t *Transport) RemovePeer(name lockd.NodeID) {
 	if name == t.cfg.Name {
 		return
 	}
@@ -258,10 +282,10 @@ func (t *Transport) RemovePeer(name string) {
 }
 
 // Peers returns the names of the known peers, this node not included.
-func (t *Transport) Peers() []string {
+func (t *Transport) Peers() []lockd.NodeID {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	names := make([]string, 0, len(t.peers))
+	names := make([]lockd.NodeID, 0, len(t.peers))
 	for n := range t.peers {
 		if n != t.cfg.Name {
 			names = append(names, n)
@@ -270,11 +294,10 @@ func (t *Transport) Peers() []string {
 	return names
 }
 
-// Send queues frame for node to and returns without waiting for the
-// network. The transport keeps frame until it is written: the caller must
-// not modify it afterwards. It fails with ErrFrameTooLarge, ErrUnknownPeer,
+// Send queues a copy of frame for node to and returns without waiting for
+// the network. It fails with ErrFrameTooLarge, ErrUnknownPeer,
 // ErrQueueFull (the frame is dropped) or ErrClosed.
-func (t *Transport) Send(to string, frame []byte) error {
+func (t *Transport) Send(to lockd.NodeID, frame []byte) error {
 	if len(frame) > t.cfg.MaxFrame {
 		return fmt.Errorf("send to %s: %w: %d bytes, limit %d", to, ErrFrameTooLarge, len(frame), t.cfg.MaxFrame)
 	}
@@ -288,7 +311,7 @@ func (t *Transport) Send(to string, frame []byte) error {
 		return fmt.Errorf("send to %s: %w", to, ErrUnknownPeer)
 	}
 	select {
-	case p.queue <- frame:
+	case p.queue <- bytes.Clone(frame):
 		return nil
 	default:
 		t.dropped.Add(1)
@@ -331,11 +354,11 @@ func (t *Transport) Close() error {
 
 // clientTLS is the configuration for dialling the node called name: its
 // certificate must chain to the CA and carry name as a DNS SAN.
-func (t *Transport) clientTLS(name string) *tls.Config {
+func (t *Transport) clientTLS(name lockd.NodeID) *tls.Config {
 	return &tls.Config{
 		Certificates: []tls.Certificate{t.cfg.Certificate},
 		RootCAs:      t.cfg.CA,
-		ServerName:   name,
+		ServerName:   string(name),
 		MinVersion:   tls.VersionTLS13,
 	}
 }

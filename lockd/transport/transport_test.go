@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ddraid/ddraid/internal/certs"
+	"github.com/ddraid/ddraid/lockd"
 	"go.uber.org/goleak"
 )
 
@@ -19,7 +20,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // seqFrame is a data frame carrying its sender and a sequence number, so
 // receivers can check order and completeness.
-func seqFrame(from string, seq uint32, size int) []byte {
+func seqFrame(from lockd.NodeID, seq uint32, size int) []byte {
 	f := make([]byte, 4+len(from), max(size, 4+len(from)))
 	binary.BigEndian.PutUint32(f, seq)
 	copy(f[4:], from)
@@ -28,7 +29,7 @@ func seqFrame(from string, seq uint32, size int) []byte {
 
 func parseSeq(t testing.TB, m msg) uint32 {
 	t.Helper()
-	if len(m.frame) < 4+len(m.from) || string(m.frame[4:4+len(m.from)]) != m.from {
+	if len(m.frame) < 4+len(m.from) || lockd.NodeID(m.frame[4:4+len(m.from)]) != m.from {
 		t.Fatalf("frame from %s does not name its sender: %q", m.from, m.frame)
 	}
 	return binary.BigEndian.Uint32(m.frame)
@@ -36,11 +37,11 @@ func parseSeq(t testing.TB, m msg) uint32 {
 
 func TestManyFramesBothWays(t *testing.T) {
 	p := newPKI(t)
-	names := []string{"n1", "n2", "n3"}
+	names := []lockd.NodeID{"n1", "n2", "n3"}
 	var trs []*Transport
 	var ins []*inbox
 	for _, n := range names {
-		tr, in := p.start(t, n, nil)
+		tr, in := p.start(t, string(n), nil)
 		trs, ins = append(trs, tr), append(ins, in)
 	}
 	connect(t, trs...)
@@ -69,7 +70,7 @@ func TestManyFramesBothWays(t *testing.T) {
 		}
 	}
 	for i, in := range ins {
-		next := map[string]uint32{}
+		next := map[lockd.NodeID]uint32{}
 		for range perPeer * len(names) {
 			m := in.next(t)
 			seq := parseSeq(t, m)
@@ -213,7 +214,9 @@ func TestDialerChecksPeerIdentity(t *testing.T) {
 	c, _ := rogue.start(t, "c", func(cfg *Config) { cfg.CA = p.ca.Pool() })
 
 	tests := []struct {
-		name, peer, addr, want string
+		name       string
+		peer       lockd.NodeID
+		addr, want string
 	}{
 		{"valid", "b", b.Addr().String(), ""},
 		{"address of another node", "x", b.Addr().String(), "certificate is valid for b, not x"},
@@ -336,7 +339,7 @@ func TestSendErrors(t *testing.T) {
 	p := newPKI(t)
 	a, ain := p.start(t, "a", nil)
 	tests := []struct {
-		to   string
+		to   lockd.NodeID
 		want error
 	}{
 		{"nobody", ErrUnknownPeer},
@@ -353,7 +356,10 @@ func TestSendErrors(t *testing.T) {
 	if m := ain.next(t); m.from != "a" || string(m.frame) != "self" {
 		t.Fatalf("self delivery: %q from %s", m.frame, m.from)
 	}
-	for _, bad := range []struct{ name, addr string }{
+	for _, bad := range []struct {
+		name lockd.NodeID
+		addr string
+	}{
 		{"a", "127.0.0.1:1"}, {"bad name", "127.0.0.1:1"}, {"z", "no port"}, {"", "127.0.0.1:1"},
 	} {
 		if err := a.SetPeer(bad.name, bad.addr); err == nil {
@@ -391,7 +397,7 @@ func TestSendErrors(t *testing.T) {
 func TestConfigValidation(t *testing.T) {
 	p := newPKI(t)
 	good := func() Config {
-		return Config{Name: "a", Certificate: p.node(t, "a"), CA: p.ca.Pool(), Handler: func(string, []byte) {}, Logger: discard}
+		return Config{Name: "a", Certificate: p.node(t, "a"), CA: p.ca.Pool(), Handler: func(lockd.NodeID, []byte) {}, Logger: discard}
 	}
 	tests := []struct {
 		name string
@@ -399,7 +405,6 @@ func TestConfigValidation(t *testing.T) {
 		want string
 	}{
 		{"no name", func(c *Config) { c.Name = "" }, "node name"},
-		{"no handler", func(c *Config) { c.Handler = nil }, "Handler"},
 		{"no CA", func(c *Config) { c.CA = nil }, "CA"},
 		{"no certificate", func(c *Config) { c.Certificate = tls.Certificate{} }, "Certificate"},
 		{"certificate for another node", func(c *Config) { c.Certificate = p.node(t, "b") }, `not for node "a"`},
@@ -501,4 +506,45 @@ func BenchmarkSendReceive(b *testing.B) {
 			<-done
 		})
 	}
+}
+
+// TestReceiveChannel uses the lockd.Transport face: no Handler, frames on
+// Receive, and Send copies so the caller may reuse its buffer at once.
+func TestReceiveChannel(t *testing.T) {
+	p := newPKI(t)
+	a, _ := p.start(t, "a", nil)
+	b, _ := p.start(t, "b", func(c *Config) { c.Handler = nil; c.QueueLen = 1 })
+	connect(t, a, b)
+	var lt lockd.Transport = b
+	if a.Receive() != nil {
+		t.Fatal("Receive is not nil with a Handler")
+	}
+	buf := []byte("first")
+	if err := a.Send("b", buf); err != nil {
+		t.Fatal(err)
+	}
+	copy(buf, "XXXXX")
+	if err := b.Send("b", []byte("self")); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]lockd.NodeID{}
+	for range 2 {
+		select {
+		case f := <-lt.Receive():
+			got[string(f.Data)] = f.From
+		case <-time.After(waitLimit):
+			t.Fatal("no frame on Receive")
+		}
+	}
+	if got["first"] != "a" || got["self"] != "b" || len(got) != 2 {
+		t.Fatalf("received %v", got)
+	}
+	// Close does not wait for a reader that stopped reading (the channel
+	// holds one frame; the handler blocks on the next).
+	for range 3 {
+		if err := a.Send("b", []byte("unread")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Close()
 }
