@@ -1,6 +1,9 @@
 package blockdev
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // Stats is a Device that counts the requests and bytes passing through it.
 // Arrays wrap members with it for status and metrics; the drills use it to
@@ -8,6 +11,8 @@ import "sync/atomic"
 type Stats struct {
 	dev Device
 	c   counters
+
+	readLat, writeLat latency
 }
 
 type counters struct {
@@ -40,6 +45,12 @@ func (s *Stats) Snapshot() IOStats {
 	}
 }
 
+// Latency returns the histograms of read and write durations (writes
+// include zeroing and trimming).
+func (s *Stats) Latency() (read, write Histogram) {
+	return s.readLat.snapshot(), s.writeLat.snapshot()
+}
+
 // Ops returns the number of requests seen so far (reads, writes, zeroes);
 // a caller that compares two values learns whether IO happened between.
 func (s *Stats) Ops() int64 { return s.c.reads.Load() + s.c.writes.Load() + s.c.zeroes.Load() }
@@ -54,7 +65,9 @@ func (s *Stats) count(err error) error {
 // ReadAt implements Device.
 func (s *Stats) ReadAt(p []byte, off int64) (int, error) {
 	s.c.reads.Add(1)
+	t := time.Now()
 	n, err := s.dev.ReadAt(p, off)
+	s.readLat.observe(time.Since(t))
 	s.c.readBytes.Add(int64(n))
 	return n, s.count(err)
 }
@@ -62,7 +75,9 @@ func (s *Stats) ReadAt(p []byte, off int64) (int, error) {
 // WriteAt implements Device.
 func (s *Stats) WriteAt(p []byte, off int64) (int, error) {
 	s.c.writes.Add(1)
+	t := time.Now()
 	n, err := s.dev.WriteAt(p, off)
+	s.writeLat.observe(time.Since(t))
 	s.c.writeBytes.Add(int64(n))
 	return n, s.count(err)
 }
@@ -73,13 +88,19 @@ func (s *Stats) Flush() error { s.c.flushes.Add(1); return s.count(s.dev.Flush()
 // Trim implements Device.
 func (s *Stats) Trim(off, length int64) error {
 	s.c.zeroes.Add(1)
-	return s.count(s.dev.Trim(off, length))
+	t := time.Now()
+	err := s.dev.Trim(off, length)
+	s.writeLat.observe(time.Since(t))
+	return s.count(err)
 }
 
 // Zero implements Device.
 func (s *Stats) Zero(off, length int64) error {
 	s.c.zeroes.Add(1)
-	return s.count(s.dev.Zero(off, length))
+	t := time.Now()
+	err := s.dev.Zero(off, length)
+	s.writeLat.observe(time.Since(t))
+	return s.count(err)
 }
 
 // Size implements Device.
@@ -102,5 +123,8 @@ func (s *Stats) CanFastZero() bool { return CanFastZero(s.dev) }
 // ZeroNoHole implements NoHoleZeroer by asking the device below.
 func (s *Stats) ZeroNoHole(off, length int64) error {
 	s.c.zeroes.Add(1)
-	return s.count(ZeroNoHole(s.dev, off, length))
+	t := time.Now()
+	err := ZeroNoHole(s.dev, off, length)
+	s.writeLat.observe(time.Since(t))
+	return s.count(err)
 }

@@ -13,6 +13,10 @@ import (
 	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/ddraid/ddraid/resync"
 )
 
@@ -25,6 +29,7 @@ import (
 //	POST /v1/arrays/{name}/add           {"path", "force"}
 //	POST /v1/arrays/{name}/replace       {"ref", "path", "force"}
 //	POST /v1/arrays/{name}/check         {"repair"} → resync.Progress (waits)
+//	GET  /metrics                        Prometheus text format
 //
 // Errors come back as HTTP 4xx/5xx with {"error": "..."}.
 type Control struct {
@@ -33,6 +38,20 @@ type Control struct {
 	srv    *http.Server
 	ln     net.Listener
 	path   string
+
+	registry *prometheus.Registry
+}
+
+// Registry is the registry /metrics serves; other parts of the process
+// (the lock service, membership) add their collectors to it.
+func (c *Control) Registry() *prometheus.Registry { return c.registry }
+
+func (c *Control) list() []*Array {
+	out := make([]*Array, 0, len(c.order))
+	for _, n := range c.order {
+		out = append(out, c.arrays[n])
+	}
+	return out
 }
 
 // Request is the body of a control action.
@@ -74,6 +93,10 @@ func ListenControl(path string, arrays []*Array, log *slog.Logger) (*Control, er
 		writeJSON(w, http.StatusOK, out)
 	})
 	mux.HandleFunc("POST /v1/arrays/{name}/{action}", c.action)
+	c.registry = prometheus.NewRegistry()
+	c.registry.MustRegister(NewCollector(c.list), collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(c.registry, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}))
 	c.srv = &http.Server{Handler: mux, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn), ReadHeaderTimeout: 10 * time.Second}
 	go c.srv.Serve(ln)
 	return c, nil
