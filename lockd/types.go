@@ -46,6 +46,9 @@ const noMode Mode = 255
 
 var modeNames = [...]string{"NL", "CR", "CW", "PR", "PW", "EX"}
 
+// MarshalText writes the mode's name (JSON dumps show "PR", not 3).
+func (m Mode) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
 func (m Mode) String() string {
 	if m < numModes {
 		return modeNames[m]
@@ -135,10 +138,13 @@ const (
 	StatusDeadlock               // the conversion would deadlock (EDEADLK); the lock keeps its mode
 	StatusCanceled               // the request or conversion was canceled (ECANCEL)
 	StatusUnlocked               // the lock was released (EUNLOCK)
+	// StatusLost: the lock was purged while this node was cut off from the quorum (a later
+	// epoch formed without it). Not a DLM status: the DLM would have fenced the node.
+	StatusLost
 	numStatus
 )
 
-var statusNames = [...]string{"granted", "EAGAIN", "EDEADLK", "ECANCEL", "unlocked"}
+var statusNames = [...]string{"granted", "EAGAIN", "EDEADLK", "ECANCEL", "unlocked", "lost"}
 
 func (s Status) String() string {
 	if s < numStatus {
