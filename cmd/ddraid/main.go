@@ -11,6 +11,8 @@ import (
 	"runtime/debug"
 
 	"github.com/alecthomas/kong"
+
+	"github.com/ddraid/ddraid/internal/config"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -18,6 +20,7 @@ var version = ""
 
 // Globals are flags every command takes.
 type Globals struct {
+	Config    config.File      `help:"Configuration file (TOML, see 'ddraid config default'); the default path may be missing." default:"/etc/ddraid/ddraid.toml" env:"DDRAID_CONFIG" placeholder:"FILE"`
 	StateDir  string           `help:"State directory (metadata)." env:"DDRAID_STATE_DIR" default:"/var/lib/ddraid" type:"path" placeholder:"DIR"`
 	LogLevel  string           `help:"Log level: debug, info, warn, error." env:"DDRAID_LOG_LEVEL" default:"info" enum:"debug,info,warn,error"`
 	LogFormat string           `help:"Log format: text or json." env:"DDRAID_LOG_FORMAT" default:"text" enum:"text,json"`
@@ -37,6 +40,7 @@ type CLI struct {
 	AddDevice    AddDeviceCmd    `cmd:"" name:"add-device" help:"Add a device: into an empty role (recovery starts) or as a spare."`
 	Replace      ReplaceCmd      `cmd:"" help:"Rebuild a new device from a member while it still serves, then swap them."`
 	Demo         DemoCmd         `cmd:"" help:"Create (or reuse) a 5-member raid35 array on files in ./ddraid-demo and serve it."`
+	ConfigCmd    ConfigCmd       `cmd:"" name:"config" noconfig:"" help:"Check the configuration file or print the default one."`
 }
 
 func buildVersion() string {
@@ -56,6 +60,7 @@ func newParser(cli *CLI) (*kong.Kong, error) {
 		kong.UsageOnError(),
 		kong.Vars{"version": "ddraid " + buildVersion()},
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+		config.Envars(),
 	)
 }
 
@@ -84,7 +89,7 @@ func run(args []string) int {
 	}
 	setupLogging(&cli.Globals)
 	if err := ctx.Run(&cli.Globals); err != nil {
-		if !errors.Is(err, errMismatches) {
+		if !errors.Is(err, errMismatches) && !errors.Is(err, errReported) {
 			fmt.Fprintf(os.Stderr, "ddraid: error: %v\n", err)
 		}
 		return 1
