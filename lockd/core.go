@@ -547,6 +547,8 @@ func (c *Core) onJoin(m Message) {
 		return
 	}
 	switch {
+	case max(m.Epoch, m.Accepted) > c.knownEpoch():
+		c.maybeRecover(true) // an epoch formed without us: we are the stale ones
 	case m.Ballot == c.promised:
 		c.send(Message{Type: MsgDone, To: m.From, Ballot: c.promised, Epoch: c.epoch})
 	case m.Ballot.Less(c.promised):
@@ -696,7 +698,7 @@ func (c *Core) onRebuildLocks(m Message) {
 	if r == nil || m.Ballot != r.ballot || !slices.Contains(r.view, m.From) {
 		return
 	}
-	if _, ok := r.inbox[m.From]; !ok {
+	if _, ok := r.inbox[m.From]; !ok && !r.built {
 		r.inbox[m.From] = m
 	}
 	c.send(Message{Type: MsgRebuildLocksAck, To: m.From, Ballot: m.Ballot})
