@@ -50,6 +50,16 @@ type Config struct {
 	Flush func() error
 	// Logger receives warnings (a failed clear). Default slog.Default().
 	Logger *slog.Logger
+	// ManualClear turns the clearer off: marks go only through
+	// ClearRegions (and Shutdown). A member host uses it: it clears a
+	// writer's marks only when the writer asks.
+	ManualClear bool
+	// OnClear, if set, is called with the regions whose marks a clear
+	// (the clearer, ClearRegions or Shutdown) has just removed from the
+	// store, after the store commit and outside the Bitmap's lock. The
+	// array uses it to forward clears to its member hosts. It must not
+	// call back into the Bitmap.
+	OnClear func(regions []uint64)
 }
 
 // DefaultConfig returns a Config with every default filled in and no
@@ -202,10 +212,13 @@ func newBitmap(store *Store, array string, slot int, arraySize int64, cfg Config
 		store.release(array, slot)
 		return nil, err
 	}
-	ticker := cfg.Clock.NewTicker(max(cfg.ClearDelay/4, time.Millisecond))
-	b.bg.Add(2)
+	b.bg.Add(1)
 	go b.commitLoop()
-	go b.clearLoop(ticker)
+	if !cfg.ManualClear {
+		ticker := cfg.Clock.NewTicker(max(cfg.ClearDelay/4, time.Millisecond))
+		b.bg.Add(1)
+		go b.clearLoop(ticker)
+	}
 	return b, nil
 }
 
@@ -637,6 +650,9 @@ func (b *Bitmap) clear(cands []candidate) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	if b.cfg.OnClear != nil {
+		b.cfg.OnClear(regs)
+	}
 	return len(keep), nil
 }
 
@@ -825,5 +841,8 @@ func (b *Bitmap) Shutdown() error {
 	b.st.Clears += uint64(len(idle))
 	b.st.ClearSyncs++
 	b.mu.Unlock()
+	if b.cfg.OnClear != nil {
+		b.cfg.OnClear(idle)
+	}
 	return nil
 }

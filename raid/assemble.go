@@ -22,8 +22,10 @@ type AssembleOptions struct {
 	// (latency or fault injection for benchmarks and drills). The wrapper
 	// must close the device it wraps.
 	Wrap func(role int, dev blockdev.Device) blockdev.Device
-	// Remote configures members given as NBD URIs.
+	// Remote configures members given as NBD URIs or hosted by agents.
 	Remote remote.Config
+	// Writer is this node's slot and epoch, sent to agent members.
+	Writer Writer
 }
 
 // Assembled is a running array: its superblock as assembled and the Device
@@ -78,7 +80,7 @@ func Assemble(stateDir, name string, opts AssembleOptions) (*Assembled, error) {
 			lost[i] = m.State
 			continue
 		}
-		dev, err := OpenMember(a, i, MemberOptions{Direct: opts.Direct, Remote: opts.Remote})
+		dev, err := OpenMember(a, i, MemberOptions{Direct: opts.Direct, Remote: opts.Remote, Writer: opts.Writer})
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, remote.ErrUnreachable) {
 			lost[i] = meta.StateMissing
 			newlyMissing = append(newlyMissing, i)
@@ -143,6 +145,7 @@ func Assemble(stateDir, name string, opts AssembleOptions) (*Assembled, error) {
 func OpenMember(a *meta.Array, role int, opts MemberOptions) (blockdev.Device, error) {
 	m := a.Members[role]
 	opts.Remote.Verify = verifyMember(a, role)
+	opts.Array = a
 	f, err := OpenMemberDevice(m.Path, opts)
 	if err != nil {
 		return nil, fmt.Errorf("member %d (%s): %w", role, m.Path, err)
@@ -156,7 +159,11 @@ func OpenMember(a *meta.Array, role int, opts MemberOptions) (blockdev.Device, e
 		f.Close()
 		return nil, fmt.Errorf("member %d (%s): %w", role, m.Path, err)
 	}
-	return &ownedSection{Section: sec, owner: f}, nil
+	o := &ownedSection{Section: sec, owner: f, base: a.DataOffset}
+	if c, ok := f.(MemberClearer); ok && IsAgentMember(m.Path) {
+		return &clearingSection{ownedSection: o, c: c}, nil
+	}
+	return o, nil
 }
 
 // MemberDataSize is the data area size of a role.
@@ -204,6 +211,22 @@ func RecordFailure(stateDir, name string, member int) error {
 type ownedSection struct {
 	*blockdev.Section
 	owner blockdev.Device
+	base  int64 // where the data area starts on the member
 }
 
 func (o *ownedSection) Close() error { return o.owner.Close() }
+
+// clearingSection is the data area of an agent member: Clear forwards a
+// clear of data-area bytes to the member host.
+type clearingSection struct {
+	*ownedSection
+	c MemberClearer
+}
+
+// Clear implements MemberClearer in data-area offsets.
+func (s *clearingSection) Clear(off, length int64) error {
+	if err := blockdev.CheckRange(off, length, s.Size()); err != nil {
+		return err
+	}
+	return s.c.Clear(s.base+off, length)
+}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/ddraid/ddraid/blockdev/remote"
 	"github.com/ddraid/ddraid/raid/meta"
 )
 
@@ -35,6 +36,12 @@ type CreateOptions struct {
 	AssumeClean bool
 	// RegionSize is the write-intent bitmap region size (0: 4 MiB).
 	RegionSize int64
+	// Remote configures remote members (NBD URIs, agent members): TLS,
+	// timeouts.
+	Remote remote.Config
+	// Writer is this node's slot and epoch, sent to agent members when
+	// their headers are written.
+	Writer Writer
 }
 
 // DefaultRegionSize is the bitmap region size when none is given.
@@ -93,6 +100,19 @@ func (o *CreateOptions) validate() error {
 	}
 	if o.CreateSize < 0 {
 		return fmt.Errorf("size %d is negative", o.CreateSize)
+	}
+	if o.Level == LevelRaid35 {
+		agents := 0
+		for _, p := range o.Members {
+			if IsAgentMember(p) {
+				agents++
+			}
+		}
+		// An agent marks regions of RegionSize/(M−1) member bytes, at
+		// least 64 KiB (see package blockdev/member).
+		if k := int64(n - 1); agents > 0 && k > 0 && o.RegionSize/k < 64<<10 {
+			return fmt.Errorf("region size %d is too small for agent members: %d members need at least %d", o.RegionSize, n, k*(64<<10))
+		}
 	}
 	seen := map[string]bool{}
 	for _, p := range o.Members {
@@ -174,7 +194,7 @@ func Create(s *meta.Store, opts CreateOptions) (*meta.Array, error) {
 	}
 	// Validation is over: from here on we write.
 	for i, m := range plan {
-		if err := writeMemberHeader(a, i, m); err != nil {
+		if err := writeMemberHeader(a, i, m, opts); err != nil {
 			return nil, fmt.Errorf("create %s: member %s: %w", opts.Name, m.path, err)
 		}
 	}
@@ -197,7 +217,7 @@ func planMembers(opts CreateOptions) ([]plannedMember, error) {
 		switch {
 		case err == nil:
 			m.exists, m.info = true, st
-			dev, err := OpenMemberDevice(abs, MemberOptions{ReadOnly: true})
+			dev, err := OpenMemberDevice(abs, MemberOptions{ReadOnly: true, Remote: opts.Remote})
 			if err != nil {
 				return nil, fmt.Errorf("member %s: %w", p, err)
 			}
@@ -235,8 +255,8 @@ func planMembers(opts CreateOptions) ([]plannedMember, error) {
 	return plan, nil
 }
 
-func writeMemberHeader(a *meta.Array, role int, m plannedMember) error {
-	opts := MemberOptions{}
+func writeMemberHeader(a *meta.Array, role int, m plannedMember, co CreateOptions) error {
+	opts := MemberOptions{Remote: co.Remote, Array: a, Writer: co.Writer}
 	if !m.exists {
 		opts.CreateSize = m.size
 	}

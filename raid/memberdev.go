@@ -3,9 +3,13 @@ package raid
 import (
 	"context"
 	"fmt"
+	"net"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/ddraid/ddraid/blockdev"
+	"github.com/ddraid/ddraid/blockdev/nbd"
 	"github.com/ddraid/ddraid/blockdev/remote"
 	"github.com/ddraid/ddraid/raid/meta"
 )
@@ -20,35 +24,155 @@ type MemberOptions struct {
 	// CreateSize, if positive, creates a member file that does not exist
 	// with this size (sparse). It does not apply to remote members.
 	CreateSize int64
-	// Remote configures members given as NBD URIs (reconnect backoff, how
-	// long a member may stay unreachable before it fails); the zero value
-	// takes remote's defaults.
+	// Remote configures members given as NBD URIs or hosted by agents
+	// (reconnect backoff, how long a member may stay unreachable before it
+	// fails, TLS); the zero value takes remote's defaults. Its Writer is
+	// set by OpenMemberDevice.
 	Remote remote.Config
+	// Array, if set, is the array the member belongs to: agent members
+	// (HOST:/PATH) are then opened with writer identity (Writer, the
+	// array's UUID and mark geometry) and may be written. Without it an
+	// agent member can only be read.
+	Array *meta.Array
+	// Writer is this node's slot and epoch, sent to agent members.
+	Writer Writer
 }
 
-// IsRemote reports whether a member path is an NBD URI (nbd://…,
-// nbd+unix://…) rather than a file or block device.
-func IsRemote(path string) bool { return remote.IsURI(path) }
+// Writer is this node's identity as a writer of arrays: its node slot (its
+// bitmap slot) and its fencing epoch. Every connection to an agent member
+// carries it; the agent refuses writes from a slot whose epoch it has been
+// told is stale. The zero value (slot 0, epoch 0) suits a single writer.
+type Writer struct {
+	Slot  uint32
+	Epoch uint64
+}
+
+// DefaultAgentPort is the port of an agent member given without one.
+const DefaultAgentPort = 10810
+
+// agentMember is a parsed HOST[:PORT]:/PATH member.
+type agentMember struct {
+	host, port, path string
+}
+
+// parseAgentMember parses HOST[:PORT]:/PATH (IPv6 hosts in brackets). ok
+// is false for anything else: a file path (it starts with '/' or '.', or
+// has a '/' before the first ":/"), or an NBD URI.
+func parseAgentMember(s string) (agentMember, bool) {
+	if remote.IsURI(s) {
+		return agentMember{}, false
+	}
+	i := strings.Index(s, ":/")
+	if i <= 0 || strings.ContainsAny(s[:i], "/ ") || strings.HasPrefix(s, ".") {
+		return agentMember{}, false
+	}
+	hostport, path := s[:i], s[i+1:]
+	host, port := hostport, strconv.Itoa(DefaultAgentPort)
+	if strings.HasPrefix(hostport, "[") {
+		end := strings.Index(hostport, "]")
+		if end < 0 {
+			return agentMember{}, false
+		}
+		host = hostport[1:end]
+		switch rest := hostport[end+1:]; {
+		case rest == "":
+		case strings.HasPrefix(rest, ":"):
+			port = rest[1:]
+		default:
+			return agentMember{}, false
+		}
+	} else if h, p, found := strings.Cut(hostport, ":"); found {
+		host, port = h, p
+	}
+	if host == "" || strings.Contains(host, "[") {
+		return agentMember{}, false
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return agentMember{}, false
+	}
+	return agentMember{host: host, port: port, path: filepath.Clean(path)}, true
+}
+
+// String is the canonical form, the port always given.
+func (m agentMember) String() string { return net.JoinHostPort(m.host, m.port) + ":" + m.path }
+
+// uri is the member's export as an NBD URI (the export name is the path).
+func (m agentMember) uri(tls bool) string {
+	u := remote.URI{TLS: tls, Network: "tcp", Addr: net.JoinHostPort(m.host, m.port), Export: m.path}
+	return u.String()
+}
+
+// IsAgentMember reports whether a member path names a disk hosted by a
+// ddraid agent: HOST[:PORT]:/PATH.
+func IsAgentMember(path string) bool {
+	_, ok := parseAgentMember(path)
+	return ok
+}
+
+// IsRemote reports whether a member path is remote: an NBD URI (nbd://…,
+// nbd+unix://…) or an agent member (HOST[:PORT]:/PATH), rather than a
+// file or block device.
+func IsRemote(path string) bool { return remote.IsURI(path) || IsAgentMember(path) }
 
 // MemberPath returns the form of a member path that the superblock
-// records: the canonical URI for NBD URIs, the absolute path otherwise.
+// records: the canonical URI for NBD URIs, HOST:PORT:/PATH for agent
+// members, the absolute path otherwise.
 func MemberPath(path string) (string, error) {
-	if IsRemote(path) {
+	if remote.IsURI(path) {
 		u, err := remote.ParseURI(path)
 		if err != nil {
 			return "", err
 		}
 		return u.String(), nil
 	}
+	if m, ok := parseAgentMember(path); ok {
+		return m.String(), nil
+	}
 	return filepath.Abs(path)
 }
 
-// OpenMemberDevice opens the member at path: an NBD URI with remote.Open
-// (bounded by opts.Remote.DialTimeout; an unreachable server gives an error
-// wrapping remote.ErrUnreachable), anything else with blockdev.OpenFile.
+// WriterIdentity is what an agent member receives from this node for
+// array a: the array UUID, w's slot and epoch, and the mark geometry in
+// member bytes (see package blockdev/member). Linear arrays have no
+// bitmap and send region size 0 (fencing only).
+func WriterIdentity(a *meta.Array, w Writer) *nbd.Writer {
+	id := &nbd.Writer{Array: a.UUID, Slot: w.Slot, Epoch: w.Epoch, DataOffset: uint64(a.DataOffset)}
+	id.RegionSize = memberRegionSize(a)
+	return id
+}
+
+// memberRegionSize is the bytes of one member that one bitmap region of a
+// covers: raid35 region/(M−1) (a region of whole blocks, each block one
+// fragment per member), mirror the region itself, linear 0 (no bitmap).
+func memberRegionSize(a *meta.Array) uint64 {
+	rs := a.RegionSize
+	if rs == 0 {
+		rs = DefaultRegionSize
+	}
+	switch Level(a.Level) {
+	case LevelRaid35:
+		return uint64(rs) / uint64(max(len(a.Members)-1, 1))
+	case LevelMirror:
+		return uint64(rs)
+	}
+	return 0
+}
+
+// OpenMemberDevice opens the member at path: an NBD URI or an agent
+// member with remote.Open (bounded by opts.Remote.DialTimeout; an
+// unreachable server gives an error wrapping remote.ErrUnreachable),
+// anything else with blockdev.OpenFile.
 func OpenMemberDevice(path string, opts MemberOptions) (blockdev.Device, error) {
-	if IsRemote(path) {
+	if remote.IsURI(path) {
 		return remote.Open(context.Background(), path, opts.Remote)
+	}
+	if m, ok := parseAgentMember(path); ok {
+		cfg := opts.Remote
+		cfg.Writer = nil
+		if opts.Array != nil {
+			cfg.Writer = WriterIdentity(opts.Array, opts.Writer)
+		}
+		return remote.Open(context.Background(), m.uri(false), cfg)
 	}
 	f, err := blockdev.OpenFile(path, blockdev.FileOptions{
 		Direct: opts.Direct, ReadOnly: opts.ReadOnly, Create: opts.CreateSize > 0, CreateSize: opts.CreateSize,
@@ -57,6 +181,12 @@ func OpenMemberDevice(path string, opts MemberOptions) (blockdev.Device, error) 
 		return nil, err
 	}
 	return f, nil
+}
+
+// MemberClearer is implemented by members that keep write-intent marks
+// of their own (agent members): the array forwards its bitmap clears.
+type MemberClearer interface {
+	Clear(off, length int64) error
 }
 
 // verifyMember returns a remote.Config.Verify that checks, after every

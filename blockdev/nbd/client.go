@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -62,7 +63,8 @@ type Client struct {
 	nc         net.Conn
 	br         *bufio.Reader
 	info       Info
-	maxPayload int // largest READ/WRITE payload sent in one request
+	maxPayload int  // largest READ/WRITE payload sent in one request
+	writer     bool // identified with NBD_OPT_DDRAID_WRITER: EPERM on writes means fenced
 
 	// Requests are queued as header bytes plus WRITE payloads under wmu;
 	// whichever caller finds no write under way sends the whole queue in
@@ -122,10 +124,34 @@ func Dial(ctx context.Context, network, addr, exportName string) (*Client, error
 	return c, nil
 }
 
+// ClientOptions say what a Client negotiates.
+type ClientOptions struct {
+	// Export is the export name; "" asks for the server's default export.
+	Export string
+	// TLS, if set, upgrades the connection with NBD_OPT_STARTTLS before
+	// anything else (a server that refuses fails the handshake). Set
+	// ServerName or InsecureSkipVerify as crypto/tls requires, and
+	// Certificates for servers that ask for a client certificate.
+	TLS *tls.Config
+	// Writer, if set, identifies the client as a ddraid writer with
+	// NBD_OPT_DDRAID_WRITER before NBD_OPT_GO; the server must be a ddraid
+	// agent serving a member export. A writer refused as fenced gets an
+	// error wrapping ErrFenced, from the handshake or, once connected,
+	// from any write-type command the server refuses with EPERM.
+	Writer *Writer
+}
+
 // NewClient runs the handshake for exportName on an established
 // connection and returns a Client owning nc. On error the caller still
 // owns nc. ctx bounds the handshake.
 func NewClient(ctx context.Context, nc net.Conn, exportName string) (*Client, error) {
+	return NewClientWith(ctx, nc, ClientOptions{Export: exportName})
+}
+
+// NewClientWith is NewClient with TLS and writer identity (see
+// ClientOptions). On error the caller still owns nc.
+func NewClientWith(ctx context.Context, nc net.Conn, o ClientOptions) (*Client, error) {
+	exportName := o.Export
 	if len(exportName) > maxStringLen {
 		return nil, fmt.Errorf("nbd: export name is %d bytes, longer than %d", len(exportName), maxStringLen)
 	}
@@ -142,7 +168,7 @@ func NewClient(ctx context.Context, nc net.Conn, exportName string) (*Client, er
 		pending:    make(map[uint64]*call),
 		readerDone: make(chan struct{}),
 	}
-	err := c.handshake(exportName)
+	err := c.handshake(o)
 	stopped := stop()
 	if err != nil || !stopped {
 		cerr := ctx.Err()
@@ -171,7 +197,8 @@ func NewClient(ctx context.Context, nc net.Conn, exportName string) (*Client, er
 }
 
 // handshake negotiates the export, filling c.info.
-func (c *Client) handshake(name string) error {
+func (c *Client) handshake(o ClientOptions) error {
+	name := o.Export
 	var b [18]byte
 	if _, err := io.ReadFull(c.br, b[:18]); err != nil {
 		return fmt.Errorf("reading greeting: %w", err)
@@ -196,6 +223,20 @@ func (c *Client) handshake(name string) error {
 	if _, err := c.nc.Write(b[:4]); err != nil {
 		return fmt.Errorf("sending client flags: %w", err)
 	}
+	if !fixed && (o.TLS != nil || o.Writer != nil) {
+		return errors.New("server does not speak fixed newstyle negotiation, needed for TLS and writer identity")
+	}
+	if o.TLS != nil {
+		if err := c.startTLS(o.TLS); err != nil {
+			return err
+		}
+	}
+	if o.Writer != nil {
+		if err := c.identify(name, *o.Writer); err != nil {
+			return err
+		}
+		c.writer = true
+	}
 	if fixed {
 		ok, err := c.optGo(name)
 		if err != nil || ok {
@@ -203,6 +244,54 @@ func (c *Client) handshake(name string) error {
 		}
 	}
 	return c.optExportName(name, noZeroes)
+}
+
+// startTLS upgrades the connection with NBD_OPT_STARTTLS.
+func (c *Client) startTLS(cfg *tls.Config) error {
+	if err := c.sendOption(optStartTLS, nil); err != nil {
+		return err
+	}
+	typ, d, err := c.readOptReply(optStartTLS)
+	if err != nil {
+		return err
+	}
+	if typ != repAck {
+		return fmt.Errorf("server refused NBD_OPT_STARTTLS (reply type %#x): %s", typ, d)
+	}
+	if c.br.Buffered() > 0 {
+		return errors.New("server sent data after acknowledging NBD_OPT_STARTTLS")
+	}
+	cfg = cfg.Clone()
+	cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
+	tc := tls.Client(c.nc, cfg)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	c.nc = tc
+	c.br = bufio.NewReaderSize(tc, readBufferSize)
+	return nil
+}
+
+// identify sends NBD_OPT_DDRAID_WRITER.
+func (c *Client) identify(name string, w Writer) error {
+	if err := c.sendOption(OptWriter, marshalWriter(name, w)); err != nil {
+		return err
+	}
+	typ, d, err := c.readOptReply(OptWriter)
+	if err != nil {
+		return err
+	}
+	switch typ {
+	case repAck:
+		return nil
+	case repErrPolicy:
+		return fmt.Errorf("%w: %s", ErrFenced, d)
+	case repErrUnsup:
+		return fmt.Errorf("the server does not take ddraid writer identity (is it a ddraid agent, and %q a disk it hosts?): %s", name, d)
+	case repErrUnknown:
+		return fmt.Errorf("%w %q: %s", ErrUnknownExport, name, d)
+	}
+	return fmt.Errorf("NBD_OPT_DDRAID_WRITER refused with reply type %#x: %s", typ, d)
 }
 
 // sendOption writes one option request.
@@ -415,6 +504,9 @@ func (c *Client) do(req Request, data []byte) error {
 	err := <-cl.done
 	cl.buf = nil
 	c.calls.Put(cl)
+	if err == EPERM && c.writer && isWriteCmd(req.Type) {
+		err = errFencedWrite
+	}
 	return err
 }
 
@@ -646,6 +738,19 @@ func (c *Client) Zero(off, length int64) error {
 		length -= n
 	}
 	return nil
+}
+
+// Clear sends NBD_CMD_DDRAID_CLEAR: the member host clears the
+// write-intent marks of the regions inside [off, off+length). Only a
+// client that identified as a writer may send it.
+func (c *Client) Clear(off, length int64) error {
+	if !c.writer {
+		return errors.New("nbd: CLEAR needs writer identity (ClientOptions.Writer)")
+	}
+	if err := blockdev.CheckRange(off, length, c.info.Size); err != nil {
+		return fmt.Errorf("nbd: clear export %q: %w", c.info.Name, err)
+	}
+	return c.ranged(CmdClear, off, length)
 }
 
 // ranged sends a payload-free command over [off, off+length) in chunks of at

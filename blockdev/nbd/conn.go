@@ -106,6 +106,7 @@ type request struct {
 
 	ext     []blockdev.Extent // BLOCK_STATUS: the device's extents
 	status  []blockdev.Extent // BLOCK_STATUS: the descriptors to send
+	dirty   []blockdev.Extent // BLOCK_STATUS: ddraid:dirty/SLOT descriptors
 	runs    []run             // READ chunk plan scratch
 	hdr     [32]byte          // the reply header when one suffices
 	scratch []byte            // headers and payloads of longer replies
@@ -125,6 +126,8 @@ type conn struct {
 	strict      bool
 	structured  bool
 	blockStatus bool
+	session     Session // writer session on a member export, or nil
+	dirty       int64   // slot of the selected ddraid:dirty/SLOT context, or -1
 
 	mu       sync.Mutex // guards phase, shutting and read deadlines
 	phase    connPhase
@@ -182,6 +185,7 @@ func newConn(s *Server, nc net.Conn, remote string) *conn {
 		free:        make(chan *request, s.cfg.MaxInFlight),
 		work:        make(chan *request),
 		readerEnd:   make(chan readEnd),
+		dirty:       -1,
 		inlineNs:    max(0, int64(s.cfg.InlineLatency)),
 	}
 	c.budget.init(min(max(2*int64(s.cfg.MaxPayload), minConnBudget), s.cfg.MaxPayloadMemory))
@@ -219,6 +223,9 @@ func (c *conn) serve() {
 		phase = "transmission"
 		c.safely("request reader", c.readAll)
 		c.drain()
+		if c.session != nil {
+			c.session.Close()
+		}
 	}
 	c.log.Debug("nbd: connection closed", "export", c.exportName(), "in", phase)
 }
@@ -297,6 +304,9 @@ func (c *conn) negotiate() bool {
 		h.startTLS = c.startTLS
 	}
 	n, err := h.run()
+	if err != nil {
+		h.dropSession()
+	}
 	switch {
 	case err == nil:
 	case errors.Is(err, errAbort), errors.Is(err, errClientGoneOpt),
@@ -311,11 +321,15 @@ func (c *conn) negotiate() bool {
 		return false
 	}
 	c.exp, c.strict, c.structured, c.blockStatus = n.exp, n.strict, n.structured, n.blockStatus
+	c.session, c.dirty = n.session, n.dirty
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.phase = phaseIdle
 	if c.shutting {
+		if c.session != nil {
+			c.session.Close()
+		}
 		return false
 	}
 	c.nc.SetDeadline(time.Time{})

@@ -33,6 +33,8 @@ func (c *conn) allowedFlags(t Command) (uint16, bool) {
 		return CmdFlagFUA | CmdFlagNoHole | CmdFlagFastZero, true
 	case CmdBlockStatus:
 		return CmdFlagFUA | CmdFlagReqOne, true
+	case CmdClear:
+		return 0, true
 	}
 	return 0, false
 }
@@ -83,6 +85,11 @@ func (c *conn) execute(r *request) {
 		if r.Length == 0 {
 			return
 		}
+		end, ok := c.startWrite(r)
+		if !ok {
+			return
+		}
+		defer end()
 		if _, err := e.Device.WriteAt(*r.bufp, int64(r.Offset)); err != nil {
 			c.deviceFailed(r, err)
 			return
@@ -110,6 +117,11 @@ func (c *conn) execute(r *request) {
 		if r.Length == 0 {
 			return
 		}
+		end, ok := c.startWrite(r)
+		if !ok {
+			return
+		}
+		defer end()
 		if err := e.Device.Trim(int64(r.Offset), int64(r.Length)); err != nil {
 			c.deviceFailed(r, err)
 			return
@@ -128,6 +140,11 @@ func (c *conn) execute(r *request) {
 		if r.Length == 0 {
 			return
 		}
+		end, ok := c.startWrite(r)
+		if !ok {
+			return
+		}
+		defer end()
 		c.writeZeroes(r)
 
 	case CmdCache:
@@ -136,7 +153,7 @@ func (c *conn) execute(r *request) {
 		}
 
 	case CmdBlockStatus:
-		if !c.blockStatus {
+		if !c.blockStatus && !c.dirtySelected() {
 			c.refuse(r, EINVAL, "BLOCK_STATUS without a metadata context selected")
 			return
 		}
@@ -148,8 +165,78 @@ func (c *conn) execute(r *request) {
 			c.refuse(r, EINVAL, "BLOCK_STATUS of zero length")
 			return
 		}
-		c.blockStatusQuery(r)
+		if c.blockStatus {
+			c.blockStatusQuery(r)
+		}
+		if c.dirtySelected() {
+			c.dirtyQuery(r)
+		}
+
+	case CmdClear:
+		if c.session == nil {
+			c.refuse(r, EINVAL, "CLEAR needs writer identity (NBD_OPT_DDRAID_WRITER)")
+			return
+		}
+		if errno := c.checkRange(r, EINVAL); errno != 0 {
+			c.refuse(r, errno, rangeWhy(errno, "CLEAR"))
+			return
+		}
+		if r.Length == 0 {
+			return
+		}
+		if err := c.session.Clear(int64(r.Offset), int64(r.Length)); err != nil {
+			c.deviceFailed(r, err)
+		}
 	}
+}
+
+// dirtySelected reports whether the connection selected a
+// ddraid:dirty/SLOT context of a member export.
+func (c *conn) dirtySelected() bool { return c.dirty >= 0 && c.exp.Member != nil }
+
+// startWrite applies the member export rules before a write-type command:
+// without a writer session it is refused with EPERM; with one, the
+// session marks the regions first (or refuses a fenced writer with
+// EPERM). ok is false when r was refused; otherwise end must be called
+// once the command is done.
+func (c *conn) startWrite(r *request) (end func(), ok bool) {
+	if c.exp.Member == nil {
+		return noop, true
+	}
+	if c.session == nil {
+		c.refuse(r, EPERM, r.Type.String()+" to a member export needs writer identity (NBD_OPT_DDRAID_WRITER)")
+		return nil, false
+	}
+	end, err := c.session.StartWrite(int64(r.Offset), int64(r.Length))
+	switch {
+	case errors.Is(err, ErrFenced):
+		r.errno, r.msg = EPERM, fencedMessage(err)
+		return nil, false
+	case err != nil:
+		c.deviceFailed(r, fmt.Errorf("mark before write: %w", err))
+		return nil, false
+	}
+	return end, true
+}
+
+func noop() {}
+
+// dirtyQuery answers BLOCK_STATUS for ddraid:dirty/SLOT into r.dirty:
+// extents over at most 1 GiB from the request offset, at most 4096.
+func (c *conn) dirtyQuery(r *request) {
+	off, n := int64(r.Offset), min(int64(r.Length), maxStatusQuery)
+	out, err := c.exp.Member.Dirty(uint32(c.dirty), off, n, r.dirty[:0])
+	if err != nil || len(out) == 0 {
+		c.log.Debug("nbd: dirty query failed; reporting dirty", "export", c.exp.Name, "err", err)
+		out = append(out[:0], blockdev.Extent{Length: n, Flags: StateDirty})
+	}
+	if r.Flags&CmdFlagReqOne != 0 {
+		out = out[:1]
+	}
+	if len(out) > maxStatusExtents {
+		out = out[:maxStatusExtents]
+	}
+	r.dirty = out
 }
 
 // rangeWhy explains a range refusal.

@@ -31,6 +31,11 @@ type negotiated struct {
 	blockStatus bool
 	// tflags are the transmission flags the client was sent.
 	tflags uint16
+	// session is the writer session admitted for the export (member
+	// exports only), or nil.
+	session Session
+	// dirty is the slot of the selected ddraid:dirty/SLOT context, or -1.
+	dirty int64
 }
 
 // handshake runs the server side of the fixed newstyle option phase over a
@@ -51,7 +56,23 @@ type handshake struct {
 	tls        bool    // TLS is running
 	structured bool    // NBD_OPT_STRUCTURED_REPLY acknowledged
 	meta       *export // export base:allocation was last selected for, or nil
+	// dirtyExp is the export a ddraid:dirty/SLOT context was last
+	// selected for (slot dirtySlot), or nil.
+	dirtyExp  *export
+	dirtySlot uint32
+	// session is the writer session admitted by NBD_OPT_DDRAID_WRITER
+	// for sessionExp; dropSession closes it.
+	session    Session
+	sessionExp *export
 	scratch    [optReplyHeaderLen]byte
+}
+
+// dropSession closes the admitted writer session, if any.
+func (h *handshake) dropSession() {
+	if h.session != nil {
+		h.session.Close()
+		h.session, h.sessionExp = nil, nil
+	}
 }
 
 // run performs the handshake until the client enters transmission (nil
@@ -162,6 +183,8 @@ func (h *handshake) option() (n negotiated, done bool, err error) {
 		return n, false, h.reply(opt, repAck, "")
 	case optListMetaContext, optSetMetaContext:
 		return n, false, h.metaContext(opt, data)
+	case OptWriter:
+		return n, false, h.writerOption(data)
 	default:
 		return n, false, h.reply(opt, repErrUnsup, "option "+strconv.FormatUint(uint64(opt), 10)+" is not supported")
 	}
@@ -193,7 +216,8 @@ func (h *handshake) startTLSOption(length uint32) error {
 	}
 	// The spec: no negotiation state survives the upgrade.
 	h.r, h.w, h.tls = r, w, true
-	h.structured, h.meta = false, nil
+	h.structured, h.meta, h.dirtyExp = false, nil, nil
+	h.dropSession()
 	return nil
 }
 
@@ -208,6 +232,11 @@ func (h *handshake) exportName(name string) (negotiated, bool, error) {
 		return negotiated{}, false, fmt.Errorf("NBD_OPT_EXPORT_NAME: export %q needs TLS", name)
 	}
 	n := h.negotiated(e, false)
+	if h.sessionExp == e {
+		n.session, h.session, h.sessionExp = h.session, nil, nil
+	} else {
+		h.dropSession()
+	}
 	var b [10 + zeroPadLen]byte
 	binary.BigEndian.PutUint64(b[0:], e.size)
 	binary.BigEndian.PutUint16(b[8:], n.tflags)
@@ -217,6 +246,9 @@ func (h *handshake) exportName(name string) (negotiated, bool, error) {
 	}
 	h.w.Write(b[:size])
 	if err := h.w.Flush(); err != nil {
+		if n.session != nil {
+			n.session.Close()
+		}
 		return negotiated{}, false, fmt.Errorf("NBD_OPT_EXPORT_NAME reply: %w", err)
 	}
 	return n, true, nil
@@ -224,12 +256,43 @@ func (h *handshake) exportName(name string) (negotiated, bool, error) {
 
 // negotiated returns the outcome of choosing e now.
 func (h *handshake) negotiated(e *export, strict bool) negotiated {
-	n := negotiated{exp: e, strict: strict, structured: h.structured, tflags: e.tflags}
+	n := negotiated{exp: e, strict: strict, structured: h.structured, tflags: e.tflags, dirty: -1}
 	if h.structured {
 		n.tflags |= FlagSendDF
 		n.blockStatus = h.meta == e
+		if h.dirtyExp == e {
+			n.dirty = int64(h.dirtySlot)
+		}
 	}
 	return n
+}
+
+// writerOption answers NBD_OPT_DDRAID_WRITER: the export must be a member
+// export, which admits the writer (or refuses it as fenced).
+func (h *handshake) writerOption(data []byte) error {
+	name, w, err := parseWriter(data)
+	if err != nil {
+		return h.reply(OptWriter, repErrInvalid, "NBD_OPT_DDRAID_WRITER: "+err.Error())
+	}
+	e := h.s.lookup(name)
+	switch {
+	case e == nil:
+		return h.reply(OptWriter, repErrUnknown, "unknown export "+strconv.Quote(name))
+	case !h.visible(e):
+		return h.reply(OptWriter, repErrTLSReqd, "export "+strconv.Quote(name)+" needs TLS")
+	case e.Member == nil:
+		return h.reply(OptWriter, repErrUnsup, "export "+strconv.Quote(name)+" is not a ddraid member export")
+	}
+	h.dropSession()
+	sess, err := e.Member.Admit(w)
+	switch {
+	case errors.Is(err, ErrFenced):
+		return h.reply(OptWriter, repErrPolicy, fencedMessage(err))
+	case err != nil:
+		return h.reply(OptWriter, repErrInvalid, err.Error())
+	}
+	h.session, h.sessionExp = sess, e
+	return h.reply(OptWriter, repAck, "")
 }
 
 // list answers NBD_OPT_LIST: one NBD_REP_SERVER per export, then ACK.
@@ -314,6 +377,11 @@ func (h *handshake) infoGo(opt uint32, data []byte) (negotiated, bool, error) {
 		return negotiated{}, false, err
 	}
 	if opt == optGo {
+		if h.sessionExp == e {
+			n.session, h.session, h.sessionExp = h.session, nil, nil
+		} else {
+			h.dropSession()
+		}
 		return n, true, nil
 	}
 	return negotiated{}, false, nil
@@ -326,7 +394,7 @@ func (h *handshake) infoGo(opt uint32, data []byte) (negotiated, bool, error) {
 func (h *handshake) metaContext(opt uint32, data []byte) error {
 	set := opt == optSetMetaContext
 	if set {
-		h.meta = nil // replaced even when the option fails
+		h.meta, h.dirtyExp = nil, nil // replaced even when the option fails
 	}
 	if !h.structured {
 		return h.reply(opt, repErrInvalid, "negotiate NBD_OPT_STRUCTURED_REPLY first")
@@ -338,6 +406,7 @@ func (h *handshake) metaContext(opt uint32, data []byte) error {
 	count := binary.BigEndian.Uint32(rest)
 	rest = rest[4:]
 	base, all := false, count == 0 && !set
+	var dirty []uint32 // ddraid:dirty/SLOT contexts asked for
 	for i := uint32(0); i < count; i++ {
 		var q string
 		q, rest, ok = cutString(rest)
@@ -351,6 +420,9 @@ func (h *handshake) metaContext(opt uint32, data []byte) error {
 		if ns == "base" && (leaf == "allocation" || (!set && leaf == "")) {
 			base = true
 		}
+		if slot, ok := parseDirtyContext(q); ok {
+			dirty = append(dirty, slot)
+		}
 	}
 	if len(rest) != 0 {
 		return h.reply(opt, repErrInvalid, "option data continues after the last query")
@@ -361,6 +433,9 @@ func (h *handshake) metaContext(opt uint32, data []byte) error {
 	}
 	if !h.visible(e) {
 		return h.reply(opt, repErrTLSReqd, "export "+strconv.Quote(name)+" needs TLS")
+	}
+	if set && e.Member != nil && len(dirty) > 1 {
+		return h.reply(opt, repErrInvalid, "select at most one ddraid:dirty/SLOT context")
 	}
 	if base || all {
 		id := uint32(0) // the spec reserves the ID in LIST replies
@@ -373,6 +448,21 @@ func (h *handshake) metaContext(opt uint32, data []byte) error {
 		binary.BigEndian.PutUint32(b[:], id)
 		h.w.Write(b[:])
 		h.w.WriteString(metaBaseAllocation)
+	}
+	if e.Member != nil && len(dirty) > 0 {
+		for _, slot := range dirty {
+			id := uint32(0)
+			if set {
+				id = metaIDDirty
+				h.dirtyExp, h.dirtySlot = e, slot
+			}
+			name := MetaDirtyPrefix + strconv.FormatUint(uint64(slot), 10)
+			h.header(opt, repMetaContext, 4+len(name))
+			var b [4]byte
+			binary.BigEndian.PutUint32(b[:], id)
+			h.w.Write(b[:])
+			h.w.WriteString(name)
+		}
 	}
 	return h.reply(opt, repAck, "")
 }

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+
+	"github.com/ddraid/ddraid/blockdev"
 )
 
 // holeGrain is the piece size in which READ data is checked for zeroes
@@ -149,19 +151,47 @@ func isZero(b []byte) bool {
 	return true
 }
 
-// encodeBlockStatus encodes one NBD_REPLY_TYPE_BLOCK_STATUS chunk for
-// base:allocation from r.status.
+// encodeBlockStatus encodes one NBD_REPLY_TYPE_BLOCK_STATUS chunk per
+// selected context: base:allocation from r.status, ddraid:dirty/SLOT from
+// r.dirty. The last chunk carries NBD_REPLY_FLAG_DONE.
 func (c *conn) encodeBlockStatus(r *request) {
-	b := r.scratchN(chunkHeaderLen + 4 + 8*len(r.status))
-	putChunkHeader(b, replyFlagDone, replyTypeBlockStatus, r.Cookie, 4+8*len(r.status))
-	binary.BigEndian.PutUint32(b[20:], metaIDBaseAllocation)
+	base := c.blockStatus
+	dirty := c.dirtySelected()
+	n := 0
+	if base {
+		n += chunkHeaderLen + 4 + 8*len(r.status)
+	}
+	if dirty {
+		n += chunkHeaderLen + 4 + 8*len(r.dirty)
+	}
+	b := r.scratchN(n)
+	if base {
+		flags := uint16(replyFlagDone)
+		if dirty {
+			flags = 0
+		}
+		k := chunkHeaderLen + 4 + 8*len(r.status)
+		putStatusChunk(b[:k], flags, r.Cookie, metaIDBaseAllocation, r.status, stateHole|stateZero)
+		r.vec = append(r.vec, b[:k])
+		b = b[k:]
+	}
+	if dirty {
+		putStatusChunk(b, replyFlagDone, r.Cookie, metaIDDirty, r.dirty, StateDirty)
+		r.vec = append(r.vec, b)
+	}
+}
+
+// putStatusChunk encodes a BLOCK_STATUS chunk for context id into b, which
+// has exactly the room it needs; flags outside mask are dropped.
+func putStatusChunk(b []byte, flags uint16, cookie uint64, id uint32, ext []blockdev.Extent, mask uint32) {
+	putChunkHeader(b, flags, replyTypeBlockStatus, cookie, 4+8*len(ext))
+	binary.BigEndian.PutUint32(b[20:], id)
 	p := b[24:]
-	for _, e := range r.status {
+	for _, e := range ext {
 		binary.BigEndian.PutUint32(p, uint32(e.Length))
-		binary.BigEndian.PutUint32(p[4:], uint32(e.Flags)&(stateHole|stateZero))
+		binary.BigEndian.PutUint32(p[4:], uint32(e.Flags)&mask)
 		p = p[8:]
 	}
-	r.vec = append(r.vec, b)
 }
 
 // queueReply queues r's encoded reply and, unless another goroutine is

@@ -44,6 +44,13 @@ type Export struct {
 	// NBD_OPT_STARTTLS (the spec's SELECTIVETLS mode); it needs
 	// Config.TLSMode TLSOptional or TLSRequired.
 	TLSOnly bool
+	// Member, if set, makes this a member export of a ddraid agent: it
+	// takes ddraid's private protocol (writer identity, marks, CLEAR, the
+	// ddraid:dirty/SLOT contexts; see member.go), and write-type commands
+	// are accepted only from connections that identified as a writer
+	// (others get EPERM), so that no write bypasses the marks or fencing.
+	// Reads need no identity.
+	Member Member
 }
 
 // Config tunes a Server. The zero value of every field selects its default.

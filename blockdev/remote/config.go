@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ddraid/ddraid/blockdev"
+	"github.com/ddraid/ddraid/blockdev/nbd"
 )
 
 // Config tunes a remote Device. The zero value of every field selects its
@@ -50,9 +51,16 @@ type Config struct {
 	// errors while Verify runs count as a failed reconnect attempt
 	// instead. The raid package checks the member header here.
 	Verify func(dev blockdev.Device) error
-	// TLS is reserved for TLS to the export (nbds:// URIs): Open refuses a
-	// non-nil TLS until the NBD client negotiates NBD_OPT_STARTTLS.
+	// TLS, if set, upgrades every connection with NBD_OPT_STARTTLS (a
+	// client certificate goes in Certificates; an empty ServerName is
+	// taken from the URI's host). nbds:// and nbds+unix:// URIs need it.
 	TLS *tls.Config
+	// Writer, if set, identifies every connection as a ddraid writer
+	// (NBD_OPT_DDRAID_WRITER): the server must be a ddraid agent. A
+	// writer the agent refuses as fenced gets ErrFenced: at Open, on any
+	// write-type request, or at a reconnect, after which the Device fails
+	// for good with ErrFenced (never with ErrUnreachable).
+	Writer *nbd.Writer
 	// Dial opens connections; default a net.Dialer. Tests use it for an
 	// in-memory network.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)

@@ -23,6 +23,10 @@ var (
 	// something else: another size, or refused by Config.Verify. The Device
 	// has failed for good.
 	ErrReplaced = errors.New("remote: export replaced while disconnected")
+	// ErrFenced is nbd.ErrFenced: the member host refuses this writer's
+	// epoch (Config.Writer). The writer must stop IO; it is not a member
+	// failure.
+	ErrFenced = nbd.ErrFenced
 )
 
 // errStalled is the cause given for a connection closed by the IO timeout.
@@ -94,8 +98,8 @@ func Open(ctx context.Context, uri string, cfg Config) (*Device, error) {
 		return nil, err
 	}
 	name := u.String()
-	if u.TLS || cfg.TLS != nil {
-		return nil, fmt.Errorf("remote %s: %w: %w", name, errTLSUnsupported, blockdev.ErrNotSupported)
+	if u.TLS && cfg.TLS == nil {
+		return nil, fmt.Errorf("remote %s: %w", name, errNeedTLS)
 	}
 	l, err := connect(ctx, &cfg, u)
 	if err != nil {
@@ -123,7 +127,14 @@ func connect(ctx context.Context, cfg *Config, u URI) (*link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
-	c, err := nbd.NewClient(ctx, nc, u.Export)
+	o := nbd.ClientOptions{Export: u.Export, Writer: cfg.Writer}
+	if cfg.TLS != nil {
+		o.TLS = cfg.TLS.Clone()
+		if o.TLS.ServerName == "" && u.Network == "tcp" {
+			o.TLS.ServerName, _, _ = net.SplitHostPort(u.Addr)
+		}
+	}
+	c, err := nbd.NewClientWith(ctx, nc, o)
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -228,6 +239,25 @@ func (d *Device) Trim(off, length int64) error {
 	}
 	if err := d.call(func(c *nbd.Client) error { return c.Trim(off, length) }, nil); err != nil {
 		return d.opErr("trim", off, length, err)
+	}
+	return nil
+}
+
+// Clear asks the member host to clear its write-intent marks of the
+// regions inside [off, off+length) (NBD_CMD_DDRAID_CLEAR; Config.Writer
+// must be set). It is retried after a reconnect like a trim.
+func (d *Device) Clear(off, length int64) error {
+	if d.cfg.Writer == nil {
+		return fmt.Errorf("remote %s: clear: no writer identity", d.name)
+	}
+	if err := blockdev.CheckRange(off, length, d.size); err != nil {
+		return fmt.Errorf("remote %s: clear: %w", d.name, err)
+	}
+	if length == 0 {
+		return nil
+	}
+	if err := d.call(func(c *nbd.Client) error { return c.Clear(off, length) }, nil); err != nil {
+		return d.opErr("clear", off, length, err)
 	}
 	return nil
 }
@@ -433,6 +463,10 @@ func (d *Device) reconnect(old *link, up chan struct{}, down time.Time, cause er
 			}
 		}
 		l, err := connect(d.ctx, &d.cfg, d.uri)
+		if errors.Is(err, ErrFenced) {
+			d.giveUp(up, fmt.Errorf("reconnect: %w", err))
+			return
+		}
 		if err == nil {
 			var replayed int
 			var permanent bool

@@ -81,7 +81,7 @@ func TestOpenErrors(t *testing.T) {
 	}{
 		{"nbd+unix:///disk?socket=" + filepath.Join(dir, "none.sock"), Config{}, ErrUnreachable, "none.sock"},
 		{"nbd+unix:///other?socket=" + sock, Config{}, nbd.ErrUnknownExport, "other"},
-		{"nbds+unix:///disk?socket=" + sock, Config{}, blockdev.ErrNotSupported, "TLS"},
+		{"nbds+unix:///disk?socket=" + sock, Config{}, errNeedTLS, "TLS"},
 		{unixURI(sock), Config{TLS: nil, FailAfter: -1}, nil, "FailAfter"},
 		{"/dev/sdb", Config{}, nil, "not an NBD URI"},
 	}

@@ -153,6 +153,5 @@ func escape(s string, query bool) string {
 	return b.String()
 }
 
-// errTLSUnsupported reports a TLS URI or Config.TLS: the NBD client does
-// not negotiate NBD_OPT_STARTTLS yet.
-var errTLSUnsupported = errors.New("TLS to remote members is not supported yet: the NBD client does not negotiate NBD_OPT_STARTTLS")
+// errNeedTLS reports a TLS URI without Config.TLS.
+var errNeedTLS = errors.New("a TLS URI (nbds://, nbds+unix://) needs a TLS configuration (Config.TLS: CA, client certificate)")

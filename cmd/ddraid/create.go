@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 
+	"github.com/ddraid/ddraid/blockdev/remote"
 	"github.com/ddraid/ddraid/internal/units"
 	"github.com/ddraid/ddraid/raid"
 	"github.com/ddraid/ddraid/raid/meta"
@@ -11,7 +13,7 @@ import (
 // CreateCmd is `ddraid create`.
 type CreateCmd struct {
 	Name        string     `arg:"" help:"Array name (also the NBD export name)."`
-	Members     []string   `arg:"" help:"Member files, block devices or NBD URIs (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH), in role order."`
+	Members     []string   `arg:"" help:"Member files, block devices, disks hosted by agents (HOST[:PORT]:/PATH) or NBD URIs (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH), in role order."`
 	Level       string     `help:"RAID level: raid35, mirror or linear." default:"raid35"`
 	Size        units.Size `help:"Create member files that do not exist with this size (e.g. 1GiB)."`
 	BlockSize   units.Size `help:"Array block size (raid35: 512·2^k to 64 KiB)." default:"4096"`
@@ -20,6 +22,7 @@ type CreateCmd struct {
 	Force       bool       `help:"Overwrite members that belong to another array."`
 	AssumeClean bool       `help:"Skip the initial sync of members that already hold data."`
 	RegionSize  units.Size `help:"Write-intent bitmap region size." default:"4MiB"`
+	MemberTLS
 }
 
 // Run creates the array.
@@ -32,9 +35,13 @@ func (c *CreateCmd) Run(g *Globals) error {
 	if err != nil {
 		return err
 	}
+	tc, err := c.MemberTLS.config()
+	if err != nil {
+		return err
+	}
 	opts := raid.CreateOptions{
 		Name: c.Name, Level: level, Members: c.Members, CreateSize: int64(c.Size), Force: c.Force,
-		AssumeClean: c.AssumeClean, RegionSize: int64(c.RegionSize),
+		AssumeClean: c.AssumeClean, RegionSize: int64(c.RegionSize), Remote: remote.Config{TLS: tc, Logger: slog.Default()},
 		Geometry: raid.Geometry{BlockSize: int(c.BlockSize), Parity: parity, ParityChunk: c.ParityChunk},
 	}
 	var a *meta.Array

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
+	"github.com/ddraid/ddraid/blockdev/remote"
 	"github.com/ddraid/ddraid/raid"
 	"github.com/ddraid/ddraid/raid/array"
 	"github.com/ddraid/ddraid/resync"
@@ -24,7 +26,7 @@ func controlFor(stateDir, name string) *array.Client {
 
 // act runs an action on a served array through its control socket, or on
 // the stored metadata of a stopped one.
-func act(g *Globals, name, action string, req array.Request) error {
+func act(g *Globals, name, action string, req array.Request, mt MemberTLS) error {
 	if req.Path != "" {
 		// The server resolves paths in its own directory: send absolute
 		// ones (NBD URIs in canonical form).
@@ -42,7 +44,12 @@ func act(g *Globals, name, action string, req array.Request) error {
 		fmt.Println(rep.Message)
 		return nil
 	}
-	msg, err := array.OfflineUpdate(g.StateDir, name, action, req.Ref, req.Path, req.Force)
+	tc, err := mt.config()
+	if err != nil {
+		return err
+	}
+	mo := raid.MemberOptions{Remote: remote.Config{TLS: tc, Logger: slog.Default()}}
+	msg, err := array.OfflineUpdate(g.StateDir, name, action, req.Ref, req.Path, req.Force, mo)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", action, name, err)
 	}
@@ -59,7 +66,7 @@ type FailDeviceCmd struct {
 
 // Run fails the member.
 func (c *FailDeviceCmd) Run(g *Globals) error {
-	return act(g, c.Name, "fail", array.Request{Ref: c.Member, Force: c.Force})
+	return act(g, c.Name, "fail", array.Request{Ref: c.Member, Force: c.Force}, MemberTLS{})
 }
 
 // RemoveDeviceCmd is `ddraid remove-device`.
@@ -70,32 +77,34 @@ type RemoveDeviceCmd struct {
 
 // Run removes the member.
 func (c *RemoveDeviceCmd) Run(g *Globals) error {
-	return act(g, c.Name, "remove", array.Request{Ref: c.Member})
+	return act(g, c.Name, "remove", array.Request{Ref: c.Member}, MemberTLS{})
 }
 
 // AddDeviceCmd is `ddraid add-device`.
 type AddDeviceCmd struct {
 	Name  string `arg:"" help:"Array name."`
-	Path  string `arg:"" help:"File, block device or NBD URI to add."`
+	Path  string `arg:"" help:"File, block device, NBD URI or agent member (HOST[:PORT]:/PATH) to add."`
 	Force bool   `help:"Overwrite a device that belongs to another array."`
+	MemberTLS
 }
 
 // Run adds the device.
 func (c *AddDeviceCmd) Run(g *Globals) error {
-	return act(g, c.Name, "add", array.Request{Path: c.Path, Force: c.Force})
+	return act(g, c.Name, "add", array.Request{Path: c.Path, Force: c.Force}, c.MemberTLS)
 }
 
 // ReplaceCmd is `ddraid replace`.
 type ReplaceCmd struct {
 	Name  string `arg:"" help:"Array name."`
 	Old   string `arg:"" help:"Member to replace: role number or path."`
-	New   string `arg:"" help:"New file, block device or NBD URI."`
+	New   string `arg:"" help:"New file, block device, NBD URI or agent member (HOST[:PORT]:/PATH)."`
 	Force bool   `help:"Overwrite a device that belongs to another array."`
+	MemberTLS
 }
 
 // Run replaces the member.
 func (c *ReplaceCmd) Run(g *Globals) error {
-	return act(g, c.Name, "replace", array.Request{Ref: c.Old, Path: c.New, Force: c.Force})
+	return act(g, c.Name, "replace", array.Request{Ref: c.Old, Path: c.New, Force: c.Force}, c.MemberTLS)
 }
 
 // CheckCmd is `ddraid check`.

@@ -44,7 +44,9 @@ type ServeCmd struct {
 	SpeedMin       string        `help:"Minimum resync/recovery/check speed, kept even under foreground IO." default:"1M"`
 	SpeedMax       string        `help:"Maximum resync/recovery/check speed; 0 for no limit." default:"200M"`
 	ClearDelay     time.Duration `help:"How long a write-intent bitmap region stays dirty after its last write." default:"5s"`
-	MemberTimeout  time.Duration `help:"How long a remote (nbd://) member may stay unreachable, its requests waiting, before it is failed." default:"10s"`
+	MemberTimeout  time.Duration `help:"How long a remote member (nbd://, HOST:/PATH) may stay unreachable, its requests waiting, before it is failed." default:"10s"`
+	MemberTLS
+	WriterFlags
 }
 
 // Run serves until SIGTERM or SIGINT.
@@ -90,6 +92,10 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) (err error) {
 	if c.MemberTimeout != 0 && c.MemberTimeout < time.Millisecond { // 0: the default, 10 s
 		return fmt.Errorf("--member-timeout %v: want at least 1ms", c.MemberTimeout)
 	}
+	memberTLS, err := c.MemberTLS.config()
+	if err != nil {
+		return err
+	}
 	srv, err := nbd.NewServer(cfg)
 	if err != nil {
 		return err
@@ -110,7 +116,8 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) (err error) {
 		a, err := array.Open(array.Options{
 			StateDir: stateDir, Name: name, Direct: c.Direct, Wrap: memberDelay(c.MemberDelay),
 			Throttle: th, ClearDelay: c.ClearDelay, Logger: slog.Default(),
-			Remote: remote.Config{FailAfter: c.MemberTimeout, Logger: slog.Default()},
+			Remote: remote.Config{FailAfter: c.MemberTimeout, TLS: memberTLS, Logger: slog.Default()},
+			Writer: c.WriterFlags.writer(),
 		})
 		if err != nil {
 			return err

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ddraid/ddraid/bitmap"
@@ -36,6 +37,9 @@ type Options struct {
 	// may stay unreachable before it fails, the reconnect backoff. The
 	// zero value takes the defaults of package remote.
 	Remote remote.Config
+	// Writer is this node's slot and fencing epoch, sent to agent members
+	// (HOST:/PATH).
+	Writer raid.Writer
 	Logger *slog.Logger
 }
 
@@ -60,6 +64,12 @@ type Array struct {
 	// record member failures.
 	updMu sync.Mutex
 	bg    sync.WaitGroup
+
+	// fenced is set once a member host refused this node's epoch (see
+	// fence.go); clearers are the agent members' clear forwarders by role.
+	fenced   atomic.Bool
+	clrMu    sync.Mutex
+	clearers []raid.MemberClearer
 
 	mu      sync.Mutex
 	sb      *meta.Array // latest superblock
@@ -96,6 +106,7 @@ func Open(o Options) (*Array, error) {
 	asm, err := raid.Assemble(o.StateDir, o.Name, raid.AssembleOptions{
 		Direct: o.Direct,
 		Remote: o.Remote,
+		Writer: o.Writer,
 		OnFail: a.onFail,
 		Wrap: func(role int, dev blockdev.Device) blockdev.Device {
 			mu.Lock()
@@ -119,6 +130,7 @@ func Open(o Options) (*Array, error) {
 	}
 	// Foreground IO is counted where it enters: the member counters also
 	// see the jobs' own IO, which is not a reason for a job to yield.
+	a.front = &frontGate{dev: a.front, a: a}
 	a.fg = blockdev.NewStats(a.front)
 	a.front = a.fg
 	a.resume()
@@ -132,6 +144,7 @@ func (a *Array) wrapMember(role int, dev blockdev.Device) blockdev.Device {
 		a.swaps = append(a.swaps, nil)
 		a.stats = append(a.stats, nil)
 	}
+	dev = a.guard(role, dev)
 	if a.opts.Wrap != nil {
 		dev = a.opts.Wrap(role, dev)
 	}
@@ -158,6 +171,7 @@ func (a *Array) openBitmap() error {
 	}
 	bm, err := bitmap.New(store, a.sb.UUID.String(), 0, a.eng.Size(), bitmap.Config{
 		RegionSize: region, ClearDelay: a.opts.ClearDelay, Flush: a.eng.Flush, Logger: a.log,
+		OnClear: a.forwardClears,
 	})
 	if err != nil {
 		releaseStore(a.storeDir)
@@ -421,6 +435,11 @@ var errNoChange = errors.New("no change")
 
 // onFail records a member failure reported by the engine.
 func (a *Array) onFail(member int, err error) {
+	if a.fenced.Load() || errors.Is(err, remote.ErrFenced) {
+		// Not a member failure: this writer was fenced (fence.go).
+		a.setFenced(err)
+		return
+	}
 	a.log.Warn("member failed; array continues degraded", "member", member, "err", err)
 	if a.bm != nil {
 		a.bm.SetDegraded(true)

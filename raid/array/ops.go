@@ -115,10 +115,11 @@ type plan struct {
 	readd     bool // the device is this role's previous member: dirty regions only
 	header    meta.Header
 	memberDev meta.Member
+	mo        raid.MemberOptions // how remote devices are opened (TLS, writer)
 }
 
 // planAdd checks a device and decides where it goes.
-func planAdd(sb *meta.Array, path string, force bool) (plan, error) {
+func planAdd(sb *meta.Array, path string, force bool, mo raid.MemberOptions) (plan, error) {
 	abs, err := raid.MemberPath(path)
 	if err != nil {
 		return plan{}, err
@@ -126,7 +127,7 @@ func planAdd(sb *meta.Array, path string, force bool) (plan, error) {
 	if sb.Level == string(raid.LevelLinear) {
 		return plan{}, fmt.Errorf("linear array %s cannot take new members", sb.Name)
 	}
-	f, err := raid.OpenMemberDevice(abs, raid.MemberOptions{ReadOnly: true})
+	f, err := raid.OpenMemberDevice(abs, raid.MemberOptions{ReadOnly: true, Remote: mo.Remote})
 	if err != nil {
 		return plan{}, fmt.Errorf("add %s: %w", path, err)
 	}
@@ -139,7 +140,7 @@ func planAdd(sb *meta.Array, path string, force bool) (plan, error) {
 			return plan{}, fmt.Errorf("%w: %s is already in array %s (%s)", ErrRefused, path, sb.Name, m.State)
 		}
 	}
-	p := plan{role: -1}
+	p := plan{role: -1, mo: mo}
 	if h, err := meta.ReadHeader(f); err == nil {
 		switch {
 		case h.ArrayUUID == sb.UUID && h.Role >= 0 && int(h.Role) < len(sb.Members) && sb.Members[h.Role].UUID == h.MemberUUID:
@@ -177,7 +178,9 @@ func (p plan) apply(sb *meta.Array) error {
 		BlockSize: uint32(sb.BlockSize), DataOffset: uint64(sb.DataOffset), DataSize: uint64(sb.MemberDataSize),
 		Events: sb.Events + 1, Level: sb.Level, ArrayName: sb.Name,
 	}
-	f, err := raid.OpenMemberDevice(p.memberDev.Path, raid.MemberOptions{})
+	mo := p.mo
+	mo.Array = sb
+	f, err := raid.OpenMemberDevice(p.memberDev.Path, mo)
 	if err != nil {
 		return err
 	}
@@ -201,7 +204,7 @@ func (a *Array) Add(path string, force bool) (string, error) {
 	var p plan
 	err := a.update(func(sb *meta.Array) error {
 		var err error
-		if p, err = planAdd(sb, path, force); err != nil {
+		if p, err = planAdd(sb, path, force, a.memberOptions()); err != nil {
 			return err
 		}
 		return p.apply(sb)
@@ -230,7 +233,7 @@ func (a *Array) useSpare() {
 	spare := sb.Spares[0].Path
 	err := a.update(func(sb *meta.Array) error {
 		sb.Spares = sb.Spares[1:]
-		p, err := planAdd(sb, spare, true)
+		p, err := planAdd(sb, spare, true, a.memberOptions())
 		if err != nil || p.role < 0 {
 			return fmt.Errorf("no role for spare %s: %v", spare, err)
 		}
@@ -255,7 +258,7 @@ func (a *Array) useSpare() {
 func (a *Array) startRecovery(role int, dev blockdev.Device, dirtyOnly bool) error {
 	sb := a.Superblock()
 	if dev == nil {
-		d, err := raid.OpenMember(&sb, role, raid.MemberOptions{Direct: a.opts.Direct, Remote: a.opts.Remote})
+		d, err := raid.OpenMember(&sb, role, a.memberOptions())
 		if err != nil {
 			return err
 		}
@@ -322,7 +325,7 @@ func (a *Array) Replace(oldRef, newPath string, force bool) (string, error) {
 			a.endReplace(role)
 		}
 	}()
-	p, err := planAdd(&sb, newPath, force)
+	p, err := planAdd(&sb, newPath, force, a.memberOptions())
 	if err != nil {
 		return "", err
 	}
@@ -335,16 +338,14 @@ func (a *Array) Replace(oldRef, newPath string, force bool) (string, error) {
 	if err := p.apply(&scratch); err != nil { // header only; the superblock changes at the swap
 		return "", err
 	}
-	f, err := raid.OpenMemberDevice(p.memberDev.Path, raid.MemberOptions{Direct: a.opts.Direct, Remote: a.opts.Remote})
+	// The new device carries its header now: open it as the role's
+	// member of the scratch superblock (agent members then forward
+	// clears).
+	f, err := raid.OpenMember(&scratch, role, a.memberOptions())
 	if err != nil {
 		return "", err
 	}
-	sec, err := blockdev.NewSection(f, sb.DataOffset, sb.MemberDataSize)
-	if err != nil {
-		f.Close()
-		return "", err
-	}
-	newDev := blockdev.NewStats(sec)
+	newDev := blockdev.NewStats(a.guard(role, f))
 	old := a.swaps[role].Current()
 	inner, err := raid.NewMirror([]blockdev.Device{old, nil}, sb.MemberDataSize, raid.Config{})
 	if err == nil {
@@ -426,7 +427,7 @@ func (a *Array) Check(ctx context.Context, repair bool) (resync.Progress, error)
 // OfflineUpdate applies an operator action to a stopped array's metadata.
 // Devices that are added are written their header now; the recovery runs
 // when the array is next served.
-func OfflineUpdate(stateDir, name, action, ref, path string, force bool) (string, error) {
+func OfflineUpdate(stateDir, name, action, ref, path string, force bool, mo raid.MemberOptions) (string, error) {
 	var msg string
 	_, err := meta.Update(stateDir, name, func(sb *meta.Array) error {
 		switch action {
@@ -459,7 +460,7 @@ func OfflineUpdate(stateDir, name, action, ref, path string, force bool) (string
 				}
 				sb.Members[role].State = meta.StateFailed
 			}
-			p, err := planAdd(sb, path, force)
+			p, err := planAdd(sb, path, force, mo)
 			if err != nil {
 				return err
 			}

@@ -627,7 +627,7 @@ func TestOfflineUpdate(t *testing.T) {
 	f.close(a)
 
 	offline := func(action, ref, path string, force bool) (string, error) {
-		return OfflineUpdate(f.stateDir, f.name, action, ref, path, force)
+		return OfflineUpdate(f.stateDir, f.name, action, ref, path, force, raid.MemberOptions{})
 	}
 	mustOffline := func(action, ref, path, msgPart string) {
 		t.Helper()
@@ -658,7 +658,7 @@ func TestOfflineUpdate(t *testing.T) {
 	if _, err := offline("explode", "1", "", false); err == nil || !strings.Contains(err.Error(), "unknown action") {
 		t.Fatalf("unknown action: %v", err)
 	}
-	if _, err := OfflineUpdate(f.stateDir, "nope", "fail", "1", "", false); err == nil {
+	if _, err := OfflineUpdate(f.stateDir, "nope", "fail", "1", "", false, raid.MemberOptions{}); err == nil {
 		t.Fatal("offline update of an unknown array succeeded")
 	}
 	states("active failed active")

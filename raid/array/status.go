@@ -16,12 +16,18 @@ type Status struct {
 	DirtyRegions int                `json:"dirty_regions"`
 	RegionSize   int64              `json:"region_size,omitempty"`
 	MemberIO     []blockdev.IOStats `json:"member_io,omitempty"`
+	// Fenced is set when a member host refused this node's epoch: IO has
+	// stopped (State is then "fenced"); no member was failed.
+	Fenced bool `json:"fenced,omitempty"`
 }
 
 // Status returns the array's status.
 func (a *Array) Status() Status {
 	sb := a.Superblock()
 	st := Status{Status: raid.Describe(a.opts.StateDir, &sb)}
+	if a.fenced.Load() {
+		st.Fenced, st.State = true, "fenced"
+	}
 	if a.bm != nil {
 		st.DirtyRegions = len(a.bm.Dirty())
 		st.RegionSize = a.bm.RegionSize()
