@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -30,6 +31,9 @@ import (
 //	POST /v1/arrays/{name}/replace       {"ref", "path", "force"}
 //	POST /v1/arrays/{name}/check         {"repair"} → resync.Progress (waits)
 //	GET  /metrics                        Prometheus text format
+//	GET  /                               status page (HTML)
+//
+// ServeReadOnly offers the GET routes on another listener.
 //
 // Errors come back as HTTP 4xx/5xx with {"error": "..."}.
 type Control struct {
@@ -40,11 +44,43 @@ type Control struct {
 	path   string
 
 	registry *prometheus.Registry
+	log      *log.Logger
+	extra    []*http.Server // read-only listeners
 }
 
 // Registry is the registry /metrics serves; other parts of the process
 // (the lock service, membership) add their collectors to it.
 func (c *Control) Registry() *prometheus.Registry { return c.registry }
+
+// readOnlyMux routes the requests that change nothing: the status page,
+// the status API and the metrics.
+func (c *Control) readOnlyMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	status := func() []Status {
+		out := []Status{}
+		for _, a := range c.list() {
+			out = append(out, a.Status())
+		}
+		return out
+	}
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, status())
+	})
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		renderPage(w, status(), time.Now())
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(c.registry, promhttp.HandlerOpts{ErrorLog: c.log}))
+	return mux
+}
+
+// ServeReadOnly serves the status page, GET /v1/status and /metrics on ln
+// (a TCP listener for browsers and Prometheus) until Close. Nothing on it
+// changes the arrays.
+func (c *Control) ServeReadOnly(ln net.Listener) {
+	srv := &http.Server{Handler: c.readOnlyMux(), ErrorLog: c.log, ReadHeaderTimeout: 10 * time.Second}
+	c.extra = append(c.extra, srv)
+	go srv.Serve(ln)
+}
 
 func (c *Control) list() []*Array {
 	out := make([]*Array, 0, len(c.order))
@@ -84,20 +120,13 @@ func ListenControl(path string, arrays []*Array, log *slog.Logger) (*Control, er
 		c.arrays[a.Name()] = a
 		c.order = append(c.order, a.Name())
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		var out []Status
-		for _, n := range c.order {
-			out = append(out, c.arrays[n].Status())
-		}
-		writeJSON(w, http.StatusOK, out)
-	})
-	mux.HandleFunc("POST /v1/arrays/{name}/{action}", c.action)
+	c.log = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	c.registry = prometheus.NewRegistry()
 	c.registry.MustRegister(NewCollector(c.list), collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	mux.Handle("GET /metrics", promhttp.HandlerFor(c.registry, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}))
-	c.srv = &http.Server{Handler: mux, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn), ReadHeaderTimeout: 10 * time.Second}
+	mux := c.readOnlyMux()
+	mux.HandleFunc("POST /v1/arrays/{name}/{action}", c.action)
+	c.srv = &http.Server{Handler: mux, ErrorLog: c.log, ReadHeaderTimeout: 10 * time.Second}
 	go c.srv.Serve(ln)
 	return c, nil
 }
@@ -110,6 +139,9 @@ func (c *Control) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	err := c.srv.Shutdown(ctx)
+	for _, srv := range c.extra {
+		srv.Shutdown(ctx)
+	}
 	os.Remove(c.path)
 	return err
 }
