@@ -40,6 +40,9 @@ type CLI struct {
 	AddDevice    AddDeviceCmd    `cmd:"" name:"add-device" help:"Add a device: into an empty role (recovery starts) or as a spare."`
 	Replace      ReplaceCmd      `cmd:"" help:"Rebuild a new device from a member while it still serves, then swap them."`
 	Demo         DemoCmd         `cmd:"" help:"Create (or reuse) a 5-member raid35 array on files in ./ddraid-demo and serve it."`
+	Agent        AgentCmd        `cmd:"" help:"Serve the disks this node hosts to the writers of arrays (member exports)."`
+	Fence        FenceCmd        `cmd:"" help:"Tell an agent to refuse writes from an array slot's older epochs."`
+	TLS          TLSCmd          `cmd:"" name:"tls" help:"Create a CA and node certificates for TLS between agents."`
 	ConfigCmd    ConfigCmd       `cmd:"" name:"config" noconfig:"" help:"Check the configuration file or print the default one."`
 }
 
