@@ -44,6 +44,7 @@ type ServeCmd struct {
 	SpeedMin       string        `help:"Minimum resync/recovery/check speed, kept even under foreground IO." default:"1M"`
 	SpeedMax       string        `help:"Maximum resync/recovery/check speed; 0 for no limit." default:"200M"`
 	ClearDelay     time.Duration `help:"How long a write-intent bitmap region stays dirty after its last write." default:"5s"`
+	HTTP           string        `name:"http" help:"Also serve a read-only status page, GET /v1/status and Prometheus /metrics on this TCP address (e.g. 127.0.0.1:10880); off when empty." placeholder:"HOST:PORT"`
 	MemberTimeout  time.Duration `help:"How long a remote member (nbd://, HOST:/PATH) may stay unreachable, its requests waiting, before it is failed." default:"10s"`
 	MemberTLS
 	WriterFlags
@@ -151,6 +152,13 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) (err error) {
 		return err
 	}
 	defer ctl.Close()
+	if c.HTTP != "" {
+		ln, err := net.Listen("tcp", c.HTTP)
+		if err != nil {
+			return fmt.Errorf("--http: %w", err)
+		}
+		ctl.ServeReadOnly(ln)
+	}
 	listeners, addrs, activated, err := serveListeners(c.Listen)
 	if err != nil {
 		return err
