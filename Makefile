@@ -11,7 +11,7 @@ TEST_TOOLS := nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd
 	mkfs.ext4:e2fsprogs e2fsck:e2fsprogs qemu-nbd:qemu-utils
 FUZZTIME ?= 60s
 
-.PHONY: all build demo test test-deps unit e2e bench fuzz vet clean
+.PHONY: all build demo test test-deps test-ui unit e2e bench fuzz vet clean
 
 all: build
 
@@ -44,6 +44,15 @@ test: test-deps vet
 	# -count=1: the end-to-end tests build and run the ddraid binary, which
 	# go test's result cache cannot see.
 	$(GO) test -count=1 -timeout 40m ./cmd/... ./tests/...
+	$(MAKE) test-ui
+
+# test-ui opens the status page in headless Chromium (installed when
+# missing) and checks what it renders and a screenshot.
+test-ui:
+	@command -v chromium >/dev/null 2>&1 || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		echo "installing chromium"; $$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; }
+	$(GO) test -tags ui -count=1 -run '^TestUI' ./tests/
 
 # bench compares ddraid with nbdkit and qemu-nbd (fio, same run), measures
 # rebuild speed and foreground IO during a rebuild; then Go micro-benchmarks.
