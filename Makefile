@@ -72,3 +72,11 @@ fuzz:
 
 clean:
 	rm -rf bin dist ddraid-demo
+
+# bench-lockd compares lockd (3 nodes, real transport) with etcd's
+# concurrency.Mutex on an embedded etcd, on loopback, in one run. It is a
+# separate Go module (bench/lockd) so etcd stays out of go.mod.
+# BENCH_LOCKD_FLAGS: e.g. -duration=10s -systems=etcd,lockd
+.PHONY: bench-lockd
+bench-lockd:
+	cd bench/lockd && $(GO) run . $(BENCH_LOCKD_FLAGS)
