@@ -44,6 +44,8 @@ type CLI struct {
 	Fence        FenceCmd        `cmd:"" help:"Tell an agent to refuse writes from an array slot's older epochs."`
 	TLS          TLSCmd          `cmd:"" name:"tls" help:"Create a CA and node certificates for TLS between agents."`
 	ConfigCmd    ConfigCmd       `cmd:"" name:"config" noconfig:"" help:"Check the configuration file or print the default one."`
+	Completion   CompletionCmd   `cmd:"" hidden:"" noconfig:"" help:"Print a shell completion script."`
+	Man          ManCmd          `cmd:"" hidden:"" noconfig:"" help:"Print the manual page (roff)."`
 }
 
 func buildVersion() string {

@@ -539,13 +539,23 @@ func Default(app *kong.Application, header []string) []byte {
 func writeKey(b *bytes.Buffer, k Key) {
 	f := k.Flag
 	writeComment(b, f.Help)
-	if f.Enum != "" {
+	if f.Enum != "" && !mentionsAll(f.Help, f.EnumSlice()) {
 		writeComment(b, "One of: "+strings.Join(f.EnumSlice(), ", ")+".")
 	}
 	if len(f.Envs) > 0 {
 		writeComment(b, "Flag --"+f.Name+", environment "+strings.Join(f.Envs, ", ")+".")
 	}
 	fmt.Fprintf(b, "#%s = %s\n", k.Name, tomlDefault(f))
+}
+
+// mentionsAll says whether help already names every word.
+func mentionsAll(help string, words []string) bool {
+	for _, w := range words {
+		if !strings.Contains(help, w) {
+			return false
+		}
+	}
+	return true
 }
 
 // writeComment writes text as "# " lines wrapped near 78 columns.

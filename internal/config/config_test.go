@@ -22,6 +22,7 @@ type testCLI struct {
 	Config   File             `help:"Configuration file." default:"/nonexistent/ddraid.toml" env:"DDRAID_CONFIG"`
 	StateDir string           `help:"State directory." default:"/var/lib/ddraid" env:"DDRAID_STATE_DIR"`
 	LogLevel string           `help:"Log level." default:"info" enum:"debug,info,warn,error"`
+	LogFmt   string           `help:"Log format: text or json." default:"text" enum:"text,json"`
 	Version  kong.VersionFlag `help:"Print the version."`
 
 	Serve struct {
@@ -70,6 +71,7 @@ func TestKeysAndEnvNames(t *testing.T) {
 	want := []string{
 		"state-dir=DDRAID_STATE_DIR",
 		"log-level=DDRAID_LOG_LEVEL",
+		"log-fmt=DDRAID_LOG_FMT",
 		"serve.listen=DDRAID_SERVE_LISTEN",
 		"serve.tls=DDRAID_SERVE_TLS",
 		"serve.read-only=DDRAID_SERVE_READ_ONLY",
@@ -298,7 +300,7 @@ func TestDefault(t *testing.T) {
 		t.Fatalf("no header:\n%s", out)
 	}
 	for _, want := range []string{
-		"#state-dir = \"/var/lib/ddraid\"\n", "#log-level = \"info\"\n", "# One of: debug, info, warn, error.\n",
+		"#state-dir = \"/var/lib/ddraid\"\n", "#log-level = \"info\"\n", "# One of: debug, info, warn, error.\n", "# Log format: text or json.\n# Flag --log-fmt",
 		"[serve]\n", "#listen = [\"127.0.0.1:10809\"]\n", "#read-only = false\n", "#max-conns = 1024\n",
 		"#max-payload = \"32MiB\"\n", "#shutdown-wait = \"30s\"\n", "environment DDRAID_SERVE_SHUTDOWN_WAIT.",
 		"[tls.init]\n", "#dir = \"/etc/ddraid/tls\"\n", "[check]\n", "#force = false\n",
