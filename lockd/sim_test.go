@@ -25,6 +25,7 @@ type sim struct {
 	dropPct  int
 	maxDelay int
 
+	trace        bool
 	onCompletion func(n NodeID, cp Completion)
 	onBlocking   func(n NodeID, b BlockingEvent)
 	delivered    int
@@ -151,6 +152,9 @@ func (s *sim) deliverOne() bool {
 	if err != nil {
 		s.t.Fatalf("unmarshal a frame we made: %v", err)
 	}
+	if s.trace && m.Type != MsgHeartbeat && m.Type != MsgHeartbeatAck {
+		s.t.Logf("t%d %s->%s %v ep=%d op=%v %s/%s lock=%v seq=%d mode=%v st=%v tok=%v ballot=%v view=%v recs=%d", s.now, m.From, m.To, m.Type, m.Epoch, m.Op, m.Space, m.Resource, m.Lock, m.Seq, m.Mode, m.Status, m.Token, m.Ballot, m.View, len(m.Records))
+	}
 	c.Step(m)
 	s.delivered++
 	s.collect()
@@ -209,6 +213,7 @@ func (s *sim) checkInvariants() error {
 			continue
 		}
 		for _, li := range c.Locks() {
+			li.Granted = effectiveMode(li)
 			if li.Granted.Valid() {
 				k := resKey{li.Space, li.Resource}
 				held[k] = append(held[k], heldLock{n, li})
@@ -245,6 +250,33 @@ func (s *sim) checkInvariants() error {
 		}
 	}
 	return nil
+}
+
+// effectiveMode is the mode a holder may rely on: none once it asked to unlock; the new mode
+// as soon as it asked to convert down; the old one while converting up; NL while converting
+// sideways (PR <-> CW), since the master may grant either side's neighbours meanwhile.
+func effectiveMode(li LockInfo) Mode {
+	switch {
+	case li.Pending == OpUnlock:
+		return noMode
+	case li.Pending != OpConvert || !li.Granted.Valid():
+		return li.Granted
+	case weaker(li.Requested, li.Granted):
+		return li.Requested
+	case weaker(li.Granted, li.Requested):
+		return li.Granted
+	}
+	return NL
+}
+
+// weaker reports whether a conflicts with no mode that b does not conflict with.
+func weaker(a, b Mode) bool {
+	for x := range numModes {
+		if !Compatible(a, x) && Compatible(b, x) {
+			return false
+		}
+	}
+	return true
 }
 
 // dump prints cluster state for transcripts.
