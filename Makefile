@@ -10,8 +10,14 @@ TEST_TOOLS := nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd
 	nbdsh:python3-libnbd qemu-io:qemu-utils qemu-img:qemu-utils fio:fio fusermount3:fuse3 \
 	mkfs.ext4:e2fsprogs e2fsck:e2fsprogs qemu-nbd:qemu-utils
 FUZZTIME ?= 60s
+# Packages (make package): nfpm comes from the tools module (tools/go.mod),
+# built once into bin/nfpm.
+NFPM        := bin/nfpm
+PKG_VERSION ?= $(shell sh packaging/version.sh 2>/dev/null || echo 0.0.0)
+PKG_BUILD   := dist/build
+PKG_DATE    := $(shell git log -1 --format=%cs 2>/dev/null)
 
-.PHONY: all build demo test test-deps test-ui unit e2e bench fuzz vet clean
+.PHONY: all build demo test test-deps test-ui unit e2e bench fuzz vet clean package packaging/ddraid.toml
 
 all: build
 
@@ -20,6 +26,33 @@ build:
 
 demo: build
 	./$(BIN) demo
+
+# package builds dist/ddraid_VERSION_amd64.deb and dist/ddraid-VERSION.x86_64.rpm
+# (see docs/install.md); the binary inside reports the package version.
+package: $(NFPM)
+	$(MAKE) build VERSION=$(PKG_VERSION)
+	rm -rf $(PKG_BUILD) && mkdir -p $(PKG_BUILD)
+	cp $(BIN) $(PKG_BUILD)/ddraid
+	./$(BIN) config check --config packaging/ddraid.toml >/dev/null
+	./$(BIN) man --date=$(PKG_DATE) | gzip -9n > $(PKG_BUILD)/ddraid.1.gz
+	./$(BIN) completion bash > $(PKG_BUILD)/ddraid.bash
+	for p in postinstall preremove postremove; do \
+		sed "s/@PHASE@/$$p/" packaging/scripts/maintainer.sh > $(PKG_BUILD)/$$p.sh; done
+	printf 'ddraid (%s) unstable; urgency=medium\n\n  * Built from git commit %s.\n\n -- %s  %s\n' \
+		'$(PKG_VERSION)' "$$(git rev-parse HEAD)" \
+		'ddraid maintainers <maintainers@users.noreply.h-seed-43e9e68b.example>' \
+		"$$(git log -1 --format=%cD)" | gzip -9n > $(PKG_BUILD)/changelog.gz
+	PKG_VERSION=$(PKG_VERSION) $(NFPM) package --config packaging/nfpm.yaml \
+		--packager deb --target dist/ddraid_$(PKG_VERSION)_amd64.deb
+	PKG_VERSION=$(PKG_VERSION) $(NFPM) package --config packaging/nfpm.yaml \
+		--packager rpm --target dist/ddraid-$(PKG_VERSION).x86_64.rpm
+
+$(NFPM):
+	cd tools && CGO_ENABLED=0 $(GO) build -o ../$(NFPM) github.com/goreleaser/nfpm/v2/cmd/nfpm
+
+# packaging/ddraid.toml is `ddraid config default`; a test keeps them equal.
+packaging/ddraid.toml:
+	$(GO) run ./cmd/ddraid config default > $@
 
 # test-deps installs the Debian packages the tests need when a tool is missing.
 test-deps:
