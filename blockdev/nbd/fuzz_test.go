@@ -45,10 +45,12 @@ func fuzzServer(tb testing.TB, lb *logBuffer, tlsMode TLSMode) *Server {
 	if _, err := file.WriteAt(bytes.Repeat([]byte{1}, 8192), 64<<10); err != nil {
 		tb.Fatal(err)
 	}
+	member := &fakeMember{dev: blockdev.NewMem(1<<20, 512), dirty: []blockdev.Extent{{Length: 4096, Flags: StateDirty}}}
 	for _, e := range []Export{
 		{Name: "disk", Description: "fuzz disk", Device: blockdev.NewMem(1<<20, 512)},
 		{Name: "ro", Device: blockdev.NewMem(64<<10, 4096), ReadOnly: true},
 		{Name: "file", Device: file, TLSOnly: tlsMode != TLSOff},
+		{Name: "member", Device: member.dev, Member: member},
 	} {
 		if err := s.AddExport(e); err != nil {
 			tb.Fatal(err)
@@ -86,6 +88,16 @@ func FuzzHandshake(f *testing.F) {
 	// first); large real payloads would slow the fuzzer down.
 	f.Add(byte(0), seedOptions(fixed, optBytes(0xffffffff, nil)[:12], []byte{0, 1, 0, 0, 1, 2, 3}))
 	f.Add(byte(0), []byte("\x00\x00\x00\x03IHAVEOPT\x00\x00\x00\x07\xff\xff\xff\xff"))
+	// ddraid's private option and contexts.
+	w := Writer{Array: [16]byte{1}, Slot: 3, Epoch: 9, RegionSize: 64 << 10, DataOffset: 4096}
+	f.Add(byte(0), seedOptions(fixed, optBytes(OptWriter, marshalWriter("member", w)), optBytes(optGo, goData("member"))))
+	f.Add(byte(0), seedOptions(fixed, optBytes(OptWriter, marshalWriter("disk", w)), optBytes(OptWriter, marshalWriter("member", w)[:9]),
+		optBytes(OptWriter, marshalWriter("member", w)), optBytes(optGo, goData("disk"))))
+	f.Add(byte(0), seedOptions(fixed, optBytes(optStructuredReply, nil),
+		optBytes(optListMetaContext, metaData("member", "ddraid:dirty/3", "ddraid:")),
+		optBytes(optSetMetaContext, metaData("member", "base:allocation", "ddraid:dirty/3")), optBytes(optGo, goData("member"))))
+	f.Add(byte(1), seedOptions(fixed, optBytes(OptWriter, marshalWriter("member", w)), optBytes(optStartTLS, nil)))
+	f.Add(byte(0), seedOptions(fixed, optBytes(OptWriter, marshalWriter("member", w)), optBytes(optExportName, []byte("member"))))
 
 	lb := &logBuffer{}
 	servers := []*Server{fuzzServer(f, lb, TLSOff), fuzzServer(f, lb, TLSOptional), fuzzServer(f, lb, TLSRequired)}
@@ -98,6 +110,18 @@ func FuzzHandshake(f *testing.F) {
 			shutting: func() bool { return false },
 		}
 		n, err := h.run()
+		if err != nil {
+			h.dropSession()
+		}
+		if n.session != nil {
+			if n.exp.Member == nil {
+				t.Fatal("writer session on an export that is not a member export")
+			}
+			n.session.Close()
+		}
+		if err == nil && n.dirty >= 0 && (n.exp.Member == nil || !n.structured) {
+			t.Fatal("dirty context without a member export and structured replies")
+		}
 		if err == nil && n.exp == nil {
 			t.Fatal("handshake succeeded without an export")
 		}
@@ -131,9 +155,10 @@ func (c fuzzConn) SetReadDeadline(t time.Time) error  { return nil }
 func (c fuzzConn) SetWriteDeadline(t time.Time) error { return nil }
 
 // FuzzRequest feeds the request reader and executor arbitrary bytes after
-// a handshake. mode picks the export (bits 0-1: disk, ro, file), whether
-// block sizes were negotiated (bit 2), structured replies (bit 3) and
-// base:allocation (bit 4).
+// a handshake. mode picks the export (bits 0-1: disk, ro, file, member),
+// whether block sizes were negotiated (bit 2), structured replies (bit
+// 3), base:allocation (bit 4), a writer session on the member export (bit
+// 5) and its ddraid:dirty/3 context (bit 6).
 func FuzzRequest(f *testing.F) {
 	req := func(r Request, payload ...byte) []byte {
 		var h [requestHeaderLen]byte
@@ -151,6 +176,10 @@ func FuzzRequest(f *testing.F) {
 	f.Add(byte(0x0a), append(req(Request{Type: CmdRead, Flags: CmdFlagDF, Offset: 60 << 10, Length: 16 << 10}), req(Request{Type: CmdRead, Offset: 1000, Length: 64 << 10})...))
 	f.Add(byte(0x0e), req(Request{Type: CmdWriteZeroes, Flags: CmdFlagNoHole | CmdFlagFastZero, Offset: 4096, Length: 8192}))
 	f.Add(byte(0x08), req(Request{Type: CmdBlockStatus, Length: 512}))
+	f.Add(byte(0x23), append(req(Request{Type: CmdWrite, Offset: 4096, Length: 4}, 1, 2, 3, 4), req(Request{Type: CmdClear, Length: 1 << 20})...))
+	f.Add(byte(0x03), append(req(Request{Type: CmdWrite, Length: 2}, 1, 2), req(Request{Type: CmdClear, Offset: 512, Length: 512})...))
+	f.Add(byte(0x5b), append(req(Request{Type: CmdBlockStatus, Length: 1 << 20}), req(Request{Type: CmdBlockStatus, Flags: CmdFlagReqOne, Length: 8192})...))
+	f.Add(byte(0x4b), req(Request{Type: CmdBlockStatus, Offset: 1 << 19, Length: 4096}))
 
 	lb := &logBuffer{}
 	s := fuzzServer(f, lb, TLSOff)
@@ -172,6 +201,14 @@ func FuzzRequest(f *testing.F) {
 		c.strict = mode&4 != 0
 		c.structured = mode&8 != 0
 		c.blockStatus = c.structured && mode&16 != 0
+		if fm, ok := c.exp.Member.(*fakeMember); ok {
+			if mode&32 != 0 {
+				c.session = &fakeSession{f: fm}
+			}
+			if c.structured && mode&64 != 0 {
+				c.dirty = 3
+			}
+		}
 		c.readAll()
 		c.drain()
 		if strings.Contains(lb.String(), "panic") {
