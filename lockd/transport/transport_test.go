@@ -548,3 +548,28 @@ func TestReceiveChannel(t *testing.T) {
 	}
 	b.Close()
 }
+
+// BenchmarkRoundTrip measures one frame there and one back (a lock request
+// and its grant) between two transports on loopback, one at a time.
+func BenchmarkRoundTrip(b *testing.B) {
+	p := newPKI(b)
+	x, xin := p.start(b, "x", nil)
+	var y *Transport
+	y, _ = p.start(b, "y", func(c *Config) {
+		c.Handler = func(from lockd.NodeID, f []byte) {
+			if err := y.Send(from, f); err != nil {
+				b.Error(err)
+			}
+		}
+	})
+	connect(b, x, y)
+	frame := make([]byte, 64)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if err := x.Send("y", frame); err != nil {
+			b.Fatal(err)
+		}
+		xin.next(b)
+	}
+}
