@@ -573,3 +573,29 @@ func BenchmarkRoundTrip(b *testing.B) {
 		xin.next(b)
 	}
 }
+
+// TestPeerMoves: a peer that comes back on another address is reached
+// there once SetPeer says so; the old address is no longer dialled.
+func TestPeerMoves(t *testing.T) {
+	p := newPKI(t)
+	a, _ := p.start(t, "a", nil)
+	b1, b1in := p.start(t, "b", nil)
+	connect(t, a, b1)
+	if err := a.Send("b", []byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	if m := b1in.next(t); string(m.frame) != "one" {
+		t.Fatalf("got %q", m.frame)
+	}
+	b2, b2in := p.start(t, "b", nil)
+	if err := a.SetPeer("b", b2.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Send("b", []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	if m := b2in.next(t); string(m.frame) != "two" || m.from != "a" {
+		t.Fatalf("got %q from %s", m.frame, m.from)
+	}
+	b1in.empty(t)
+}
