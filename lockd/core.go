@@ -347,11 +347,7 @@ func (c *Core) retransmit() {
 		}
 	}
 	if r := c.rec; r != nil && c.phase == phaseRebuild {
-		for n, m := range r.outLocks {
-			if !r.acked[n] {
-				c.send(m)
-			}
-		}
+		c.resendLocks()
 		if r.built {
 			c.send(Message{Type: MsgRebuilt, To: r.ballot.Node, Ballot: r.ballot})
 		}
@@ -413,7 +409,7 @@ func (c *Core) maybeRecover(force bool) {
 	}
 	c.maxBallotN = max(c.maxBallotN, c.promised.N) + 1
 	k := &coordination{
-		ballot:  Ballot{N: c.maxBallotN, Node: c.cfg.ID},
+		ballot:  Ballot{N: c.maxBallotN, Node: c.cfg.ID, Inc: c.cfg.Incarnation},
 		view:    slices.Clone(c.localView),
 		acks:    map[NodeID]uint64{},
 		incs:    map[NodeID]uint64{},
@@ -536,6 +532,13 @@ func (c *Core) onJoin(m Message) {
 		if !slices.Contains(k.view, m.From) {
 			return
 		}
+		if k.ballot.Less(m.Ballot) {
+			// The member promised a newer ballot than ours: start over above it.
+			c.maxBallotN = max(c.maxBallotN, m.Ballot.N)
+			c.coord = nil
+			c.maybeRecover(true)
+			return
+		}
 		if !k.allAcked {
 			c.send(Message{Type: MsgStop, To: m.From, Ballot: k.ballot, View: k.view})
 		} else if k.rebuildSent {
@@ -606,15 +609,15 @@ func (c *Core) onStopAck(m Message) {
 // missed it), hand every lock and every old mastership to the new masters, drop master state.
 func (c *Core) onRebuild(m Message) {
 	r := c.rec
+	if m.Ballot.Less(c.promised) {
+		c.send(Message{Type: MsgNack, To: m.From, Ballot: c.promised})
+		return
+	}
 	if r == nil || m.Ballot != c.promised || c.phase == phaseNormal {
 		return
 	}
 	if c.phase == phaseRebuild {
-		for n, om := range r.outLocks {
-			if !r.acked[n] {
-				c.send(om)
-			}
-		}
+		c.resendLocks()
 		return
 	}
 	stale := c.knownEpoch() < m.Accepted
@@ -668,7 +671,7 @@ func (c *Core) onRebuild(m Message) {
 	for _, k := range keys {
 		res := c.masters[k]
 		mr := MasterRecord{Space: k.space, Resource: k.name, LVB: slices.Clone(res.lvb), LVBSeq: res.lvbSeq, LVBValid: res.lvbValid}
-		for _, lk := range res.granted {
+		for _, lk := range res.holders() {
 			if lk.gr >= PW {
 				mr.Big = append(mr.Big, lk.id)
 			}
@@ -680,6 +683,17 @@ func (c *Core) onRebuild(m Message) {
 	for _, n := range r.view {
 		r.outLocks[n] = *out[n]
 		c.send(*out[n])
+	}
+}
+
+// resendLocks re-sends our rebuild records to the members that have not confirmed them (in
+// view order: output order must not depend on map order).
+func (c *Core) resendLocks() {
+	r := c.rec
+	for _, n := range r.view {
+		if m, ok := r.outLocks[n]; ok && !r.acked[n] {
+			c.send(m)
+		}
 	}
 }
 
@@ -881,7 +895,7 @@ func (c *Core) finishRecovery() {
 		for _, ev := range res.out {
 			done[ev.lk] = true
 		}
-		for _, lk := range res.granted {
+		for _, lk := range res.holders() {
 			if !done[lk] {
 				res.tokSeq++
 				lk.token = Token{Epoch: c.epoch, Seq: res.tokSeq}

@@ -60,18 +60,23 @@ func (o Op) String() string {
 	return fmt.Sprintf("Op(%d)", uint8(o))
 }
 
-// Ballot numbers a recovery attempt; higher ballots win. Ties break on the node.
+// Ballot numbers a recovery attempt; higher ballots win. Ties break on the node, then on its
+// incarnation, so that a restarted coordinator never reuses a ballot of its earlier life.
 type Ballot struct {
 	N    uint64
 	Node NodeID
+	Inc  uint64
 }
 
 // Less orders ballots.
 func (b Ballot) Less(c Ballot) bool {
-	if b.N != c.N {
+	switch {
+	case b.N != c.N:
 		return b.N < c.N
+	case b.Node != c.Node:
+		return b.Node < c.Node
 	}
-	return b.Node < c.Node
+	return b.Inc < c.Inc
 }
 
 func (b Ballot) String() string { return fmt.Sprintf("%d/%s", b.N, b.Node) }
@@ -183,6 +188,7 @@ func (m *Message) Marshal() []byte {
 	e.u(m.Accepted)
 	e.u(m.Ballot.N)
 	e.s(string(m.Ballot.Node))
+	e.u(m.Ballot.Inc)
 	e.u(uint64(len(m.View)))
 	for _, n := range m.View {
 		e.s(string(n))
@@ -338,6 +344,7 @@ func UnmarshalMessage(b []byte) (Message, error) {
 	m.Accepted = d.u()
 	m.Ballot.N = d.u()
 	m.Ballot.Node = NodeID(d.s())
+	m.Ballot.Inc = d.u()
 	if n := d.count(1); n > 0 {
 		m.View = make([]NodeID, n)
 		for i := range m.View {

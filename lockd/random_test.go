@@ -289,7 +289,10 @@ func runRandom(t testing.TB, seed uint64, nodes int, steps int) {
 		s.collect()
 		r.checkHolders()
 		if err := s.checkInvariants(); err != nil {
-			t.Fatalf("seed %d, %d nodes, step %d: %v", seed, nodes, r.step, err)
+			for _, n := range s.live() {
+				t.Logf("%s locks: %+v", n, s.cores[n].Locks())
+			}
+			t.Fatalf("seed %d, %d nodes, step %d: %v\n%s", seed, nodes, r.step, err, s.dump(nil))
 		}
 	}
 	// Heal everything: the cluster must converge to one epoch with every node normal.
@@ -322,6 +325,10 @@ func runRandom(t testing.TB, seed uint64, nodes int, steps int) {
 		}
 	}
 	if !converged {
+		for _, n := range s.voters {
+			c := s.cores[n]
+			t.Logf("%s: promised=%v accepted=%d localView=%v coord=%+v rec=%+v", n, c.promised, c.accepted, c.localView, c.coord, c.rec)
+		}
 		t.Fatalf("seed %d, %d nodes: no convergence after healing:\n%s", seed, nodes, s.dump(nil))
 	}
 	// Close open acquires: an acquire still pending never returned; leave it out (its effect,

@@ -1,6 +1,9 @@
 package lockd
 
-import "bytes"
+import (
+	"bytes"
+	"slices"
+)
 
 // This file is the master side of one resource: the three DLM queues and their grant rules.
 // It knows nothing of nodes or messages; it appends events that the core turns into replies
@@ -93,11 +96,20 @@ func (r *resource) unqueue(lk *lkb) {
 	lk.queue = qNone
 }
 
-// conflictsGranted reports whether mode m conflicts with a granted lock other than lk.
+// holders are the locks that hold a granted mode: the granted queue and the convert queue
+// (a converting lock keeps its granted mode until the conversion is granted).
+func (r *resource) holders() []*lkb {
+	return append(slices.Clone(r.granted), r.converting...)
+}
+
+// conflictsGranted reports whether mode m conflicts with the granted mode of a lock other
+// than lk.
 func (r *resource) conflictsGranted(lk *lkb, m Mode) bool {
-	for _, g := range r.granted {
-		if g != lk && !Compatible(g.gr, m) {
-			return true
+	for _, q := range [][]*lkb{r.granted, r.converting} {
+		for _, g := range q {
+			if g != lk && !Compatible(g.gr, m) {
+				return true
+			}
 		}
 	}
 	return false
@@ -292,7 +304,7 @@ func (r *resource) grantPending() {
 func (r *resource) sendBlocking() {
 	for _, q := range [][]*lkb{r.converting, r.waiting} {
 		for _, b := range q {
-			for _, g := range r.granted {
+			for _, g := range r.holders() {
 				if g == b || g.flags&Blocking == 0 || Compatible(g.gr, b.rq) {
 					continue
 				}
