@@ -407,3 +407,90 @@ func TestShutdown(t *testing.T) {
 		})
 	}
 }
+
+// onClearLog records Config.OnClear calls.
+type onClearLog struct {
+	mu    sync.Mutex
+	calls [][]uint64
+}
+
+func (l *onClearLog) record(rs []uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.calls = append(l.calls, slices.Clone(rs))
+}
+
+func (l *onClearLog) get() [][]uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.calls)
+}
+
+// TestManualClear: with ManualClear no clearer runs, so marks stay however
+// long a region is idle, and go only through ClearRegions, which reports
+// them to OnClear.
+func TestManualClear(t *testing.T) {
+	var log onClearLog
+	h := newHarness(t, withConfig(func(c *Config) { c.ManualClear, c.OnClear = true, log.record }))
+	h.clk.mu.Lock()
+	tickers := len(h.clk.tickers)
+	h.clk.mu.Unlock()
+	if tickers != 0 {
+		t.Fatalf("%d tickers with ManualClear, want none (no clearer)", tickers)
+	}
+	h.write(rs64k, 10)
+	h.write(3*rs64k, 10)
+	h.clk.Advance(100 * h.cfg.ClearDelay)
+	if got := h.stored(); !slices.Equal(got, regions(1, 3)) {
+		t.Fatalf("store holds %v, want [1 3]", got)
+	}
+	if err := h.b.ClearRegions(regions(3)); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.stored(); !slices.Equal(got, regions(1)) {
+		t.Fatalf("store holds %v after ClearRegions([3]), want [1]", got)
+	}
+	checkFlushBeforeClears(t, h.takeEvents())
+	if got := log.get(); len(got) != 1 || !slices.Equal(got[0], regions(3)) {
+		t.Fatalf("OnClear calls %v, want [[3]]", got)
+	}
+}
+
+// TestOnClear: the lazy clearer and Shutdown report what they cleared,
+// after the store commit; failed clears report nothing.
+func TestOnClear(t *testing.T) {
+	var log onClearLog
+	var h *harness
+	h = newHarness(t, withConfig(func(c *Config) {
+		c.OnClear = func(rs []uint64) {
+			for _, r := range rs {
+				if h.isSynced(r) {
+					t.Errorf("OnClear(%v) before the clear of %d was synced", rs, r)
+				}
+			}
+			log.record(rs)
+		}
+	}))
+	h.write(0, 2*rs64k)
+	h.idle()
+	if got := log.get(); len(got) != 1 || !slices.Equal(got[0], regions(0, 1)) {
+		t.Fatalf("OnClear calls %v after the lazy clear, want [[0 1]]", got)
+	}
+	h.mu.Lock()
+	h.flushErr = errors.New("flush failed")
+	h.mu.Unlock()
+	h.write(4*rs64k, 1)
+	h.idle()
+	if got := log.get(); len(got) != 1 {
+		t.Fatalf("OnClear called after a failed clear: %v", got)
+	}
+	h.mu.Lock()
+	h.flushErr = nil
+	h.mu.Unlock()
+	if err := h.b.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	if got := log.get(); len(got) != 2 || !slices.Equal(got[1], regions(4)) {
+		t.Fatalf("OnClear calls %v after Shutdown, want a second call [4]", got)
+	}
+}

@@ -52,8 +52,12 @@ type Control struct {
 }
 
 // ListenControl serves h's control API on a unix socket at path (a stale
-// socket file is replaced).
+// socket file is replaced). log receives HTTP server errors (nil: the
+// host's logger).
 func ListenControl(path string, h *Host, log *slog.Logger) (*Control, error) {
+	if log == nil {
+		log = h.log
+	}
 	os.Remove(path)
 	ln, err := net.Listen("unix", path)
 	if err != nil {
