@@ -89,6 +89,8 @@ preremove:remove)
 		systemctl stop 'ddraid-serve@*.service' ddraid.service || true
 		systemctl disable ddraid.service >/dev/null 2>&1 || true
 		say "stopped the ddraid units"
+	else
+		say "systemd is not running here: no units to stop"
 	fi
 	;;
 postremove:remove)
