@@ -8,7 +8,8 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 # Debian packages the tests drive (real NBD clients, fault injection, FUSE).
 TEST_TOOLS := nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin \
 	nbdsh:python3-libnbd qemu-io:qemu-utils qemu-img:qemu-utils fio:fio fusermount3:fuse3 \
-	mkfs.ext4:e2fsprogs e2fsck:e2fsprogs qemu-nbd:qemu-utils
+	mkfs.ext4:e2fsprogs e2fsck:e2fsprogs qemu-nbd:qemu-utils \
+	rpm:rpm lintian:lintian systemd-analyze:systemd dpkg-deb:dpkg
 FUZZTIME ?= 60s
 # Packages (make package): nfpm comes from the tools module (tools/go.mod),
 # built once into bin/nfpm.
@@ -31,7 +32,7 @@ demo: build
 # (see docs/install.md); the binary inside reports the package version.
 package: $(NFPM)
 	$(MAKE) build VERSION=$(PKG_VERSION)
-	rm -rf $(PKG_BUILD) && mkdir -p $(PKG_BUILD)
+	rm -rf $(PKG_BUILD) dist/ddraid_*_amd64.deb dist/ddraid-*.x86_64.rpm && mkdir -p $(PKG_BUILD)
 	cp $(BIN) $(PKG_BUILD)/ddraid
 	./$(BIN) config check --config packaging/ddraid.toml >/dev/null
 	./$(BIN) man --date=$(PKG_DATE) | gzip -9n > $(PKG_BUILD)/ddraid.1.gz
@@ -100,6 +101,7 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./blockdev/nbd/ || exit 1; done
 	$(GO) test -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME) ./raid/meta/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseSize$$' -fuzztime $(FUZZTIME) ./internal/units/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/config/
 	@for t in FuzzDecodeKey FuzzCheckWAL; do \
 		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./bitmap/ || exit 1; done
 
