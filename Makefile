@@ -9,7 +9,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 TEST_TOOLS := nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin \
 	nbdsh:python3-libnbd qemu-io:qemu-utils qemu-img:qemu-utils fio:fio fusermount3:fuse3 \
 	mkfs.ext4:e2fsprogs e2fsck:e2fsprogs qemu-nbd:qemu-utils \
-	rpm:rpm lintian:lintian systemd-analyze:systemd dpkg-deb:dpkg
+	rpm:rpm lintian:lintian systemd-analyze:systemd dpkg-deb:dpkg man:man-db
 FUZZTIME ?= 60s
 # Packages (make package): nfpm comes from the tools module (tools/go.mod),
 # built once into bin/nfpm.
