@@ -6,9 +6,21 @@
 //	nbd+unix:///EXPORT?socket=/PATH      unix socket (absolute path)
 //
 // The export is just a disk: ddraid writes its member header at offset 0
-// like on any member, so the wrong-disk checks apply unchanged. The nbds://
-// and nbds+unix:// forms parse, and Config.TLS is the hook for them, but
-// Open refuses both until the NBD client negotiates NBD_OPT_STARTTLS.
+// like on any member, so the wrong-disk checks apply unchanged. With
+// Config.TLS every connection is upgraded with NBD_OPT_STARTTLS (mutual
+// TLS when it carries a client certificate); nbds:// and nbds+unix://
+// need it.
+//
+// # Writer identity and fencing
+//
+// Members hosted by a ddraid agent (raid's HOST:/PATH members) set
+// Config.Writer: every connection, the first and each reconnect, sends it
+// with NBD_OPT_DDRAID_WRITER, so the agent marks regions for the writer's
+// slot and can fence it. A fenced writer gets ErrFenced: at Open, as the
+// answer to a write-type request (reads still work), or when a reconnect
+// is refused, which fails the Device at once with ErrFenced instead of
+// retrying until FailAfter (ErrUnreachable would fail the member; a fence
+// must never do that). Clear forwards the array's bitmap clears.
 //
 // # Requests
 //

@@ -1,0 +1,235 @@
+package array
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ddraid/ddraid/blockdev"
+	"github.com/ddraid/ddraid/blockdev/member"
+	"github.com/ddraid/ddraid/blockdev/nbd"
+	"github.com/ddraid/ddraid/blockdev/remote"
+	"github.com/ddraid/ddraid/raid"
+	"github.com/ddraid/ddraid/raid/meta"
+)
+
+// agentHost is an in-process member host (what `ddraid agent` runs)
+// serving disk files over TCP on loopback until the test ends.
+type agentHost struct {
+	host  *member.Host
+	disks []*member.Disk
+	addr  string
+}
+
+func startAgentHost(t *testing.T, dir string, n int, size int64) *agentHost {
+	t.Helper()
+	quiet := slog.New(slog.DiscardHandler)
+	h, err := member.Open(member.Config{StateDir: filepath.Join(dir, "agent"), Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := nbd.DefaultConfig()
+	cfg.Logger = quiet
+	srv, err := nbd.NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ah := &agentHost{host: h}
+	for i := range n {
+		p := filepath.Join(dir, fmt.Sprintf("disk%d", i))
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(p, size); err != nil {
+			t.Fatal(err)
+		}
+		d, err := h.AddDisk(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.AddExport(nbd.Export{Name: d.Path(), Device: d.Device(), Member: d}); err != nil {
+			t.Fatal(err)
+		}
+		ah.disks = append(ah.disks, d)
+	}
+	l, err := nbd.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ah.addr = l.Addr().String()
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(l) }()
+	t.Cleanup(func() {
+		srv.Shutdown(context.Background())
+		<-done
+		h.Close()
+	})
+	return ah
+}
+
+// members returns the disks as agent members, HOST:PORT:/PATH.
+func (ah *agentHost) members() []string {
+	var out []string
+	for _, d := range ah.disks {
+		out = append(out, ah.addr+":"+d.Path())
+	}
+	return out
+}
+
+// marked returns how many bytes of disk i are marked for slot 0.
+func (ah *agentHost) marked(t *testing.T, i int) int64 {
+	t.Helper()
+	d := ah.disks[i]
+	ext, err := d.Dirty(0, 0, d.Device().Size(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, e := range ext {
+		if e.Flags&nbd.StateDirty != 0 {
+			n += e.Length
+		}
+	}
+	return n
+}
+
+func fileBytes(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestAgentMembers: a raid35 array of three agent members. Writes mark
+// their regions at the member host before they land; the array's lazy
+// clear is forwarded to the host. A fence at the host stops the array's
+// IO (EIO, status "fenced") without failing any member or writing
+// anything more; the writer rejoins with a newer epoch, and an older one
+// cannot even assemble.
+func TestAgentMembers(t *testing.T) {
+	dir := t.TempDir()
+	ah := startAgentHost(t, dir, 3, 8<<20)
+	stateDir := filepath.Join(dir, "state")
+	var sb *meta.Array
+	err := meta.View(stateDir, func(s *meta.Store) error {
+		var err error
+		sb, err = raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: ah.members(), RegionSize: 128 << 10, AssumeClean: true})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &logSink{}
+	open := func(epoch uint64, clearDelay time.Duration) (*Array, error) {
+		return Open(Options{StateDir: stateDir, Name: "a", Throttle: unthrottled, ClearDelay: clearDelay,
+			Logger: slog.New(log), Writer: raid.Writer{Epoch: epoch}, Remote: remote.Config{Logger: slog.New(log)}})
+	}
+	a, err := open(0, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte{0x3c}, 256<<10)
+	if _, err := a.Device().WriteAt(data, 512<<10); err != nil {
+		t.Fatal(err)
+	}
+	// Array regions 4 and 5 (128 KiB each) are member regions 4 and 5
+	// (64 KiB each) on every member.
+	for i := range 3 {
+		if n := ah.marked(t, i); n != 128<<10 {
+			t.Fatalf("member %d: %d bytes marked, want 128 KiB", i, n)
+		}
+	}
+	// A clean stop clears the array's bitmap and forwards the clears.
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if n := ah.marked(t, i); n != 0 {
+			t.Fatalf("member %d: %d bytes still marked after a clean stop", i, n)
+		}
+	}
+	// The lazy clearer forwards too.
+	a, err = open(0, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := a.Device()
+	if _, err := dev.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the member hosts' marks to be cleared", func() bool {
+		return ah.marked(t, 0)+ah.marked(t, 1)+ah.marked(t, 2) == 0
+	})
+
+	// Fenced.
+	if err := ah.host.Fence(sb.UUID, 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	before := [][]byte{fileBytes(t, ah.disks[0].Path()), fileBytes(t, ah.disks[1].Path()), fileBytes(t, ah.disks[2].Path())}
+	_, werr := dev.WriteAt(bytes.Repeat([]byte{0x77}, 4096), 0)
+	if !errors.Is(werr, syscall.EIO) || !a.Fenced() {
+		t.Fatalf("write after a fence = %v (fenced %v), want EIO and the array fenced", werr, a.Fenced())
+	}
+	if _, err := dev.ReadAt(make([]byte, 4096), 0); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read of a fenced array = %v, want EIO", err)
+	}
+	st := a.Status()
+	if st.State != "fenced" || !st.Fenced {
+		t.Fatalf("status %s fenced=%v, want fenced", st.State, st.Fenced)
+	}
+	for i := range 3 {
+		if !bytes.Equal(fileBytes(t, ah.disks[i].Path()), before[i]) {
+			t.Fatalf("disk %d changed after the fence", i)
+		}
+	}
+	a.Close()
+	for i, m := range stored(t, stateDir).Members {
+		if m.State != meta.StateActive {
+			t.Fatalf("member %d is %s after a fence; a fence is not a member failure", i, m.State)
+		}
+	}
+
+	// The old epoch cannot come back; a newer one works.
+	if _, err := open(0, time.Hour); !errors.Is(err, remote.ErrFenced) {
+		t.Fatalf("assembly with a fenced epoch = %v, want ErrFenced", err)
+	}
+	a, err = open(1, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(data))
+	if _, err := a.Device().ReadAt(got, 512<<10); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("data after rejoining: %v", err)
+	}
+	if _, err := a.Device().WriteAt(data[:4096], 0); err != nil {
+		t.Fatalf("write with the new epoch: %v", err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func stored(t *testing.T, stateDir string) *meta.Array {
+	t.Helper()
+	var sb *meta.Array
+	if err := meta.View(stateDir, func(s *meta.Store) error {
+		var err error
+		sb, err = s.Get("a")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return sb
+}
+
+var _ blockdev.Device = (*frontGate)(nil)
+var _ raid.MemberClearer = (*fenceGuard)(nil)
