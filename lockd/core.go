@@ -155,7 +155,8 @@ type coordination struct {
 	incs        map[NodeID]uint64
 	allAckedAt  uint64
 	allAcked    bool
-	prevEpoch   uint64
+	prevEpoch   uint64 // the newest rebuild any member took part in: (prevEpoch, prevBy)
+	prevBy      Ballot
 	epoch       uint64
 	rebuildSent bool
 	rebuilt     map[NodeID]bool
@@ -172,7 +173,8 @@ type Core struct {
 	localView  []NodeID // latest member list from outside
 	view       []NodeID // agreed member list of epoch
 	epoch      uint64
-	accepted   uint64 // highest epoch whose rebuild this node took part in
+	accepted   uint64 // epoch of the last rebuild this node took part in
+	acceptedBy Ballot // the ballot of that rebuild: (accepted, acceptedBy) orders rebuilds
 	phase      phase
 	promised   Ballot
 	maxBallotN uint64
@@ -249,6 +251,15 @@ func (c *Core) Advance() { c.ready = Ready{} }
 
 func (c *Core) knownEpoch() uint64 { return max(c.epoch, c.accepted) }
 
+// acceptedLess orders rebuilds: by epoch, then by ballot. Two ballots can pick the same epoch
+// number; only the higher of them can complete.
+func acceptedLess(e1 uint64, b1 Ballot, e2 uint64, b2 Ballot) bool {
+	if e1 != e2 {
+		return e1 < e2
+	}
+	return b1.Less(b2)
+}
+
 func (c *Core) workingView() []NodeID {
 	switch c.phase {
 	case phaseNormal:
@@ -321,7 +332,7 @@ func (c *Core) Tick() {
 	if c.tick%uint64(c.cfg.HeartbeatTicks) == 0 {
 		for _, v := range c.cfg.Voters {
 			if v != c.cfg.ID {
-				c.send(Message{Type: MsgHeartbeat, To: v, Tick: c.tick, Epoch: c.epoch, Accepted: c.knownEpoch(), Normal: c.phase == phaseNormal})
+				c.send(Message{Type: MsgHeartbeat, To: v, Tick: c.tick, Epoch: c.epoch, Accepted: c.accepted, AccBy: c.acceptedBy, Normal: c.phase == phaseNormal})
 			}
 		}
 	}
@@ -423,7 +434,7 @@ func (c *Core) maybeRecover(force bool) {
 
 func (c *Core) rebuildMsg(to NodeID) Message {
 	k := c.coord
-	return Message{Type: MsgRebuild, To: to, Ballot: k.ballot, Epoch: k.epoch, Accepted: k.prevEpoch, View: k.view}
+	return Message{Type: MsgRebuild, To: to, Ballot: k.ballot, Epoch: k.epoch, Accepted: k.prevEpoch, AccBy: k.prevBy, View: k.view}
 }
 
 // coordProgress sends Rebuild once every member stopped and, if the view leaves out any
@@ -514,7 +525,9 @@ func (c *Core) onHeartbeat(m Message) {
 	if m.Normal {
 		c.catchUp(m)
 	}
-	if slices.Contains(c.workingView(), m.From) && m.Accepted >= c.knownEpoch() {
+	// Answer only members of our view that know every rebuild we know: a node purged by an
+	// epoch it missed must not regain a lease before it has caught up.
+	if slices.Contains(c.workingView(), m.From) && !acceptedLess(m.Accepted, m.AccBy, c.accepted, c.acceptedBy) {
 		c.send(Message{Type: MsgHeartbeatAck, To: m.From, Tick: m.Tick, Epoch: c.epoch})
 	}
 	if c.phase == phaseNormal && m.Normal && m.Epoch > c.epoch && slices.Contains(c.view, m.From) {
@@ -583,7 +596,7 @@ func (c *Core) onStop(m Message) {
 			c.coord = nil
 		}
 	}
-	c.send(Message{Type: MsgStopAck, To: m.From, Ballot: m.Ballot, Accepted: c.knownEpoch()})
+	c.send(Message{Type: MsgStopAck, To: m.From, Ballot: m.Ballot, Accepted: c.accepted, AccBy: c.acceptedBy})
 }
 
 func (c *Core) onStopAck(m Message) {
@@ -593,14 +606,14 @@ func (c *Core) onStopAck(m Message) {
 	}
 	k.acks[m.From] = m.Accepted
 	k.incs[m.From] = m.Inc
+	if acceptedLess(k.prevEpoch, k.prevBy, m.Accepted, m.AccBy) {
+		k.prevEpoch, k.prevBy = m.Accepted, m.AccBy
+	}
 	if k.allAcked || len(k.acks) < len(k.view) {
 		return
 	}
 	k.allAcked = true
 	k.allAckedAt = c.tick
-	for _, a := range k.acks {
-		k.prevEpoch = max(k.prevEpoch, a)
-	}
 	k.epoch = k.prevEpoch + 1
 	c.coordProgress()
 }
@@ -620,8 +633,9 @@ func (c *Core) onRebuild(m Message) {
 		c.resendLocks()
 		return
 	}
-	stale := c.knownEpoch() < m.Accepted
-	c.accepted = m.Epoch
+	// Stale: a newer rebuild than our last one happened without us; it purged our grants.
+	stale := acceptedLess(c.accepted, c.acceptedBy, m.Accepted, m.AccBy)
+	c.accepted, c.acceptedBy = m.Epoch, m.Ballot
 	r.epoch = m.Epoch
 	c.phase = phaseRebuild
 	if stale {
@@ -813,6 +827,7 @@ func rebuildResource(k resKey, epoch uint64, rs []LockRecord, ms []MasterRecord)
 			res.lvbSeq, res.lvbValid = high.LVBSeq, false // only NL/CR left
 		}
 	}
+	downs := map[*lkb]bool{}
 	for _, x := range rs {
 		lk := &lkb{id: x.Lock, gr: x.Granted, rq: noMode, flags: x.Flags, seq: x.Seq, bast: noMode, cancel: x.Cancel}
 		res.locks[lk.id] = lk
@@ -830,6 +845,18 @@ func rebuildResource(k resKey, epoch uint64, rs []LockRecord, ms []MasterRecord)
 			res.waiting = append(res.waiting, lk)
 		case OpConvert:
 			lk.rq, lk.wlvb = x.Mode, x.Write
+			switch {
+			case weaker(x.Mode, x.Granted):
+				// A down-conversion is granted at once, so the old master may have granted
+				// it and then granted others on the strength of it: it stays granted (below).
+				downs[lk] = true
+				continue
+			case !weaker(x.Granted, x.Mode):
+				// Sideways (PR <-> CW): the old master may have granted either side's
+				// neighbours. Hold nothing (NL) until the conversion is granted; a cancel
+				// cannot restore the old mode safely, so it is dropped.
+				lk.gr, lk.cancel = NL, false
+			}
 			res.unqueue(lk)
 			lk.queue = qConverting
 			res.converting = append(res.converting, lk)
@@ -840,6 +867,8 @@ func rebuildResource(k resKey, epoch uint64, rs []LockRecord, ms []MasterRecord)
 	for _, x := range rs {
 		lk := res.locks[x.Lock]
 		switch {
+		case downs[lk]:
+			res.grant(lk, OpConvert)
 		case x.Op == OpUnlock && lk.gr.Valid():
 			res.unlock(lk, x.Flags, lk.wlvb)
 		case x.Op == OpUnlock:

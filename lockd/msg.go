@@ -122,7 +122,8 @@ type Message struct {
 	From, To NodeID
 	Inc      uint64 // sender's incarnation
 	Epoch    uint64 // sender's epoch (lock traffic: the epoch it belongs to)
-	Accepted uint64 // sender's accepted epoch (heartbeats, acks)
+	Accepted uint64 // sender's accepted epoch (heartbeats, acks); Rebuild: the previous epoch
+	AccBy    Ballot // the ballot that decided Accepted (epoch numbers alone can repeat)
 	Ballot   Ballot
 	View     []NodeID
 	Tick     uint64 // heartbeat: the sender's tick, echoed by the ack
@@ -175,6 +176,7 @@ func (e *enc) bo(v bool) {
 		e.u(0)
 	}
 }
+func (e *enc) ballot(b Ballot) { e.u(b.N); e.s(string(b.Node)); e.u(b.Inc) }
 func (e *enc) id(l LockID) { e.s(string(l.Node)); e.u(l.Inc); e.u(l.ID) }
 
 // Marshal encodes m compactly (a version byte, then varints and length-prefixed strings).
@@ -186,9 +188,8 @@ func (m *Message) Marshal() []byte {
 	e.u(m.Inc)
 	e.u(m.Epoch)
 	e.u(m.Accepted)
-	e.u(m.Ballot.N)
-	e.s(string(m.Ballot.Node))
-	e.u(m.Ballot.Inc)
+	e.ballot(m.Ballot)
+	e.ballot(m.AccBy)
 	e.u(uint64(len(m.View)))
 	for _, n := range m.View {
 		e.s(string(n))
@@ -304,6 +305,10 @@ func (d *dec) bs() []byte {
 
 func (d *dec) bo() bool { return d.small(1, "bool") == 1 }
 
+func (d *dec) ballot() Ballot {
+	return Ballot{N: d.u(), Node: NodeID(d.s()), Inc: d.u()}
+}
+
 func (d *dec) id() LockID {
 	return LockID{Node: NodeID(d.s()), Inc: d.u(), ID: d.u()}
 }
@@ -342,9 +347,8 @@ func UnmarshalMessage(b []byte) (Message, error) {
 	m.Inc = d.u()
 	m.Epoch = d.u()
 	m.Accepted = d.u()
-	m.Ballot.N = d.u()
-	m.Ballot.Node = NodeID(d.s())
-	m.Ballot.Inc = d.u()
+	m.Ballot = d.ballot()
+	m.AccBy = d.ballot()
 	if n := d.count(1); n > 0 {
 		m.View = make([]NodeID, n)
 		for i := range m.View {

@@ -313,7 +313,11 @@ func runRandom(t testing.TB, seed uint64, nodes int, steps int) {
 		s.collect()
 		r.checkHolders()
 		if err := s.checkInvariants(); err != nil {
-			t.Fatalf("seed %d, %d nodes, settling: %v", seed, nodes, err)
+			for _, n := range s.live() {
+				c := s.cores[n]
+				t.Logf("%s: phase=%v epoch=%d promised=%v accepted=%d localView=%v view=%v locks=%+v", n, c.phase, c.epoch, c.promised, c.accepted, c.localView, c.view, c.Locks())
+			}
+			t.Fatalf("seed %d, %d nodes, settling: %v\n%s", seed, nodes, err, s.dump(nil))
 		}
 		converged = true
 		e := s.cores[s.voters[0]].Epoch()

@@ -96,6 +96,17 @@ func (r *resource) unqueue(lk *lkb) {
 	lk.queue = qNone
 }
 
+// weaker reports whether mode a conflicts with no mode that b does not conflict with (a
+// conversion from b to a is a down-conversion, always grantable at once).
+func weaker(a, b Mode) bool {
+	for x := range numModes {
+		if !Compatible(a, x) && Compatible(b, x) {
+			return false
+		}
+	}
+	return true
+}
+
 // holders are the locks that hold a granted mode: the granted queue and the convert queue
 // (a converting lock keeps its granted mode until the conversion is granted).
 func (r *resource) holders() []*lkb {
@@ -177,6 +188,9 @@ func (r *resource) writeLVB(old Mode, flags Flags, w []byte) {
 }
 
 func (r *resource) grant(lk *lkb, op Op) {
+	if !lk.rq.Valid() {
+		panic("lockd: grant without a requested mode") // broken internal invariant
+	}
 	old := lk.gr
 	r.unqueue(lk)
 	if lk.rq < old {

@@ -269,15 +269,6 @@ func effectiveMode(li LockInfo) Mode {
 	return NL
 }
 
-// weaker reports whether a conflicts with no mode that b does not conflict with.
-func weaker(a, b Mode) bool {
-	for x := range numModes {
-		if !Compatible(a, x) && Compatible(b, x) {
-			return false
-		}
-	}
-	return true
-}
 
 // dump prints cluster state for transcripts.
 func (s *sim) dump(names map[NodeID]map[uint64]string) string {
