@@ -195,7 +195,7 @@ func TestParse(t *testing.T) {
 func TestPrecedence(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "ddraid.toml")
-	if err := os.WriteFile(file, []byte("state-dir = \"/from/file\"\n[serve]\nlisten = [\"file:1\", \"file:2\"]\nmax-conns = 7\nshutdown-wait = \"1m\"\n"), 0o600); err != nil {
+	if err := os.WriteFile(file, []byte("state-dir = \"/from/file\"\n[serve]\nlisten = [\"file:1\", \"file:2\"]\nmax-conns = 7\nshutdown-wait = \"1m\"\nread-only = true\nmax-payload = \"1MiB\"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cases := []struct {
@@ -227,6 +227,9 @@ func TestPrecedence(t *testing.T) {
 			k := newTestParser(t, &cli)
 			if _, err := k.Parse(append([]string{"--config=" + file, "serve"}, c.args...)); err != nil {
 				t.Fatal(err)
+			}
+			if !cli.Serve.ReadOnly || cli.Serve.MaxPayload != 1<<20 {
+				t.Fatalf("read-only %v max-payload %d from the file", cli.Serve.ReadOnly, cli.Serve.MaxPayload)
 			}
 			if cli.StateDir != c.stateDir || !slices.Equal(cli.Serve.Listen, c.listen) || cli.Serve.MaxConns != c.maxConns ||
 				cli.Serve.ShutdownWait != c.wait || cli.Serve.TLS != c.tlsOption {
