@@ -436,10 +436,17 @@ func Load(app *kong.Application, path string, required bool) (Values, error) {
 		return nil, fmt.Errorf("configuration file: %w", err)
 	}
 	vals, errs := Parse(app, path, data)
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	switch len(errs) {
+	case 0:
+		return vals, nil
+	case 1:
+		return nil, errs[0]
 	}
-	return vals, nil
+	lines := make([]string, len(errs))
+	for i, e := range errs {
+		lines[i] = "  " + e.Error()
+	}
+	return nil, fmt.Errorf("%d errors in %s (ddraid config check lists them too):\n%s", len(errs), path, strings.Join(lines, "\n"))
 }
 
 // Resolver applies the values of a file to the flags not given on the

@@ -252,6 +252,10 @@ func TestFileFlag(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("[serve]\nlisten-on = 1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	bad2 := filepath.Join(dir, "bad2.toml")
+	if err := os.WriteFile(bad2, []byte("x = 1\ny = 2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name     string
 		args     []string
@@ -266,6 +270,7 @@ func TestFileFlag(t *testing.T) {
 		{name: "missing given file", args: []string{"--config", missing, "check", "a"}, err: "missing.toml: no such file"},
 		{name: "missing file from the environment", args: []string{"check", "a"}, env: map[string]string{"DDRAID_CONFIG": missing}, err: "no such file"},
 		{name: "unknown key fails any command", args: []string{"--config", bad, "check", "a"}, err: `bad.toml:2: "serve.listen-on": unknown key`},
+		{name: "several errors listed", args: []string{"--config", bad2, "check", "a"}, err: "2 errors in " + bad2 + " (ddraid config check lists them too):\n  " + bad2 + `:1: "x": unknown key` + "\n  " + bad2 + `:2: "y": unknown key`},
 		{name: "noconfig command ignores a broken file", args: []string{"--config", bad, "config", "check"}, stateDir: "/var/lib/ddraid"},
 	}
 	for _, c := range cases {
