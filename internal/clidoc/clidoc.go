@@ -41,6 +41,9 @@ func Man(app *kong.Application, o ManOptions) []byte {
 	name := app.Name
 	fmt.Fprintf(&b, ".TH %s %s %s %s %s\n", quoteArg(strings.ToUpper(name)), quoteArg(o.Section),
 		quoteArg(o.Date), quoteArg(o.Version), quoteArg(o.Manual))
+	// No hyphenation, ragged right: option names, variables and keys
+	// must not be split or stretched.
+	b.WriteString(".nh\n.ad l\n")
 	b.WriteString(".SH NAME\n")
 	fmt.Fprintf(&b, "%s \\- %s\n", escape(name), escape(o.Summary))
 

@@ -80,7 +80,7 @@ func TestMan(t *testing.T) {
 		Extra: []ManSection{{Title: "FILES", Paragraphs: []string{"/etc/ddraid/ddraid.toml", "  [serve]\n  listen = 1"}}},
 	}))
 	for _, want := range []string{
-		`.TH "DDRAID" "1" "2026-11-21" "ddraid 1.0" "User Commands"` + "\n",
+		`.TH "DDRAID" "1" "2026-11-21" "ddraid 1.0" "User Commands"` + "\n.nh\n.ad l\n",
 		".SH NAME\nddraid \\- cluster RAID\n",
 		".SH GLOBAL OPTIONS\n",
 		"\\fB\\-\\-state\\-dir\\fR=\\fIDIR\\fR\nState directory. Default: /var/lib/ddraid. Environment: DDRAID_STATE_DIR.\n",
