@@ -527,7 +527,9 @@ func (c *Core) onHeartbeat(m Message) {
 	}
 	// Answer only members of our view that know every rebuild we know: a node purged by an
 	// epoch it missed must not regain a lease before it has caught up.
-	if slices.Contains(c.workingView(), m.From) && !acceptedLess(m.Accepted, m.AccBy, c.accepted, c.acceptedBy) {
+	// A node that has not taken part in any rebuild since it started knows nothing (a
+	// restart forgets), so it answers no one.
+	if c.accepted > 0 && slices.Contains(c.workingView(), m.From) && !acceptedLess(m.Accepted, m.AccBy, c.accepted, c.acceptedBy) {
 		c.send(Message{Type: MsgHeartbeatAck, To: m.From, Tick: m.Tick, Epoch: c.epoch})
 	}
 	if c.phase == phaseNormal && m.Normal && m.Epoch > c.epoch && slices.Contains(c.view, m.From) {
@@ -565,6 +567,11 @@ func (c *Core) onJoin(m Message) {
 	switch {
 	case max(m.Epoch, m.Accepted) > c.knownEpoch():
 		c.maybeRecover(true) // an epoch formed without us: we are the stale ones
+	case c.promised.Less(m.Ballot):
+		// The member promised a ballot that completed nowhere (its coordinator gave up):
+		// run a new one above it.
+		c.maxBallotN = max(c.maxBallotN, m.Ballot.N)
+		c.maybeRecover(true)
 	case m.Ballot == c.promised:
 		c.send(Message{Type: MsgDone, To: m.From, Ballot: c.promised, Epoch: c.epoch})
 	case m.Ballot.Less(c.promised):
@@ -1084,6 +1091,11 @@ func (c *Core) onReply(m Message) {
 			return
 		}
 		hl.op, hl.rq, hl.cancel, hl.wlvb = OpNone, noMode, false, nil
+		if op == OpConvert && m.Mode.Valid() {
+			// The master's word on what is granted now: after a sideways conversion was
+			// interrupted by recovery it may be NL rather than the mode we had.
+			hl.gr = m.Mode
+		}
 		c.complete(hl, op, m.Status)
 		if !hl.gr.Valid() {
 			c.dropLock(hl)

@@ -117,7 +117,10 @@ func (r *randomRun) onCompletion(n NodeID, cp Completion) {
 			}
 		}
 	case cHolding:
-		if gone { // lost
+		if gone { // lost: the client learns it now and stops using the lock
+			if !c.noise {
+				r.record(c, false, r.step, true)
+			}
 			c.state = cIdle
 		}
 	case cReleasing:
@@ -339,6 +342,10 @@ func runRandom(t testing.TB, seed uint64, nodes int, steps int) {
 	// if any, is a lock nobody used).
 	res, info := porcupine.CheckOperationsVerbose(mutexModel, r.ops, 20*time.Second)
 	if res != porcupine.Ok {
+		for _, o := range r.ops {
+			in := o.Input.(mutexIn)
+			t.Logf("c%d acquire=%v ok=%v [%d, %d]", in.client, in.acquire, o.Output, o.Call, o.Return)
+		}
 		f, _ := os.CreateTemp("", "lockd-porcupine-*.html")
 		if f != nil {
 			_ = porcupine.Visualize(mutexModel, info, f)
