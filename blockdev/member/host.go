@@ -215,11 +215,11 @@ func (h *Host) Fence(array [16]byte, slot uint32, epoch uint64) error {
 	return nil
 }
 
-// fencedErr returns an error wrapping ErrFenced if w's epoch is stale.
-// Called with mu held.
+// fencedErrLocked returns an error wrapping ErrFenced if w's epoch is
+// stale. Called with mu held.
 func (h *Host) fencedErrLocked(w nbd.Writer) error {
-	if min := h.st.Fences[fenceKey(w.Array, w.Slot)]; w.Epoch < min {
-		return fmt.Errorf("%w: slot %d of array %x needs epoch %d or later, the writer has %d", ErrFenced, w.Slot, w.Array, min, w.Epoch)
+	if need := h.st.Fences[fenceKey(w.Array, w.Slot)]; w.Epoch < need {
+		return fmt.Errorf("%w: slot %d of array %x needs epoch %d or later, the writer has %d", ErrFenced, w.Slot, w.Array, need, w.Epoch)
 	}
 	return nil
 }

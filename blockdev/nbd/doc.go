@@ -197,10 +197,27 @@
 // Client is a blockdev.Device backed by one export on one connection. Its
 // methods may be called concurrently; requests are pipelined (concurrent
 // callers' requests are combined into one writev the same way) and matched
-// to replies by cookie by one reader goroutine. It negotiates neither
-// structured replies nor TLS. Range checks happen locally
+// to replies by cookie by one reader goroutine. It does not negotiate
+// structured replies; with ClientOptions.TLS it upgrades with STARTTLS
+// first (crypto/tls, TLS 1.2 or later), and with ClientOptions.Writer it
+// identifies as a ddraid writer (see below). Range checks happen locally
 // (blockdev.ErrOutOfRange) before anything is sent; long reads and writes
 // are split at the negotiated maximum payload; server errors come back as
 // Errno values, wrapped with context. Client.Do sends a single request as
 // given, for tests and tools. The client does not reconnect.
+//
+// # Member exports (ddraid's private protocol)
+//
+// An Export with Member set is a disk served by `ddraid agent` to the
+// writers of arrays. Three private additions, numbered far from the
+// standard ones (member.go; docs/nbd.md section 13): the option
+// NBD_OPT_DDRAID_WRITER (array UUID, node slot, epoch, mark geometry),
+// after which Member.Admit gives the connection a Session; the command
+// NBD_CMD_DDRAID_CLEAR; and the metadata contexts ddraid:dirty/SLOT for
+// BLOCK_STATUS. On a member export every WRITE, WRITE_ZEROES and TRIM
+// goes through Session.StartWrite first (the member host marks the
+// regions durably, or refuses a fenced writer: EPERM with a message
+// starting with "fenced"), and connections without identity may only
+// read. A Client with ClientOptions.Writer turns EPERM on a write-type
+// command into ErrFenced.
 package nbd

@@ -113,6 +113,8 @@ type CheckCmd struct {
 	Repair   bool   `help:"Rewrite the redundancy of blocks that do not match."`
 	SpeedMin string `help:"Minimum check speed (stopped arrays), e.g. 1M." default:"1M"`
 	SpeedMax string `help:"Maximum check speed (stopped arrays); 0 for none." default:"0"`
+	MemberTLS
+	WriterFlags
 }
 
 // errMismatches makes check exit non-zero without a second message.
@@ -135,7 +137,12 @@ func (c *CheckCmd) Run(g *Globals) error {
 		if terr != nil {
 			return terr
 		}
-		a, oerr := array.Open(array.Options{StateDir: g.StateDir, Name: c.Name, Throttle: th})
+		tc, terr := c.MemberTLS.config()
+		if terr != nil {
+			return terr
+		}
+		a, oerr := array.Open(array.Options{StateDir: g.StateDir, Name: c.Name, Throttle: th,
+			Remote: remote.Config{TLS: tc, Logger: slog.Default()}, Writer: c.WriterFlags.writer()})
 		if oerr != nil {
 			return oerr
 		}
