@@ -166,6 +166,10 @@ func (s *session) StartWrite(off, length int64) (func(), error) {
 // range reaches the disk's end). A fenced writer may not clear.
 func (s *session) Clear(off, length int64) error {
 	h := s.d.h
+	// Held like a write: a fence waits for clears in flight too, so that
+	// after it no mark of the slot goes at the old epoch's request.
+	h.fence.RLock()
+	defer h.fence.RUnlock()
 	h.mu.Lock()
 	err := h.fencedErrLocked(s.w)
 	h.mu.Unlock()

@@ -47,9 +47,9 @@
 // before the fence or the identity is acknowledged. A writer whose epoch is
 // below the minimum is refused: at identity time with NBD_REP_ERR_POLICY,
 // afterwards every write-type command and CLEAR with NBD_EPERM, both with a
-// message starting with "fenced". Fence waits until every write already
-// admitted has finished, so when it returns nothing more is written under
-// the old epoch (invariant 4).
+// message starting with "fenced". Fence waits until every write and clear
+// already admitted has finished, so when it returns nothing more is
+// written (or cleared) under the old epoch (invariant 4).
 //
 // # State
 //
