@@ -190,9 +190,8 @@ func (h *Host) MinEpoch(array [16]byte, slot uint32) uint64 {
 // Fence raises the minimum valid epoch of (array, slot) to epoch (a lower
 // or equal epoch changes nothing). It waits until every write and clear
 // already admitted has finished, persists the minimum, and only then
-// returns: from
-// then on the host refuses every write-type command and CLEAR from that
-// slot with an older epoch.
+// returns: from then on the host refuses every write-type command and
+// CLEAR from that slot with an older epoch.
 func (h *Host) Fence(array [16]byte, slot uint32, epoch uint64) error {
 	h.fence.Lock()
 	defer h.fence.Unlock()
