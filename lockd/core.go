@@ -175,6 +175,7 @@ type Core struct {
 	epoch      uint64
 	accepted   uint64 // epoch of the last rebuild this node took part in
 	acceptedBy Ballot // the ballot of that rebuild: (accepted, acceptedBy) orders rebuilds
+	epochBy    Ballot // the ballot that completed epoch
 	phase      phase
 	promised   Ballot
 	maxBallotN uint64
@@ -295,6 +296,9 @@ func masterOf(view []NodeID, k resKey) NodeID {
 func (c *Core) send(m Message) {
 	m.From = c.cfg.ID
 	m.Inc = c.cfg.Incarnation
+	if m.Type == MsgRequest || m.Type == MsgReply || m.Type == MsgBlocking {
+		m.AccBy = c.epochBy // lock traffic names its epoch by number and ballot
+	}
 	if m.To == c.cfg.ID {
 		c.local = append(c.local, m)
 		return
@@ -502,23 +506,27 @@ func (c *Core) step(m Message) {
 			c.finishRecovery()
 		}
 	case MsgRequest:
-		c.catchUp(m)
 		c.onRequest(m)
 	case MsgReply:
-		c.catchUp(m)
 		c.onReply(m)
 	case MsgBlocking:
-		c.catchUp(m)
 		c.onBlocking(m)
 	}
 }
 
-// catchUp finishes our recovery when a peer already works in the epoch we rebuilt for: it
-// can only do so after the coordinator's Done, which we may have missed.
+// catchUp finishes our recovery when a peer already works in the epoch we rebuilt for (same
+// number, same ballot): it can only do so after the coordinator's Done, which we may have
+// missed.
 func (c *Core) catchUp(m Message) {
-	if c.phase == phaseRebuild && c.rec.built && m.Epoch == c.accepted && slices.Contains(c.rec.view, m.From) {
+	if c.phase == phaseRebuild && c.rec.built && m.Normal && m.Epoch == c.accepted && m.Accepted == c.accepted &&
+		m.AccBy == c.acceptedBy && slices.Contains(c.rec.view, m.From) {
 		c.finishRecovery()
 	}
+}
+
+// sameEpoch reports whether lock traffic m belongs to our epoch.
+func (c *Core) sameEpoch(m Message) bool {
+	return c.phase == phaseNormal && m.Epoch == c.epoch && m.AccBy == c.epochBy
 }
 
 func (c *Core) onHeartbeat(m Message) {
@@ -918,7 +926,7 @@ func (c *Core) onRebuilt(m Message) {
 // pending requests are granted by the rules, and requests made meanwhile go out.
 func (c *Core) finishRecovery() {
 	r := c.rec
-	c.epoch = r.epoch
+	c.epoch, c.epochBy = r.epoch, r.ballot
 	c.view = slices.Clone(r.view)
 	c.phase = phaseNormal
 	if c.coord != nil && c.coord.ballot == r.ballot {
@@ -989,7 +997,7 @@ func (c *Core) flush(res *resource) {
 // onRequest runs a holder's operation at this master.
 func (c *Core) onRequest(m Message) {
 	k := resKey{m.Space, m.Resource}
-	if c.phase != phaseNormal || m.Epoch != c.epoch || masterOf(c.view, k) != c.cfg.ID || !c.HasQuorum() {
+	if !c.sameEpoch(m) || masterOf(c.view, k) != c.cfg.ID || !c.HasQuorum() {
 		return // the holder retransmits, or re-sends it in recovery
 	}
 	if m.Lock.Node != m.From || m.Lock.Inc != m.Inc || (m.Op != OpUnlock && m.Op != OpCancel && !m.Mode.Valid()) {
@@ -1051,7 +1059,7 @@ func (c *Core) onRequest(m Message) {
 }
 
 func (c *Core) onReply(m Message) {
-	if c.phase != phaseNormal || m.Epoch != c.epoch || m.Lock.Node != c.cfg.ID || m.Lock.Inc != c.cfg.Incarnation {
+	if !c.sameEpoch(m) || m.Lock.Node != c.cfg.ID || m.Lock.Inc != c.cfg.Incarnation {
 		return
 	}
 	hl := c.locks[m.Lock.ID]
@@ -1114,7 +1122,7 @@ func (c *Core) onReply(m Message) {
 }
 
 func (c *Core) onBlocking(m Message) {
-	if c.phase != phaseNormal || m.Epoch != c.epoch || m.Lock.Node != c.cfg.ID || m.Lock.Inc != c.cfg.Incarnation {
+	if !c.sameEpoch(m) || m.Lock.Node != c.cfg.ID || m.Lock.Inc != c.cfg.Incarnation {
 		return
 	}
 	if hl := c.locks[m.Lock.ID]; hl != nil && hl.gr.Valid() {

@@ -361,7 +361,7 @@ func seeds() int {
 	if v, err := strconv.Atoi(os.Getenv("LOCKD_SEEDS")); err == nil && v > 0 {
 		return v
 	}
-	return 12
+	return 40
 }
 
 func TestRandomOne(t *testing.T) {
