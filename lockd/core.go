@@ -191,6 +191,7 @@ type Core struct {
 	byRes  map[resKey]map[uint64]*hlock
 
 	masters map[resKey]*resource
+	tokens  uint64 // grants made as master in the current epoch (token sequence)
 
 	ready Ready
 }
@@ -709,6 +710,7 @@ func (c *Core) onRebuild(m Message) {
 		o.Masters = append(o.Masters, mr)
 	}
 	c.masters = map[resKey]*resource{}
+	c.tokens = 0
 	for _, n := range r.view {
 		r.outLocks[n] = *out[n]
 		c.send(*out[n])
@@ -767,11 +769,11 @@ func (c *Core) tryBuild() {
 		}
 	}
 	for k, rs := range recs {
-		c.masters[k] = rebuildResource(k, r.epoch, rs, mrecs[k])
+		c.masters[k] = rebuildResource(k, r.epoch, &c.tokens, rs, mrecs[k])
 	}
 	for k, ms := range mrecs {
 		if _, ok := c.masters[k]; !ok {
-			res := rebuildResource(k, r.epoch, nil, ms)
+			res := rebuildResource(k, r.epoch, &c.tokens, nil, ms)
 			if !res.idle() {
 				c.masters[k] = res
 			}
@@ -785,8 +787,8 @@ func (c *Core) tryBuild() {
 // rebuildResource makes a resource at its new master from the holders' records and the old
 // masters' LVBs: purge (dead holders simply sent nothing), LVB recovery, pending unlocks and
 // cancels. Grants wait for finishRecovery.
-func rebuildResource(k resKey, epoch uint64, rs []LockRecord, ms []MasterRecord) *resource {
-	res := newResource(k.space, k.name, epoch)
+func rebuildResource(k resKey, epoch uint64, tokens *uint64, rs []LockRecord, ms []MasterRecord) *resource {
+	res := newResource(k.space, k.name, epoch, tokens)
 	slices.SortFunc(rs, func(a, b LockRecord) int {
 		switch {
 		case a.Seq != b.Seq:
@@ -941,8 +943,8 @@ func (c *Core) finishRecovery() {
 		}
 		for _, lk := range res.holders() {
 			if !done[lk] {
-				res.tokSeq++
-				lk.token = Token{Epoch: c.epoch, Seq: res.tokSeq}
+				c.tokens++
+				lk.token = Token{Epoch: c.epoch, Seq: c.tokens}
 				res.emit(lk, OpRefresh, StatusGranted)
 			}
 		}
@@ -1005,7 +1007,7 @@ func (c *Core) onRequest(m Message) {
 	}
 	res := c.masters[k]
 	if res == nil {
-		res = newResource(k.space, k.name, c.epoch)
+		res = newResource(k.space, k.name, c.epoch, &c.tokens)
 		c.masters[k] = res
 	}
 	defer func() {
@@ -1135,7 +1137,7 @@ func (c *Core) complete(hl *hlock, op Op, st Status) {
 	if st == StatusLost || st == StatusUnlocked {
 		cp.Mode = noMode
 	}
-	if hl.lvb != nil && (hl.flags&ValBlk != 0) {
+	if hl.lvb != nil && hl.flags&ValBlk != 0 && (st == StatusGranted || st == StatusUnlocked) {
 		cp.LVB, cp.LVBSeq, cp.LVBValid = slices.Clone(hl.lvb), hl.lvbSeq, hl.lvbValid
 	}
 	c.ready.Completions = append(c.ready.Completions, cp)

@@ -177,7 +177,7 @@ func (e *enc) bo(v bool) {
 	}
 }
 func (e *enc) ballot(b Ballot) { e.u(b.N); e.s(string(b.Node)); e.u(b.Inc) }
-func (e *enc) id(l LockID) { e.s(string(l.Node)); e.u(l.Inc); e.u(l.ID) }
+func (e *enc) id(l LockID)     { e.s(string(l.Node)); e.u(l.Inc); e.u(l.ID) }
 
 // Marshal encodes m compactly (a version byte, then varints and length-prefixed strings).
 func (m *Message) Marshal() []byte {

@@ -57,17 +57,18 @@ type resource struct {
 	lvb         []byte // LVBSize bytes
 	lvbSeq      uint64
 	lvbValid    bool
-	tokSeq      uint64 // grants in this epoch
-	epoch       uint64
-	out         []event
-	low         map[NodeID]lowMark // per holder: lock IDs below low are forgotten by it
+	tokens      *uint64 // the master's grant counter of this epoch (shared by its resources,
+	// so a resource freed and made again keeps getting larger tokens)
+	epoch uint64
+	out   []event
+	low   map[NodeID]lowMark // per holder: lock IDs below low are forgotten by it
 }
 
 // lowMark is the newest (incarnation, low lock ID) a holder reported for this resource.
 type lowMark struct{ inc, low uint64 }
 
-func newResource(space, name string, epoch uint64) *resource {
-	return &resource{space: space, name: name, locks: map[LockID]*lkb{}, low: map[NodeID]lowMark{}, lvb: make([]byte, LVBSize), lvbValid: true, epoch: epoch}
+func newResource(space, name string, epoch uint64, tokens *uint64) *resource {
+	return &resource{space: space, name: name, tokens: tokens, locks: map[LockID]*lkb{}, low: map[NodeID]lowMark{}, lvb: make([]byte, LVBSize), lvbValid: true, epoch: epoch}
 }
 
 // idle reports whether the resource holds nothing worth keeping.
@@ -197,8 +198,8 @@ func (r *resource) grant(lk *lkb, op Op) {
 		r.writeLVB(old, lk.flags, lk.wlvb)
 	}
 	lk.gr, lk.rq, lk.bast, lk.wlvb = lk.rq, noMode, noMode, nil
-	r.tokSeq++
-	lk.token = Token{Epoch: r.epoch, Seq: r.tokSeq}
+	*r.tokens++
+	lk.token = Token{Epoch: r.epoch, Seq: *r.tokens}
 	lk.queue = qGranted
 	r.granted = append(r.granted, lk)
 	r.emit(lk, op, StatusGranted)

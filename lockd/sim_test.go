@@ -269,7 +269,6 @@ func effectiveMode(li LockInfo) Mode {
 	return NL
 }
 
-
 // dump prints cluster state for transcripts.
 func (s *sim) dump(names map[NodeID]map[uint64]string) string {
 	var b strings.Builder
