@@ -47,7 +47,7 @@ func (d *Disk) Admit(w nbd.Writer) (nbd.Session, error) {
 			return nil, err
 		}
 	}
-	s := &session{d: d, w: w}
+	s := &session{d: d, w: w, fkey: fenceKey(w.Array, w.Slot)}
 	if w.RegionSize != 0 {
 		bm, err := h.marks(d, w)
 		if err != nil {
@@ -131,6 +131,7 @@ type session struct {
 	d    *Disk
 	w    nbd.Writer
 	bm   *bitmap.Bitmap // nil: no marks
+	fkey string         // fenceKey of the writer's (array, slot)
 	size int64          // bytes the marks cover, from DataOffset
 }
 
@@ -139,10 +140,13 @@ func (s *session) StartWrite(off, length int64) (func(), error) {
 	h := s.d.h
 	h.fence.RLock()
 	h.mu.Lock()
-	err := h.fencedErrLocked(s.w)
+	stale := s.w.Epoch < h.st.Fences[s.fkey]
 	h.mu.Unlock()
-	if err != nil {
+	if stale {
 		h.fence.RUnlock()
+		h.mu.Lock()
+		err := h.fencedErrLocked(s.w)
+		h.mu.Unlock()
 		return nil, err
 	}
 	if s.bm == nil {

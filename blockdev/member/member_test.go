@@ -31,12 +31,19 @@ var quiet = slog.New(slog.DiscardHandler)
 // newHost opens a host on a fresh state dir with one 1 MiB + 4 KiB disk.
 func newHost(t *testing.T) (*Host, *Disk, string) {
 	t.Helper()
+	h, d, dir := newHostTB(t)
+	t.Cleanup(func() { h.Close() })
+	return h, d, dir
+}
+
+// newHostTB is newHost without closing the host at the end.
+func newHostTB(t testing.TB) (*Host, *Disk, string) {
+	t.Helper()
 	dir := t.TempDir()
 	h, err := Open(Config{StateDir: filepath.Join(dir, "state"), Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { h.Close() })
 	disk := filepath.Join(dir, "disk")
 	if err := os.WriteFile(disk, nil, 0o600); err != nil {
 		t.Fatal(err)
