@@ -150,3 +150,36 @@ speed-max = "50M"
 		})
 	}
 }
+
+// FuzzConfigFile checks arbitrary files against the real command line:
+// never a panic, and every accepted file also passes a real parse of
+// `ddraid status`.
+func FuzzConfigFile(f *testing.F) {
+	f.Add([]byte("state-dir = \"/x\"\n[serve]\nlisten = [\"unix:/run/ddraid/a.sock\"]\nmax-payload = \"1M\"\n"))
+	f.Add([]byte("[agent]\nhost-disk = [\"/dev/sdb\"]\nshutdown-wait = \"1s\"\n[tls.issue]\n"))
+	f.Add([]byte("[create]\nblock-size = 4096\nregion-size = \"4MiB\"\nlevel = \"mirror\"\n"))
+	var cli CLI
+	k, err := newParser(&cli)
+	if err != nil {
+		f.Fatal(err)
+	}
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		_, errs := config.Parse(k.Model, "fuzz", data)
+		if len(errs) > 0 {
+			return
+		}
+		path := filepath.Join(dir, "fuzz.toml")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var cli CLI
+		p, err := newParser(&cli)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Parse([]string{"--config", path, "status"}); err != nil {
+			t.Fatalf("accepted file fails a parse: %v\n%s", err, data)
+		}
+	})
+}
