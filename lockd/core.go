@@ -28,6 +28,20 @@ type Config struct {
 	// RetryTicks between retransmissions of unanswered requests and recovery messages
 	// (default 3).
 	RetryTicks int
+	// HardState is what this node saved (Ready.HardState) before it last stopped. The zero
+	// value is a node that never ran (or lost its state: then fencing tokens may repeat an
+	// epoch number if every member of the last epoch restarts at once).
+	HardState HardState
+}
+
+// HardState is the little a node must keep across restarts, as raft's HardState: the
+// recovery ballot it promised and the newest rebuild it took part in. It keeps epoch numbers
+// (and so fencing tokens) from repeating after restarts. Locks themselves are not persisted:
+// a restarted node holds none, as in the DLM.
+type HardState struct {
+	Promised   Ballot
+	Accepted   uint64
+	AcceptedBy Ballot
 }
 
 func (cfg *Config) validate() error {
@@ -88,9 +102,10 @@ type BlockingEvent struct {
 	Mode            Mode
 }
 
-// Ready is what the core asks its driver to do: send Messages, deliver Completions and
-// Blocking callbacks. Nothing needs persisting: lock state lives in memory, as in the DLM.
+// Ready is what the core asks its driver to do: save HardState (when not nil) durably BEFORE
+// sending Messages, then send them and deliver Completions and Blocking callbacks.
 type Ready struct {
+	HardState   *HardState
 	Messages    []Message
 	Completions []Completion
 	Blocking    []BlockingEvent
@@ -98,7 +113,7 @@ type Ready struct {
 
 // Empty reports whether there is nothing to do.
 func (r Ready) Empty() bool {
-	return len(r.Messages) == 0 && len(r.Completions) == 0 && len(r.Blocking) == 0
+	return r.HardState == nil && len(r.Messages) == 0 && len(r.Completions) == 0 && len(r.Blocking) == 0
 }
 
 type phase uint8
@@ -202,12 +217,17 @@ func NewCore(cfg Config) (*Core, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	hs := cfg.HardState
 	return &Core{
-		cfg:     cfg,
-		ackTick: map[NodeID]uint64{},
-		locks:   map[uint64]*hlock{},
-		byRes:   map[resKey]map[uint64]*hlock{},
-		masters: map[resKey]*resource{},
+		promised:   hs.Promised,
+		maxBallotN: hs.Promised.N,
+		accepted:   hs.Accepted,
+		acceptedBy: hs.AcceptedBy,
+		cfg:        cfg,
+		ackTick:    map[NodeID]uint64{},
+		locks:      map[uint64]*hlock{},
+		byRes:      map[resKey]map[uint64]*hlock{},
+		masters:    map[resKey]*resource{},
 	}, nil
 }
 
@@ -250,6 +270,10 @@ func (c *Core) HasReady() bool { return !c.ready.Empty() }
 
 // Advance acknowledges the last Ready.
 func (c *Core) Advance() { c.ready = Ready{} }
+
+func (c *Core) saveHardState() {
+	c.ready.HardState = &HardState{Promised: c.promised, Accepted: c.accepted, AcceptedBy: c.acceptedBy}
+}
 
 func (c *Core) knownEpoch() uint64 { return max(c.epoch, c.accepted) }
 
@@ -606,6 +630,7 @@ func (c *Core) onStop(m Message) {
 			return // this ballot already completed here
 		}
 		c.promised = m.Ballot
+		c.saveHardState()
 		c.rec = &recovery{ballot: m.Ballot, view: slices.Clone(m.View), inbox: map[NodeID]Message{}, outLocks: map[NodeID]Message{}, acked: map[NodeID]bool{}}
 		c.phase = phaseStopped
 		if c.coord != nil && c.coord.ballot != m.Ballot {
@@ -652,6 +677,7 @@ func (c *Core) onRebuild(m Message) {
 	// Stale: a newer rebuild than our last one happened without us; it purged our grants.
 	stale := acceptedLess(c.accepted, c.acceptedBy, m.Accepted, m.AccBy)
 	c.accepted, c.acceptedBy = m.Epoch, m.Ballot
+	c.saveHardState()
 	r.epoch = m.Epoch
 	c.phase = phaseRebuild
 	if stale {

@@ -75,6 +75,9 @@ type randomRun struct {
 	nextCl  int
 	ops     []porcupine.Operation
 	byLock  map[NodeID]map[uint64]*client
+	// lastToken is the token of the latest valid EX grant of r.
+	lastToken Token
+	seed      uint64
 }
 
 func (r *randomRun) addClients(n NodeID) {
@@ -107,6 +110,15 @@ func (r *randomRun) onCompletion(n NodeID, cp Completion) {
 						r.release(c, core, false)
 						return
 					}
+					// Fencing: every valid EX grant of r carries a larger token than the
+					// ones before it.
+					if !r.lastToken.Less(cp.Token) {
+						r.t.Fatalf("seed %d: step %d: %s got EX on r with token %v after token %v", r.seed, r.step, n, cp.Token, r.lastToken)
+					}
+					if os.Getenv("LOCKD_TRACE") != "" {
+						r.t.Logf("step %d tick %d: %s c%d acquired r token %v", r.step, r.s.now, n, c.id, cp.Token)
+					}
+					r.lastToken = cp.Token
 				}
 				c.state, c.heldAt, c.holdFor = cHolding, r.s.now, uint64(r.rng.IntN(6))
 			} else if gone {
@@ -264,7 +276,7 @@ func runRandom(t testing.TB, seed uint64, nodes int, steps int) {
 	}
 	rng := rand.New(rand.NewPCG(seed, 0x10c4d))
 	s := newSim(t, Config{LeaseTicks: 8, RetryTicks: 3}, names...)
-	r := &randomRun{t: t, s: s, rng: rng, byLock: map[NodeID]map[uint64]*client{}}
+	r := &randomRun{t: t, s: s, rng: rng, byLock: map[NodeID]map[uint64]*client{}, seed: seed}
 	s.onCompletion = r.onCompletion
 	s.rng, s.dropPct, s.maxDelay = rng, 5, 3
 	s.trace = os.Getenv("LOCKD_TRACE") != ""

@@ -20,6 +20,7 @@ type sim struct {
 	now    uint64
 	flight []flight
 	cut    map[[2]NodeID]bool
+	hard   map[NodeID]HardState // what each node saved; survives crashes
 
 	rng      *rand.Rand // nil: FIFO, lossless, no delay
 	dropPct  int
@@ -38,7 +39,7 @@ type flight struct {
 }
 
 func newSim(t testing.TB, cfg Config, names ...string) *sim {
-	s := &sim{t: t, cores: map[NodeID]*Core{}, inc: map[NodeID]uint64{}, cut: map[[2]NodeID]bool{}, cfg: cfg}
+	s := &sim{t: t, cores: map[NodeID]*Core{}, inc: map[NodeID]uint64{}, cut: map[[2]NodeID]bool{}, hard: map[NodeID]HardState{}, cfg: cfg}
 	for _, n := range names {
 		s.voters = append(s.voters, NodeID(n))
 	}
@@ -52,6 +53,7 @@ func (s *sim) start(n NodeID) {
 	s.inc[n]++
 	cfg := s.cfg
 	cfg.ID, cfg.Incarnation, cfg.Voters = n, s.inc[n], slices.Clone(s.voters)
+	cfg.HardState = s.hard[n]
 	c, err := NewCore(cfg)
 	if err != nil {
 		s.t.Fatalf("new core %s: %v", n, err)
@@ -100,6 +102,9 @@ func (s *sim) collect() {
 		}
 		rd := c.Ready()
 		c.Advance()
+		if rd.HardState != nil {
+			s.hard[n] = *rd.HardState // "durably", before anything is sent
+		}
 		for _, m := range rd.Messages {
 			if m.From != n {
 				s.t.Fatalf("%s sent a message from %s", n, m.From)

@@ -441,3 +441,60 @@ func TestLogWriterLevels(t *testing.T) {
 		}
 	}
 }
+
+// TestSlowConsumer: while nobody reads a's views, members join and one
+// fails; serf is not held up (a's Live list follows), and the views a
+// consumer finally reads add up to the same story, merged.
+func TestSlowConsumer(t *testing.T) {
+	key := newKey(t)
+	a, err := Start(Config{Name: "a", Bind: "127.0.0.31:0", RPCAddr: "127.0.0.31:7000", Key: key, Tunables: FastLocal(), Logger: quiet, ViewBuffer: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Shutdown()
+	var others []*node
+	for i, name := range []lockd.NodeID{"b", "c", "d"} {
+		n, err := startNode(t, name, fmt.Sprintf("127.0.0.%d:0", 32+i), key, []string{a.GossipAddr()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		others = append(others, n)
+	}
+	incD := others[2].m.Self().Incarnation
+	others[2].stop()
+	deadline := time.Now().Add(waitLimit)
+	for !slices.Equal(names(a.Live()), []lockd.NodeID{"a", "b", "c"}) {
+		if time.Now().After(deadline) {
+			t.Fatalf("a's live list stuck at %v", names(a.Live()))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Now read: at most ViewBuffer old views, then merged ones.
+	told := map[lockd.NodeID]uint64{}
+	for {
+		var v View
+		select {
+		case v = <-a.Views():
+		case <-time.After(waitLimit):
+			t.Fatalf("views never reached a, b, c; told %v", told)
+		}
+		for _, m := range v.Left {
+			if told[m.Name] != m.Incarnation {
+				t.Fatalf("left %s/%x that was never reported joined", m.Name, m.Incarnation)
+			}
+			delete(told, m.Name)
+		}
+		for _, m := range v.Joined {
+			told[m.Name] = m.Incarnation
+		}
+		if len(told) != len(v.Members) {
+			t.Fatalf("joined minus left %v does not match members %s", told, fmtView(v))
+		}
+		if slices.Equal(names(v.Members), []lockd.NodeID{"a", "b", "c"}) {
+			break
+		}
+	}
+	if _, ok := told["d"]; ok {
+		t.Fatalf("d (incarnation %x) still reported", incD)
+	}
+}
