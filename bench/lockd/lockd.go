@@ -163,6 +163,8 @@ func (n *benchNode) loop() {
 		}
 		rd := n.core.Ready()
 		n.core.Advance()
+		// rd.HardState would be saved durably here before sending; the
+		// benchmark's nodes never restart, so there is nothing to keep.
 		for _, m := range rd.Messages {
 			// A full queue drops the message; the core retransmits.
 			n.tr.Send(m.To, m.Marshal())
