@@ -42,6 +42,12 @@ func (t *Transport) acceptLoop() {
 			c.Close()
 			return
 		}
+		if len(t.pending) >= t.cfg.MaxHandshakes {
+			t.mu.Unlock()
+			c.Close()
+			t.log.Debug("lockd transport: too many handshakes in progress; connection closed", "remote", c.RemoteAddr().String())
+			continue
+		}
 		t.pending[c] = struct{}{}
 		t.wg.Add(1)
 		t.mu.Unlock()

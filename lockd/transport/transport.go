@@ -63,6 +63,10 @@ type Config struct {
 	// QueueLen is the number of frames queued per peer before Send
 	// drops them with ErrQueueFull; default 4096.
 	QueueLen int
+	// MaxHandshakes bounds the inbound connections still in their TLS
+	// handshake or hello; more are closed at once, so unauthenticated
+	// clients cannot pile up goroutines; default 64.
+	MaxHandshakes int
 	// DialTimeout bounds connecting to a peer, TLS handshake and hello
 	// included; default 5 s. HandshakeTimeout bounds the same on the
 	// accepting side; default 5 s.
@@ -111,6 +115,9 @@ func (c *Config) validate() error {
 	}
 	if c.QueueLen <= 0 {
 		c.QueueLen = 4096
+	}
+	if c.MaxHandshakes <= 0 {
+		c.MaxHandshakes = 64
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {

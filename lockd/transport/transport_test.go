@@ -599,3 +599,53 @@ func TestPeerMoves(t *testing.T) {
 	}
 	b1in.empty(t)
 }
+
+// TestHandshakeLimit: connections that never finish their handshake
+// occupy at most MaxHandshakes slots; one more is closed at once, and a
+// slot freed lets a real peer in.
+func TestHandshakeLimit(t *testing.T) {
+	p := newPKI(t)
+	b, bin := p.start(t, "b", func(c *Config) { c.MaxHandshakes = 1; c.HandshakeTimeout = time.Hour })
+	dial := func() net.Conn {
+		c, err := net.Dial("tcp", b.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	idle := dial()
+	// The acceptor registers a connection before accepting the next, but
+	// the dial returns before that: wait until idle holds the slot.
+	deadline := time.Now().Add(waitLimit)
+	for {
+		b.mu.RLock()
+		n := len(b.pending)
+		b.mu.RUnlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("idle connection never registered")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	extra := dial()
+	extra.SetDeadline(time.Now().Add(waitLimit))
+	if _, err := extra.Read(make([]byte, 1)); err == nil {
+		t.Fatal("connection over the limit was served")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("connection over the limit was not closed")
+	}
+	idle.Close()
+	a, _ := p.start(t, "a", nil)
+	if err := a.SetPeer("b", b.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Send("b", []byte("in")); err != nil {
+		t.Fatal(err)
+	}
+	if m := bin.next(t); string(m.frame) != "in" {
+		t.Fatalf("got %q", m.frame)
+	}
+}
