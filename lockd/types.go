@@ -185,4 +185,25 @@ var (
 	ErrInvalid = errors.New("lockd: invalid argument")
 	// ErrStopped: the node was closed.
 	ErrStopped = errors.New("lockd: node stopped")
+
+	// The failure statuses of a completion, as errors.
+	ErrAgain    = errors.New("lockd: not granted at once (NOQUEUE)")            // StatusAgain
+	ErrDeadlock = errors.New("lockd: conversion deadlock")                      // StatusDeadlock
+	ErrCanceled = errors.New("lockd: canceled")                                 // StatusCanceled
+	ErrLost     = errors.New("lockd: lock lost (node was cut off from quorum)") // StatusLost
 )
+
+// Err returns the error of a failure status, nil for StatusGranted and StatusUnlocked.
+func (s Status) Err() error {
+	switch s {
+	case StatusAgain:
+		return ErrAgain
+	case StatusDeadlock:
+		return ErrDeadlock
+	case StatusCanceled:
+		return ErrCanceled
+	case StatusLost:
+		return ErrLost
+	}
+	return nil
+}
