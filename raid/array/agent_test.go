@@ -117,12 +117,12 @@ func fileBytes(t *testing.T, path string) []byte {
 // cannot even assemble.
 func TestAgentMembers(t *testing.T) {
 	dir := t.TempDir()
-	ah := startAgentHost(t, dir, 3, 8<<20)
+	ah := startAgentHost(t, dir, 4, 8<<20) // disk 3 is a replacement
 	stateDir := filepath.Join(dir, "state")
 	var sb *meta.Array
 	err := meta.View(stateDir, func(s *meta.Store) error {
 		var err error
-		sb, err = raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: ah.members(), RegionSize: 128 << 10, AssumeClean: true})
+		sb, err = raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: ah.members()[:3], RegionSize: 128 << 10, AssumeClean: true})
 		return err
 	})
 	if err != nil {
@@ -157,6 +157,31 @@ func TestAgentMembers(t *testing.T) {
 			t.Fatalf("member %d: %d bytes still marked after a clean stop", i, n)
 		}
 	}
+	// A replacement becomes the role's member, clears included.
+	a, err = open(0, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Replace("1", ah.members()[3], false); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, a)
+	if got := a.Superblock().Members[1].Path; got != ah.members()[3] {
+		t.Fatalf("member 1 is %s after the replace, want %s", got, ah.members()[3])
+	}
+	if _, err := a.Device().WriteAt(data, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if n := ah.marked(t, 3); n != 128<<10 {
+		t.Fatalf("the replacement has %d bytes marked, want 128 KiB", n)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := ah.marked(t, 3); n != 0 {
+		t.Fatalf("the replacement keeps %d bytes marked after a clean stop", n)
+	}
+
 	// The lazy clearer forwards too.
 	a, err = open(0, 20*time.Millisecond)
 	if err != nil {
@@ -167,14 +192,14 @@ func TestAgentMembers(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the member hosts' marks to be cleared", func() bool {
-		return ah.marked(t, 0)+ah.marked(t, 1)+ah.marked(t, 2) == 0
+		return ah.marked(t, 0)+ah.marked(t, 3)+ah.marked(t, 2) == 0
 	})
 
 	// Fenced.
 	if err := ah.host.Fence(sb.UUID, 0, 1); err != nil {
 		t.Fatal(err)
 	}
-	before := [][]byte{fileBytes(t, ah.disks[0].Path()), fileBytes(t, ah.disks[1].Path()), fileBytes(t, ah.disks[2].Path())}
+	before := [][]byte{fileBytes(t, ah.disks[0].Path()), fileBytes(t, ah.disks[3].Path()), fileBytes(t, ah.disks[2].Path())}
 	_, werr := dev.WriteAt(bytes.Repeat([]byte{0x77}, 4096), 0)
 	if !errors.Is(werr, syscall.EIO) || !a.Fenced() {
 		t.Fatalf("write after a fence = %v (fenced %v), want EIO and the array fenced", werr, a.Fenced())
@@ -186,9 +211,9 @@ func TestAgentMembers(t *testing.T) {
 	if st.State != "fenced" || !st.Fenced {
 		t.Fatalf("status %s fenced=%v, want fenced", st.State, st.Fenced)
 	}
-	for i := range 3 {
-		if !bytes.Equal(fileBytes(t, ah.disks[i].Path()), before[i]) {
-			t.Fatalf("disk %d changed after the fence", i)
+	for i, d := range []int{0, 3, 2} {
+		if !bytes.Equal(fileBytes(t, ah.disks[d].Path()), before[i]) {
+			t.Fatalf("disk %d changed after the fence", d)
 		}
 	}
 	a.Close()
@@ -233,3 +258,48 @@ func stored(t *testing.T, stateDir string) *meta.Array {
 
 var _ blockdev.Device = (*frontGate)(nil)
 var _ raid.MemberClearer = (*fenceGuard)(nil)
+
+// TestAgentMemberRecovery: a new agent member rebuilt after a failure
+// holds no marks once the rebuild is done (the rebuild's own writes were
+// marked by its host, and the array clears them there).
+func TestAgentMemberRecovery(t *testing.T) {
+	dir := t.TempDir()
+	ah := startAgentHost(t, dir, 4, 8<<20)
+	stateDir := filepath.Join(dir, "state")
+	err := meta.View(stateDir, func(s *meta.Store) error {
+		_, err := raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: ah.members()[:3], RegionSize: 128 << 10, AssumeClean: true})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Open(Options{StateDir: stateDir, Name: "a", Throttle: unthrottled, ClearDelay: time.Hour, Logger: slog.New(&logSink{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	data := bytes.Repeat([]byte{0x5e}, 64<<10)
+	if _, err := a.Device().WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Fail("2", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Remove("2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Add(ah.members()[3], false); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, a)
+	if st := a.Status(); st.State != "clean" {
+		t.Fatalf("array is %s after the recovery", st.State)
+	}
+	if n := ah.marked(t, 3); n != 0 {
+		t.Fatalf("the rebuilt member's host keeps %d bytes marked", n)
+	}
+	got := make([]byte, len(data))
+	if _, err := a.Device().ReadAt(got, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("data after the recovery: %v", err)
+	}
+}

@@ -50,20 +50,29 @@ func (a *Array) setFenced(err error) {
 // fences the array, and records the member's clearer for forwarding.
 // Other members are returned as they are.
 func (a *Array) guard(role int, dev blockdev.Device) blockdev.Device {
-	c, ok := dev.(raid.MemberClearer)
-	a.clrMu.Lock()
-	for len(a.clearers) <= role {
-		a.clearers = append(a.clearers, nil)
-	}
-	a.clearers[role] = nil
-	if ok {
-		a.clearers[role] = c
-	}
-	a.clrMu.Unlock()
-	if !ok {
+	a.setClearer(role, dev)
+	return a.fenceWrap(dev)
+}
+
+// fenceWrap is guard without recording the clearer (a replacement being
+// copied, which becomes the role's member only at the swap).
+func (a *Array) fenceWrap(dev blockdev.Device) blockdev.Device {
+	if _, ok := dev.(raid.MemberClearer); !ok {
 		return dev
 	}
 	return &fenceGuard{dev: dev, a: a}
+}
+
+// setClearer records dev as the role's clear forwarder if it is an agent
+// member, and forgets the role's previous one.
+func (a *Array) setClearer(role int, dev blockdev.Device) {
+	c, _ := dev.(raid.MemberClearer)
+	a.clrMu.Lock()
+	defer a.clrMu.Unlock()
+	for len(a.clearers) <= role {
+		a.clearers = append(a.clearers, nil)
+	}
+	a.clearers[role] = c
 }
 
 // fenceGuard is an agent member's data area as the engine sees it.
@@ -243,6 +252,50 @@ func (a *Array) forwardClears(regions []uint64) {
 			if err := c.Clear(r.Off/div, r.Len/div); err != nil {
 				a.log.Warn("forwarding a bitmap clear to an agent member failed; its marks stay", "role", role, "err", err)
 			}
+		}
+	}
+}
+
+// clearRebuilt runs once a recovery or a replace has made role's new
+// device consistent. Its rebuild wrote every region it copied through the
+// member host, which marked them all; the array's bitmap never marked
+// them, so no forwarded clear would ever remove them. The host is told to
+// clear every region the array's bitmap does not hold dirty now. A write
+// racing this clear may lose its mark on this one host, but every other
+// member's host marked it too, which keeps the union of the hosts' marks
+// sufficient.
+func (a *Array) clearRebuilt(role int) {
+	if a.fenced.Load() || a.bm == nil {
+		return
+	}
+	a.clrMu.Lock()
+	var c raid.MemberClearer
+	if role < len(a.clearers) {
+		c = a.clearers[role]
+	}
+	a.clrMu.Unlock()
+	if c == nil {
+		return
+	}
+	dirty := map[uint64]bool{}
+	for _, r := range a.bm.Dirty() {
+		dirty[r] = true
+	}
+	var clean []uint64
+	for r := range a.bm.NumRegions() {
+		if !dirty[r] {
+			clean = append(clean, r)
+		}
+	}
+	sb := a.Superblock()
+	div := int64(1)
+	if sb.Level == string(raid.LevelRaid35) {
+		div = int64(len(sb.Members) - 1)
+	}
+	for _, r := range a.ranges(clean) {
+		if err := c.Clear(r.Off/div, r.Len/div); err != nil {
+			a.log.Warn("clearing a rebuilt agent member's marks failed; they stay", "role", role, "err", err)
+			return
 		}
 	}
 }

@@ -294,6 +294,7 @@ func (a *Array) startRecovery(role int, dev blockdev.Device, dirtyOnly bool) err
 					a.log.Warn("clear bitmap after recovery", "err", err)
 				}
 			}
+			a.clearRebuilt(role)
 			a.log.Info("member recovered", "role", role, "bytes", p.Done)
 		})
 	return nil
@@ -345,7 +346,7 @@ func (a *Array) Replace(oldRef, newPath string, force bool) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	newDev := blockdev.NewStats(a.guard(role, f))
+	newDev := blockdev.NewStats(a.fenceWrap(f))
 	old := a.swaps[role].Current()
 	inner, err := raid.NewMirror([]blockdev.Device{old, nil}, sb.MemberDataSize, raid.Config{})
 	if err == nil {
@@ -372,6 +373,8 @@ func (a *Array) Replace(oldRef, newPath string, force bool) (string, error) {
 				return
 			}
 			a.swaps[role].Set(newDev)
+			a.setClearer(role, f)
+			a.clearRebuilt(role)
 			a.mu.Lock()
 			a.stats[role] = newDev
 			a.mu.Unlock()
