@@ -1052,14 +1052,21 @@ func (c *Core) onRequest(m Message) {
 	switch m.Op {
 	case OpLock:
 		if lk != nil {
-			if m.Seq == lk.seq && lk.queue == qGranted {
+			switch {
+			case m.Seq == lk.seq && lk.queue == qGranted:
 				res.emit(lk, lk.lastOp, lk.lastStatus) // lost reply
+			case m.Seq == lk.seq:
+				res.remindBlocking(lk) // still waiting: a blocking callback may have been lost
 			}
 			return
 		}
 		lk = &lkb{id: m.Lock, rq: m.Mode, flags: m.Flags, seq: m.Seq}
 		res.request(lk)
 	case OpConvert:
+		if lk != nil && lk.queue == qConverting && m.Seq == lk.seq {
+			res.remindBlocking(lk)
+			return
+		}
 		if lk == nil || lk.queue != qGranted {
 			return
 		}

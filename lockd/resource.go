@@ -333,6 +333,17 @@ func (r *resource) sendBlocking() {
 	}
 }
 
+// remindBlocking repeats the blocking callbacks for queued lock b (its holder retransmitted,
+// so messages are being lost and an earlier callback may have been too).
+func (r *resource) remindBlocking(b *lkb) {
+	for _, g := range r.holders() {
+		if g != b && g.flags&Blocking != 0 && !Compatible(g.gr, b.rq) {
+			g.bast = b.rq
+			r.out = append(r.out, event{lk: g, blocking: true, mode: b.rq})
+		}
+	}
+}
+
 // failNoQueue fails queued NOQUEUE requests and conversions (after recovery regranted what it
 // could, they were not grantable "at once").
 func (r *resource) failNoQueue() {
