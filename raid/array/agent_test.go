@@ -259,15 +259,19 @@ func stored(t *testing.T, stateDir string) *meta.Array {
 var _ blockdev.Device = (*frontGate)(nil)
 var _ raid.MemberClearer = (*fenceGuard)(nil)
 
-// TestAgentMemberRecovery: a new agent member rebuilt after a failure
-// holds no marks once the rebuild is done (the rebuild's own writes were
-// marked by its host, and the array clears them there).
+// TestAgentMemberRecovery: background jobs write members without the
+// array's bitmap; their host marks those writes anyway, and the array
+// clears them there once the job is done: after the initial sync on every
+// member, after a rebuild on the new member.
 func TestAgentMemberRecovery(t *testing.T) {
 	dir := t.TempDir()
 	ah := startAgentHost(t, dir, 4, 8<<20)
 	stateDir := filepath.Join(dir, "state")
 	err := meta.View(stateDir, func(s *meta.Store) error {
-		_, err := raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: ah.members()[:3], RegionSize: 128 << 10, AssumeClean: true})
+		sb, err := raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: ah.members()[:3], RegionSize: 128 << 10})
+		if err == nil && !sb.InitialSync {
+			t.Errorf("members that exist need an initial sync")
+		}
 		return err
 	})
 	if err != nil {
@@ -278,6 +282,15 @@ func TestAgentMemberRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
+	waitIdle(t, a)
+	if a.Superblock().InitialSync {
+		t.Fatal("the initial sync did not finish")
+	}
+	for i := range 3 {
+		if n := ah.marked(t, i); n != 0 {
+			t.Fatalf("member %d's host keeps %d bytes marked after the initial sync", i, n)
+		}
+	}
 	data := bytes.Repeat([]byte{0x5e}, 64<<10)
 	if _, err := a.Device().WriteAt(data, 0); err != nil {
 		t.Fatal(err)

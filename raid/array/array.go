@@ -406,6 +406,7 @@ func (a *Array) queueSync(r resync.Range, initial bool) {
 		}
 		a.eng.Flush()
 		a.update(func(sb *meta.Array) error { sb.InitialSync, sb.SyncedTo = false, 0; return nil })
+		a.clearUnmarked(a.allRoles()) // the sync's writes were marked at agent members
 		a.log.Info("sync done", "bytes", p.Done)
 	})
 }

@@ -257,24 +257,30 @@ func (a *Array) forwardClears(regions []uint64) {
 }
 
 // clearRebuilt runs once a recovery or a replace has made role's new
-// device consistent. Its rebuild wrote every region it copied through the
-// member host, which marked them all; the array's bitmap never marked
-// them, so no forwarded clear would ever remove them. The host is told to
-// clear every region the array's bitmap does not hold dirty now. A write
-// racing this clear may lose its mark on this one host, but every other
-// member's host marked it too, which keeps the union of the hosts' marks
-// sufficient.
-func (a *Array) clearRebuilt(role int) {
+// device consistent: see clearUnmarked.
+func (a *Array) clearRebuilt(role int) { a.clearUnmarked([]int{role}) }
+
+// clearUnmarked runs when a background job that writes members without
+// the array's bitmap (a rebuild, the initial sync, a repair) has finished.
+// Every region the job wrote went through the member hosts, which marked
+// them; the array's bitmap never marked them, so no forwarded clear would
+// ever remove them. The hosts of roles are told to clear every region the
+// array's bitmap does not hold dirty now. A write racing this clear may
+// lose its mark on one host, but every other member's host marked it too,
+// which keeps the union of the hosts' marks sufficient.
+func (a *Array) clearUnmarked(roles []int) {
 	if a.fenced.Load() || a.bm == nil {
 		return
 	}
+	var cs []raid.MemberClearer
 	a.clrMu.Lock()
-	var c raid.MemberClearer
-	if role < len(a.clearers) {
-		c = a.clearers[role]
+	for _, role := range roles {
+		if role < len(a.clearers) && a.clearers[role] != nil {
+			cs = append(cs, a.clearers[role])
+		}
 	}
 	a.clrMu.Unlock()
-	if c == nil {
+	if len(cs) == 0 {
 		return
 	}
 	dirty := map[uint64]bool{}
@@ -292,10 +298,22 @@ func (a *Array) clearRebuilt(role int) {
 	if sb.Level == string(raid.LevelRaid35) {
 		div = int64(len(sb.Members) - 1)
 	}
-	for _, r := range a.ranges(clean) {
-		if err := c.Clear(r.Off/div, r.Len/div); err != nil {
-			a.log.Warn("clearing a rebuilt agent member's marks failed; they stay", "role", role, "err", err)
-			return
+	for _, c := range cs {
+		for _, r := range a.ranges(clean) {
+			if err := c.Clear(r.Off/div, r.Len/div); err != nil {
+				a.log.Warn("clearing an agent member's marks after a background job failed; they stay", "err", err)
+				break
+			}
 		}
 	}
+}
+
+// allRoles lists every role of the array.
+func (a *Array) allRoles() []int {
+	sb := a.Superblock()
+	out := make([]int, len(sb.Members))
+	for i := range out {
+		out[i] = i
+	}
+	return out
 }

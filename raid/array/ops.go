@@ -418,7 +418,12 @@ func (a *Array) Check(ctx context.Context, repair bool) (resync.Progress, error)
 	}
 	res := make(chan result, 1)
 	a.enqueue(resync.Job{Kind: kind, Array: a.sync, Ranges: resync.Whole(a.eng.Size()), Chunk: 4 << 20},
-		func(p resync.Progress, err error) { res <- result{p, err} })
+		func(p resync.Progress, err error) {
+			if repair && p.Mismatches > 0 {
+				a.clearUnmarked(a.allRoles()) // the repairs were marked at agent members
+			}
+			res <- result{p, err}
+		})
 	select {
 	case r := <-res:
 		return r.p, r.err
