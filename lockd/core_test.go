@@ -1,0 +1,101 @@
+package lockd
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string // "" = valid
+	}{
+		{"ok", Config{ID: "a", Voters: []NodeID{"b", "a"}}, ""},
+		{"no id", Config{Voters: []NodeID{"a"}}, "empty node ID"},
+		{"no voters", Config{ID: "a"}, "no voters"},
+		{"not a voter", Config{ID: "a", Voters: []NodeID{"b"}}, "not a voter"},
+		{"duplicate", Config{ID: "a", Voters: []NodeID{"a", "a"}}, "duplicate"},
+		{"empty voter", Config{ID: "a", Voters: []NodeID{"a", ""}}, "bad voter"},
+		{"lease too short", Config{ID: "a", Voters: []NodeID{"a"}, HeartbeatTicks: 4, LeaseTicks: 4}, "must exceed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := NewCore(tc.cfg)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("unexpected error %v", err)
+			case tc.want != "" && (err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("error %v, want ErrInvalid mentioning %q", err, tc.want)
+			case tc.want == "":
+				if c.cfg.LeaseTicks != 8 || c.cfg.HeartbeatTicks != 1 || c.cfg.RetryTicks != 3 || c.cfg.DriftTicks != 2 {
+					t.Errorf("defaults not filled: %+v", c.cfg)
+				}
+				if c.cfg.Voters[0] != "a" {
+					t.Errorf("voters not sorted: %v", c.cfg.Voters)
+				}
+			}
+		})
+	}
+}
+
+func TestAPIErrors(t *testing.T) {
+	c, err := NewCore(Config{ID: "a", Voters: []NodeID{"a"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetMembers([]NodeID{"a"})
+	held, err := c.Lock("ls", "r", EX, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiting, err := c.Lock("ls", "r", PR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("x", maxNameLen+1)
+	for _, tc := range []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"bad mode", func() error { _, err := c.Lock("ls", "r", Mode(9), 0); return err }(), ErrInvalid},
+		{"empty lockspace", func() error { _, err := c.Lock("", "r", PR, 0); return err }(), ErrInvalid},
+		{"long resource", func() error { _, err := c.Lock("ls", long, PR, 0); return err }(), ErrInvalid},
+		{"unknown flag", func() error { _, err := c.Lock("ls", "r", PR, 1<<12); return err }(), ErrInvalid},
+		{"lock with CANCEL", func() error { _, err := c.Lock("ls", "r", PR, Cancel); return err }(), ErrInvalid},
+		{"convert unknown", c.Convert(999, PR, 0, nil), ErrUnknownLock},
+		{"convert waiting", c.Convert(waiting, EX, 0, nil), ErrBusy},
+		{"convert big lvb", c.Convert(held, NL, ValBlk, make([]byte, LVBSize+1)), ErrInvalid},
+		{"unlock waiting", c.Unlock(waiting, 0, nil), ErrBusy},
+		{"unlock bad flags", c.Unlock(held, NoQueue, nil), ErrInvalid},
+		{"cancel granted", c.Cancel(held), ErrInvalid},
+		{"cancel unknown", c.Cancel(999), ErrUnknownLock},
+	} {
+		if !errors.Is(tc.err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, tc.err, tc.want)
+		}
+	}
+	if err := c.Cancel(waiting); err != nil {
+		t.Errorf("cancel waiting: %v", err)
+	}
+}
+
+// BenchmarkOneNodeLockUnlock measures the core alone: one uncontended lock and unlock on a
+// one-node cluster (no network).
+func BenchmarkOneNodeLockUnlock(b *testing.B) {
+	c, err := NewCore(Config{ID: "a", Voters: []NodeID{"a"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c.SetMembers([]NodeID{"a"})
+	c.Advance()
+	b.ReportAllocs()
+	for b.Loop() {
+		id, _ := c.Lock("ls", "r", EX, 0)
+		if err := c.Unlock(id, 0, nil); err != nil {
+			b.Fatal(err)
+		}
+		c.Advance()
+	}
+}
