@@ -346,6 +346,25 @@ func TestAgentRefusals(t *testing.T) {
 		t.Fatalf("second agent on one state dir: %v\n%s", err, out)
 	}
 
+	// Bad agent and fence arguments.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"agent", "--state-dir=" + filepath.Join(dir, "sy")}, "--host-disk"},
+		{[]string{"agent", "--state-dir=" + filepath.Join(dir, "sy"), "--host-disk=" + agents[0].disk, "--tls-cert=x"}, "go together"},
+		{[]string{"agent", "--state-dir=" + filepath.Join(dir, "sy"), "--host-disk=" + filepath.Join(dir, "nodisk"),
+			"--listen-member=127.0.0.11:" + freePortOn(t, "127.0.0.11")}, "nodisk"},
+		{[]string{"fence", "--agent=" + agents[0].control(), "--array=nope", "--epoch=1"}, "UUID"},
+		{[]string{"fence", "--agent=" + filepath.Join(dir, "no.sock"), "--array=aa010000-0000-0000-0000-000000000000", "--epoch=1"}, "control socket"},
+		{[]string{"create", "y", "--state-dir=" + filepath.Join(dir, "sy"), "--member-tls-cert=x", agents[0].member(), agents[1].member()}, "go together"},
+	} {
+		out, err := runErr(ddraidBin, c.args...)
+		if err == nil || !strings.Contains(out, c.want) {
+			t.Errorf("ddraid %v: %v, want an error with %q\n%s", c.args, err, c.want, out)
+		}
+	}
+
 	// A plain NBD client may read a member export but not write it: its
 	// writes would bypass the marks and the fence.
 	if out := run(t, "nbdinfo", "--size", agents[0].uri()); strings.TrimSpace(out) != fmt.Sprint(16<<20) {

@@ -88,6 +88,9 @@ func (c *AgentCmd) Run(g *Globals) error {
 			return fmt.Errorf("listen %s: %w", addr, err)
 		}
 		listeners = append(listeners, l)
+		if tcp, ok := l.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() && cfg.TLSMode == nbd.TLSOff {
+			slog.Warn("member exports are served beyond loopback without TLS: anyone who reaches this address can read the disks (use --tls-cert, --tls-key and --tls-ca)", "listen", addr)
+		}
 	}
 	serveErr := make(chan error, len(listeners))
 	for _, l := range listeners {
