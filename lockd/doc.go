@@ -9,8 +9,9 @@
 //   - [Core] is a deterministic state machine, one per node. It is fed inputs —
 //     [Core.Step] (a message from a peer), [Core.Tick] (one unit of logical time),
 //     [Core.SetMembers] (the live member list, in production from serf) and the local lock
-//     calls — and it returns its outputs through [Core.Ready]: messages to send, completions
-//     and blocking callbacks to deliver. [Core.Advance] acknowledges a Ready. The core never
+//     calls — and it returns its outputs through [Core.Ready]: a [HardState] to save before
+//     anything is sent, messages to send, completions and blocking callbacks to deliver.
+//     [Core.Advance] acknowledges a Ready. The core never
 //     reads a clock, touches the network or the file system, draws random numbers or starts
 //     goroutines; a lint test enforces this on every file except node.go.
 //   - [Node] (node.go) is the thin driver: one goroutine that feeds the core frames from a
@@ -39,9 +40,11 @@
 // Every resource has one master: the node chosen by a hash of (lockspace, resource) over the
 // sorted agreed member list. On every membership change the nodes run the DLM recovery
 // sequence (stop, agree on the member list, rebuild, purge, remaster, re-send locks, recover
-// LVBs, grant); see docs/lockd.md. Only a strict majority of the configured voters completes
-// a change; every completed change bumps the epoch, and every grant carries a fencing [Token]
-// (epoch, sequence).
+// LVBs, grant); see docs/lockd.md. The member list comes from outside ([Core.SetMembers]);
+// the epoch number is decided by the nodes (the lowest-named member coordinates a ballot),
+// not by the caller. Only a strict majority of the configured voters completes a change;
+// every completed change bumps the epoch, and every grant carries a fencing [Token] (epoch,
+// sequence) that only grows for a resource.
 //
 // # Quorum lease
 //
