@@ -65,8 +65,9 @@ type CA struct {
 
 // Request describes a leaf certificate to issue.
 type Request struct {
-	// CommonName is the subject's common name; when DNSNames is empty it
-	// is also the one DNS SAN.
+	// CommonName is the subject's common name; when DNSNames and IPs are
+	// both empty it is also the one SAN (an IP SAN if it parses as an IP
+	// address, else a DNS SAN).
 	CommonName string
 	// DNSNames and IPs are the subject alternative names.
 	DNSNames []string
@@ -119,9 +120,15 @@ func (ca *CA) Issue(req Request) (*KeyPair, error) {
 	if req.CommonName == "" && len(req.DNSNames) == 0 && len(req.IPs) == 0 {
 		return nil, errors.New("certs: a certificate needs a common name or a subject alternative name")
 	}
-	dns := req.DNSNames
-	if len(dns) == 0 && req.CommonName != "" && net.ParseIP(req.CommonName) == nil {
-		dns = []string{req.CommonName}
+	dns, ips := req.DNSNames, req.IPs
+	if len(dns) == 0 && len(ips) == 0 && req.CommonName != "" {
+		// The common name becomes the one SAN: an IP SAN when it is an
+		// address, since that is what hostname checks compare then.
+		if ip := net.ParseIP(req.CommonName); ip != nil {
+			ips = []net.IP{ip}
+		} else {
+			dns = []string{req.CommonName}
+		}
 	}
 	usage := req.Usage
 	if usage == 0 {
@@ -162,7 +169,7 @@ func (ca *CA) Issue(req Request) (*KeyPair, error) {
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           ext,
 		DNSNames:              dns,
-		IPAddresses:           req.IPs,
+		IPAddresses:           ips,
 	}
 	cert, err := create(tmpl, ca.Cert, &key.PublicKey, ca.Key)
 	if err != nil {

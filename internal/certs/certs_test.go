@@ -39,6 +39,8 @@ func TestIssueVerifies(t *testing.T) {
 		{"server only used as client", Request{CommonName: "n1", Usage: Server}, "n1", x509.ExtKeyUsageClientAuth, ca, true},
 		{"client only used as server", Request{CommonName: "n1", Usage: Client}, "n1", x509.ExtKeyUsageServerAuth, ca, true},
 		{"explicit SANs", Request{CommonName: "srv", DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}, "127.0.0.1", x509.ExtKeyUsageServerAuth, ca, false},
+		{"IP as common name", Request{CommonName: "10.0.0.7"}, "10.0.0.7", x509.ExtKeyUsageClientAuth, ca, false},
+		{"IP common name is not another IP", Request{CommonName: "10.0.0.7"}, "10.0.0.8", x509.ExtKeyUsageClientAuth, ca, true},
 		{"explicit SANs exclude CN", Request{CommonName: "srv", DNSNames: []string{"localhost"}}, "srv", x509.ExtKeyUsageServerAuth, ca, true},
 		{"expired", Request{CommonName: "n1", NotBefore: time.Now().Add(-48 * time.Hour), ValidFor: time.Hour}, "n1", x509.ExtKeyUsageServerAuth, ca, true},
 	}
