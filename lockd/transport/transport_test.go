@@ -649,3 +649,24 @@ func TestHandshakeLimit(t *testing.T) {
 		t.Fatalf("got %q", m.frame)
 	}
 }
+
+// TestAddressLikeNames: node names that parse as IP addresses work both
+// ways (their certificates carry them as IP SANs).
+func TestAddressLikeNames(t *testing.T) {
+	p := newPKI(t)
+	a, ain := p.start(t, "10.1.2.3", nil)
+	b, bin := p.start(t, "b", nil)
+	connect(t, a, b)
+	if err := a.Send("b", []byte("to b")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Send("10.1.2.3", []byte("to a")); err != nil {
+		t.Fatal(err)
+	}
+	if m := bin.next(t); m.from != "10.1.2.3" || string(m.frame) != "to b" {
+		t.Fatalf("b got %q from %s", m.frame, m.from)
+	}
+	if m := ain.next(t); m.from != "b" || string(m.frame) != "to a" {
+		t.Fatalf("a got %q from %s", m.frame, m.from)
+	}
+}
