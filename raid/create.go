@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/ddraid/ddraid/blockdev/nbd"
 	"github.com/ddraid/ddraid/blockdev/remote"
 	"github.com/ddraid/ddraid/raid/meta"
 )
@@ -101,17 +102,23 @@ func (o *CreateOptions) validate() error {
 	if o.CreateSize < 0 {
 		return fmt.Errorf("size %d is negative", o.CreateSize)
 	}
-	if o.Level == LevelRaid35 {
-		agents := 0
-		for _, p := range o.Members {
-			if IsAgentMember(p) {
-				agents++
-			}
+	agents := 0
+	for _, p := range o.Members {
+		if IsAgentMember(p) {
+			agents++
 		}
-		// An agent marks regions of RegionSize/(M−1) member bytes, at
-		// least 64 KiB (see package blockdev/member).
-		if k := int64(n - 1); agents > 0 && k > 0 && o.RegionSize/k < 64<<10 {
-			return fmt.Errorf("region size %d is too small for agent members: %d members need at least %d", o.RegionSize, n, k*(64<<10))
+	}
+	if agents > 0 && o.Level != LevelLinear {
+		// An agent marks regions of RegionSize/(M−1) member bytes (raid35)
+		// or RegionSize (mirror), from 64 KiB to 1 GiB (see package
+		// blockdev/member).
+		k := int64(1)
+		if o.Level == LevelRaid35 {
+			k = int64(max(n-1, 1))
+		}
+		if mr := o.RegionSize / k; mr < nbd.MinMarkRegion || mr > nbd.MaxMarkRegion {
+			return fmt.Errorf("region size %d does not suit agent members: with %d members it must lie from %d to %d",
+				o.RegionSize, n, k*nbd.MinMarkRegion, k*nbd.MaxMarkRegion)
 		}
 	}
 	seen := map[string]bool{}

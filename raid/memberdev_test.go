@@ -80,14 +80,28 @@ func TestWriterIdentity(t *testing.T) {
 	}
 }
 
-func TestCreateRefusesSmallRegionsForAgents(t *testing.T) {
-	o := CreateOptions{Name: "a", Level: LevelRaid35, RegionSize: 128 << 10,
-		Members: []string{"h1:/d", "h2:/d", "h3:/d", "h4:/d", "h5:/d"}}
-	if err := o.validate(); err == nil || !strings.Contains(err.Error(), "too small for agent members") {
-		t.Fatalf("validate = %v", err)
+func TestCreateRegionSizeForAgents(t *testing.T) {
+	five := []string{"h1:/d", "h2:/d", "h3:/d", "h4:/d", "h5:/d"}
+	cases := []struct {
+		level   Level
+		members []string
+		region  int64
+		ok      bool
+	}{
+		{LevelRaid35, five, 128 << 10, false},
+		{LevelRaid35, five, 256 << 10, true},
+		{LevelRaid35, five, 4 << 30, true},
+		{LevelRaid35, five, 8 << 30, false},
+		{LevelMirror, five[:2], 64 << 10, true},
+		{LevelMirror, five[:2], 2 << 30, false},
+		{LevelLinear, five[:2], 4 << 30, true},
+		{LevelRaid35, []string{"/f1", "/f2", "/f3", "/f4", "/f5"}, 128 << 10, true},
 	}
-	o.RegionSize = 256 << 10
-	if err := o.validate(); err != nil {
-		t.Fatalf("validate with 256 KiB regions over 5 agents: %v", err)
+	for _, c := range cases {
+		o := CreateOptions{Name: "a", Level: c.level, RegionSize: c.region, Members: c.members}
+		err := o.validate()
+		if (err == nil) != c.ok || (err != nil && !strings.Contains(err.Error(), "does not suit agent members")) {
+			t.Errorf("%s over %v with %d-byte regions: %v, want ok %v", c.level, c.members, c.region, err, c.ok)
+		}
 	}
 }

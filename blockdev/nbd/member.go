@@ -31,6 +31,14 @@ const (
 	StateDirty = 1 << 0
 )
 
+// Limits of Writer.RegionSize (when not 0). A region must fit in one
+// CLEAR, whose length is 32 bits: the client sends ranges in pieces of at
+// most 1 GiB, so larger regions could never be cleared.
+const (
+	MinMarkRegion = 64 << 10
+	MaxMarkRegion = 1 << 30
+)
+
 // metaIDDirty is the context ID of the selected ddraid:dirty/SLOT.
 const metaIDDirty = 2
 
@@ -53,7 +61,8 @@ type Writer struct {
 	// Epoch is the writer's fencing epoch for Slot.
 	Epoch uint64
 	// RegionSize is how many member bytes one write-intent mark covers (a
-	// power of two of at least 64 KiB), or 0 for no marks (fencing only).
+	// power of two from MinMarkRegion to MaxMarkRegion), or 0 for no marks
+	// (fencing only).
 	RegionSize uint64
 	// DataOffset is where the array's data starts on the member: mark
 	// region i covers [DataOffset + i·RegionSize, DataOffset +
@@ -97,8 +106,8 @@ func parseWriter(b []byte) (export string, w Writer, err error) {
 	w.Epoch = binary.BigEndian.Uint64(rest[20:])
 	w.RegionSize = binary.BigEndian.Uint64(rest[28:])
 	w.DataOffset = binary.BigEndian.Uint64(rest[36:])
-	if w.RegionSize != 0 && (w.RegionSize < 64<<10 || w.RegionSize&(w.RegionSize-1) != 0 || w.RegionSize > 1<<40) {
-		return "", w, fmt.Errorf("region size %d is not 0 or a power of two from 64 KiB to 1 TiB", w.RegionSize)
+	if w.RegionSize != 0 && (w.RegionSize < MinMarkRegion || w.RegionSize&(w.RegionSize-1) != 0 || w.RegionSize > MaxMarkRegion) {
+		return "", w, fmt.Errorf("region size %d is not 0 or a power of two from 64 KiB to 1 GiB", w.RegionSize)
 	}
 	if w.DataOffset > 1<<62 {
 		return "", w, fmt.Errorf("data offset %d is out of range", w.DataOffset)

@@ -36,6 +36,8 @@ func TestParseWriter(t *testing.T) {
 		{"trailing bytes", append(marshalWriter("d", good), 0), "", Writer{}, "identity is"},
 		{"region not a power of two", marshalWriter("d", Writer{RegionSize: 100 << 10}), "", Writer{}, "region size"},
 		{"region too small", marshalWriter("d", Writer{RegionSize: 4096}), "", Writer{}, "region size"},
+		{"region too large for one CLEAR", marshalWriter("d", Writer{RegionSize: 2 << 30}), "", Writer{}, "region size"},
+		{"largest region", marshalWriter("d", Writer{RegionSize: 1 << 30}), "d", Writer{RegionSize: 1 << 30}, ""},
 		{"data offset out of range", marshalWriter("d", Writer{DataOffset: 1 << 63}), "", Writer{}, "data offset"},
 	}
 	for _, c := range cases {
