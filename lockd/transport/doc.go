@@ -24,9 +24,12 @@
 //
 // # Delivery
 //
-// Send queues a frame on the peer's bounded queue and returns; a
+// Send copies a frame onto the peer's bounded queue and returns; a
 // goroutine per peer writes queued frames in batches (pipelining) and
 // reconnects with exponential backoff when the connection fails. Frames
+// sent to this node's own name go through a queue to the handler too.
+// Inbound frames go to Config.Handler or, without one, to the channel
+// Receive returns: a Transport is a lockd.Transport. Frames
 // arrive in order, at most once: a full queue drops frames (ErrQueueFull)
 // and frames in flight on a broken connection are lost. The lock protocol
 // above retransmits, so the transport never blocks its caller to wait for
