@@ -332,11 +332,12 @@ func (c *Core) send(m Message) {
 }
 
 func (c *Core) drain() {
-	for len(c.local) > 0 {
-		m := c.local[0]
-		c.local = c.local[1:]
-		c.step(m)
+	// step may append to c.local; index, do not range.
+	for i := 0; i < len(c.local); i++ {
+		c.step(c.local[i])
 	}
+	clear(c.local)
+	c.local = c.local[:0]
 }
 
 // SetMembers gives the core the current live member list (from serf in production). A list
