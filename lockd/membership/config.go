@@ -102,7 +102,9 @@ type Config struct {
 	Key []byte
 	// Incarnation identifies this boot of the node; zero draws a random
 	// one. A member seen with a new incarnation is reported as having
-	// left and joined again.
+	// left and joined again. Pass the lockd node's incarnation (its boot
+	// time in nanoseconds) so that gossip and lock traffic name a boot
+	// the same way.
 	Incarnation uint64
 	// Tunables set failure detection; zero means LAN().
 	Tunables Tunables

@@ -15,6 +15,10 @@
 // the other side fail. lockd turns views into an agreed member list with
 // its own quorum protocol; this package only reports.
 //
+// A consumer typically hands each view to the lock transport
+// (View.ApplyTo sets and removes its peers) and the member names to the
+// lock core (View.Names).
+//
 // Serf's event channel is drained by the Membership's own goroutine at all
 // times, so serf never stalls behind a slow consumer: views that the
 // consumer has not taken yet are merged into one (Joined and Left then
