@@ -29,9 +29,11 @@
 // reconnects with exponential backoff when the connection fails. Frames
 // sent to this node's own name go through a queue to the handler too.
 // Inbound frames go to Config.Handler or, without one, to the channel
-// Receive returns: a Transport is a lockd.Transport. Frames
-// arrive in order, at most once: a full queue drops frames (ErrQueueFull)
-// and frames in flight on a broken connection are lost. The lock protocol
-// above retransmits, so the transport never blocks its caller to wait for
-// a slow or dead peer.
+// Receive returns: a Transport is a lockd.Transport. Frames arrive at
+// most once, and in order while a connection lasts: a full queue drops
+// frames (ErrQueueFull), frames in flight on a broken connection are lost,
+// and when a peer reconnects, a frame from the old connection can still be
+// delivered after the first ones of the new. The lock protocol above
+// tolerates loss and reordering and retransmits, so the transport never
+// blocks its caller to wait for a slow or dead peer.
 package transport

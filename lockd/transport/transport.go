@@ -48,8 +48,9 @@ type Config struct {
 	CA *x509.CertPool
 	// Handler, when set, receives every inbound frame with the name of
 	// the node that sent it (authenticated by its certificate). It is
-	// called from one goroutine per sending peer, so frames from one peer
-	// arrive in order, and frames from different peers concurrently. The
+	// called from one goroutine per inbound connection, so frames from
+	// one peer arrive in order (but see Transport on reconnects), and
+	// frames from different peers concurrently. The
 	// frame belongs to the handler. A handler that blocks stops reading
 	// from that peer (TCP back-pressure), nothing else. It must not call
 	// Close. When Handler is nil, frames go to the channel Receive
@@ -152,9 +153,11 @@ type Stats struct {
 // queued frames in batches (pipelined: Send never waits for the network).
 // Inbound connections are authenticated by certificate and only read.
 //
-// Delivery is in order and at most once per peer: frames queued for or in
-// flight on a connection that breaks are lost, and Send drops frames when a
-// peer's queue is full. The lock protocol above retransmits.
+// Delivery is at most once, and in order per connection: frames queued
+// for or in flight on a connection that breaks are lost, Send drops frames
+// when a peer's queue is full, and right after a peer reconnects the last
+// frame of its old connection may be delivered after the first of the
+// new. The lock protocol above retransmits and tolerates reordering.
 //
 // All methods are safe for concurrent use.
 type Transport struct {
