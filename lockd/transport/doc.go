@@ -32,8 +32,8 @@
 // Receive returns: a Transport is a lockd.Transport. Frames arrive at
 // most once, and in order while a connection lasts: a full queue drops
 // frames (ErrQueueFull), frames in flight on a broken connection are lost,
-// and when a peer reconnects, a frame from the old connection can still be
-// delivered after the first ones of the new. The lock protocol above
+// and when a peer reconnects, frames buffered from the old connection can
+// still be delivered after the first ones of the new. The lock protocol above
 // tolerates loss and reordering and retransmits, so the transport never
 // blocks its caller to wait for a slow or dead peer.
 package transport

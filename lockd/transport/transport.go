@@ -155,9 +155,9 @@ type Stats struct {
 //
 // Delivery is at most once, and in order per connection: frames queued
 // for or in flight on a connection that breaks are lost, Send drops frames
-// when a peer's queue is full, and right after a peer reconnects the last
-// frame of its old connection may be delivered after the first of the
-// new. The lock protocol above retransmits and tolerates reordering.
+// when a peer's queue is full, and right after a peer reconnects, frames
+// still buffered from its old connection may be delivered after the first
+// of the new. The lock protocol above retransmits and tolerates reordering.
 //
 // All methods are safe for concurrent use.
 type Transport struct {
