@@ -356,6 +356,15 @@ func (c *Core) SetMembers(members []NodeID) {
 	c.drain()
 }
 
+// Elapse advances logical time by ticks (at least one) at once, as after a pause of the
+// process: the lease and waits see all of it, periodic work runs once.
+func (c *Core) Elapse(ticks uint64) {
+	if ticks > 1 {
+		c.tick += ticks - 1
+	}
+	c.Tick()
+}
+
 // Tick advances logical time by one: heartbeats, retransmissions, recovery progress.
 func (c *Core) Tick() {
 	c.tick++

@@ -99,3 +99,23 @@ func BenchmarkOneNodeLockUnlock(b *testing.B) {
 		c.Advance()
 	}
 }
+
+// A node that was paused catches up all its ticks at once (Elapse): its lease is gone
+// before it can act on anything the others sent meanwhile.
+func TestElapseEndsLease(t *testing.T) {
+	s := newSim(t, Config{}, "n1", "n2", "n3")
+	s.setMembers(s.live(), s.live())
+	s.stabilize(12)
+	c := s.cores["n1"]
+	if !c.HasQuorum() {
+		t.Fatal("no quorum after settling")
+	}
+	c.Elapse(uint64(c.cfg.LeaseTicks))
+	if c.HasQuorum() {
+		t.Fatalf("still has quorum after %d ticks without answers", c.cfg.LeaseTicks)
+	}
+	s.stabilize(3)
+	if !c.HasQuorum() {
+		t.Fatal("answers did not restore the lease")
+	}
+}

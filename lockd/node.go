@@ -41,6 +41,8 @@ type Node struct {
 	done  chan struct{}
 	cbs   sync.WaitGroup
 	once  sync.Once
+	start time.Time // ticks are counted from here on the monotonic clock
+	ticks uint64    // ticks given to the core so far
 }
 
 // StartNode starts a node. Tell it the live members with SetMembers.
@@ -62,7 +64,7 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 		return nil, fmt.Errorf("start lockd node %s: %w", cfg.ID, err)
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.ID), core: core, locks: map[uint64]*Lock{},
-		stop: make(chan struct{}), done: make(chan struct{})}
+		stop: make(chan struct{}), done: make(chan struct{}), start: time.Now()}
 	go n.run()
 	return n, nil
 }
@@ -86,15 +88,27 @@ func (n *Node) run() {
 				continue
 			}
 			n.mu.Lock()
+			n.catchUpLocked()
 			n.core.Step(m)
 			n.flushLocked()
 			n.mu.Unlock()
 		case <-t.C:
 			n.mu.Lock()
-			n.core.Tick()
+			n.catchUpLocked()
 			n.flushLocked()
 			n.mu.Unlock()
 		}
+	}
+}
+
+// catchUpLocked gives the core every tick that has elapsed on the monotonic clock, before
+// the node acts on anything: a process that was paused (or starved of its ticker) must see
+// its quorum lease run out before it grants or trusts a lock again.
+func (n *Node) catchUpLocked() {
+	due := uint64(time.Since(n.start) / n.cfg.TickInterval)
+	if due > n.ticks {
+		n.core.Elapse(due - n.ticks)
+		n.ticks = due
 	}
 }
 
@@ -160,6 +174,7 @@ func (n *Node) deliverLocked(cp Completion) {
 func (n *Node) SetMembers(members []NodeID) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.catchUpLocked()
 	n.core.SetMembers(members)
 	n.flushLocked()
 }
@@ -175,6 +190,7 @@ func (n *Node) Dump() Dump {
 func (n *Node) HasQuorum() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.catchUpLocked()
 	return n.core.HasQuorum() && n.core.Normal()
 }
 
@@ -243,6 +259,7 @@ func (ls *Lockspace) Lock(ctx context.Context, resource string, mode Mode, flags
 		return nil, ErrStopped
 	default:
 	}
+	n.catchUpLocked()
 	id, err := n.core.Lock(ls.name, resource, mode, flags)
 	if err != nil {
 		n.mu.Unlock()
@@ -304,6 +321,7 @@ func (l *Lock) do(ctx context.Context, what string, start func() error) (Complet
 		}
 		return Completion{}, fmt.Errorf("%s %s/%s: %w", what, l.space, l.resource, ErrUnknownLock)
 	}
+	n.catchUpLocked()
 	if err := start(); err != nil {
 		n.mu.Unlock()
 		return Completion{}, fmt.Errorf("%s %s/%s: %w", what, l.space, l.resource, err)
@@ -400,6 +418,7 @@ func (l *Lock) LVB() (data []byte, seq uint64, valid bool) {
 func (l *Lock) Token() (Token, error) {
 	l.n.mu.Lock()
 	defer l.n.mu.Unlock()
+	l.n.catchUpLocked()
 	li, err := l.info()
 	if err != nil {
 		return Token{}, err
