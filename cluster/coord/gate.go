@@ -1,0 +1,245 @@
+package coord
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ddraid/ddraid/lockd"
+)
+
+// Window is a byte range of the array [Lo, Hi) that a resyncer works on:
+// writers must not write it until the window moves or ends. A window is
+// named by its resyncer (Owner) and the slot whose marks it resyncs. Seq
+// orders one owner's announcements (they may arrive out of order); 0 means
+// unordered.
+type Window struct {
+	Owner  lockd.NodeID
+	Slot   uint32
+	Lo, Hi int64
+	Seq    uint64
+}
+
+// Empty reports whether the window covers nothing (it ends a resync).
+func (w Window) Empty() bool { return w.Hi <= w.Lo }
+
+// overlaps reports whether [off, end) meets the window.
+func (w Window) overlaps(off, end int64) bool { return off < w.Hi && w.Lo < end }
+
+// ErrHalted is what a write gets while the gate is halted (this node's
+// slot lock is not valid: no quorum, or it was lost).
+var ErrHalted = errors.New("coord: writes halted")
+
+// ErrGateTimeout is what a write gets that waited longer than the gate's
+// timeout for a resync window to move.
+var ErrGateTimeout = errors.New("coord: write waited too long for a resync window")
+
+// gateState is one immutable view of the gate: readers load it with one
+// atomic load and never lock.
+type gateState struct {
+	windows []Window
+	halted  error // non-nil: every write waits
+	// changed is closed when this state is replaced.
+	changed chan struct{}
+}
+
+// blocks reports whether a write of [off, end) must wait in this state.
+func (s *gateState) blocks(off, end int64) bool {
+	if s.halted != nil {
+		return true
+	}
+	for i := range s.windows {
+		if s.windows[i].overlaps(off, end) {
+			return true
+		}
+	}
+	return false
+}
+
+// WriteGate is what an array consults on every write in cluster mode: a
+// write that overlaps an announced resync window waits until the window
+// moves or ends, and every write waits while the gate is halted.
+//
+// The fast path (no window overlaps, not halted) is two atomic adds and
+// two atomic loads: no allocation, no lock. Installing a window waits until
+// every write that entered before it has left, so once Install returns no
+// write can touch the window until it is removed.
+//
+// Every write calls Enter, then Leave with Enter's ticket once the write is
+// done (also when it failed). All methods are safe for concurrent use.
+type WriteGate struct {
+	state    atomic.Pointer[gateState]
+	phase    atomic.Uint32
+	inflight [2]paddedCount
+	draining atomic.Bool
+	drained  chan struct{} // a token whenever a count may have reached zero
+	timeout  time.Duration
+
+	mu   sync.Mutex              // serialises changes of state and phase
+	seen map[lockd.NodeID]uint64 // newest Seq installed per owner; guarded by mu
+}
+
+type paddedCount struct {
+	n atomic.Int64
+	_ [56]byte // keep the two counts on their own cache lines
+}
+
+// DefaultGateTimeout bounds how long a write waits at the gate.
+const DefaultGateTimeout = 30 * time.Second
+
+// NewWriteGate returns an open gate. timeout bounds each write's wait (0:
+// DefaultGateTimeout).
+func NewWriteGate(timeout time.Duration) *WriteGate {
+	if timeout <= 0 {
+		timeout = DefaultGateTimeout
+	}
+	g := &WriteGate{drained: make(chan struct{}, 1), timeout: timeout, seen: map[lockd.NodeID]uint64{}}
+	g.state.Store(&gateState{changed: make(chan struct{})})
+	return g
+}
+
+// Enter admits a write of [off, off+length). It waits while the range
+// overlaps a window or the gate is halted, until ctx ends or the gate's
+// timeout passes. On success the caller must call Leave(ticket) when the
+// write is done.
+func (g *WriteGate) Enter(ctx context.Context, off, length int64) (ticket uint32, err error) {
+	end := off + length
+	var deadline <-chan time.Time
+	for {
+		p := g.phase.Load() & 1
+		g.inflight[p].n.Add(1)
+		if g.phase.Load()&1 != p {
+			g.leave(p) // a window was installed meanwhile: enter in the new phase
+			continue
+		}
+		st := g.state.Load()
+		if !st.blocks(off, end) {
+			return p, nil
+		}
+		g.leave(p)
+		if deadline == nil {
+			t := time.NewTimer(g.timeout)
+			defer t.Stop()
+			deadline = t.C
+		}
+		select {
+		case <-st.changed:
+		case <-ctx.Done():
+			return 0, fmt.Errorf("write %d+%d at the cluster write gate: %w", off, length, context.Cause(ctx))
+		case <-deadline:
+			if st.halted != nil {
+				return 0, fmt.Errorf("write %d+%d: %w: %w", off, length, ErrHalted, st.halted)
+			}
+			return 0, fmt.Errorf("write %d+%d after %v: %w", off, length, g.timeout, ErrGateTimeout)
+		}
+	}
+}
+
+// Leave ends a write admitted by Enter.
+func (g *WriteGate) Leave(ticket uint32) { g.leave(ticket & 1) }
+
+func (g *WriteGate) leave(p uint32) {
+	if g.inflight[p].n.Add(-1) == 0 && g.draining.Load() {
+		select {
+		case g.drained <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// setLocked replaces the state and wakes every waiting write. g.mu is held.
+func (g *WriteGate) setLocked(windows []Window, halted error) {
+	old := g.state.Load()
+	g.state.Store(&gateState{windows: windows, halted: halted, changed: make(chan struct{})})
+	close(old.changed)
+}
+
+// Install adds the window w (replacing the window of the same owner and
+// slot), or removes that window when w is empty. An announcement older
+// than one already installed for its owner (by Seq) is ignored. Adding
+// waits until the writes admitted before it have left, or until ctx ends
+// (the window then stays installed and the error says the drain did not
+// finish).
+func (g *WriteGate) Install(ctx context.Context, w Window) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if w.Seq != 0 {
+		if w.Seq <= g.seen[w.Owner] {
+			return nil
+		}
+		g.seen[w.Owner] = w.Seq
+	}
+	st := g.state.Load()
+	ws := slices.DeleteFunc(slices.Clone(st.windows), func(x Window) bool { return x.Owner == w.Owner && x.Slot == w.Slot })
+	if w.Empty() {
+		g.setLocked(ws, st.halted)
+		return nil
+	}
+	g.setLocked(append(ws, w), st.halted)
+	return g.drainLocked(ctx)
+}
+
+// drainLocked flips the phase and waits for the writes of the old phase
+// to leave. g.mu is held, so phases never overtake a drain.
+func (g *WriteGate) drainLocked(ctx context.Context) error {
+	old := g.phase.Add(1) - 1
+	p := old & 1
+	g.draining.Store(true)
+	defer g.draining.Store(false)
+	for g.inflight[p].n.Load() != 0 {
+		select {
+		case <-g.drained:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for writes in flight before a resync window: %w", context.Cause(ctx))
+		}
+	}
+	return nil
+}
+
+// DropOwner removes every window of owner (a resyncer that left the
+// cluster: its windows would otherwise block writes for ever).
+func (g *WriteGate) DropOwner(owner lockd.NodeID) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.seen, owner) // a restarted owner numbers from 1 again
+	st := g.state.Load()
+	if !slices.ContainsFunc(st.windows, func(x Window) bool { return x.Owner == owner }) {
+		return
+	}
+	g.setLocked(slices.DeleteFunc(slices.Clone(st.windows), func(x Window) bool { return x.Owner == owner }), st.halted)
+}
+
+// Halt makes every new write wait (and fail after the timeout with
+// ErrHalted and why); writes already admitted go on. Resume ends it.
+func (g *WriteGate) Halt(why error) {
+	if why == nil {
+		why = errors.New("halted")
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	st := g.state.Load()
+	if st.halted != nil && st.halted.Error() == why.Error() {
+		return
+	}
+	g.setLocked(st.windows, why)
+}
+
+// Resume lets writes through again after Halt.
+func (g *WriteGate) Resume() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	st := g.state.Load()
+	if st.halted != nil {
+		g.setLocked(st.windows, nil)
+	}
+}
+
+// Halted returns why the gate is halted, or nil.
+func (g *WriteGate) Halted() error { return g.state.Load().halted }
+
+// Windows returns the installed windows.
+func (g *WriteGate) Windows() []Window { return slices.Clone(g.state.Load().windows) }

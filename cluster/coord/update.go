@@ -1,0 +1,166 @@
+package coord
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/ddraid/ddraid/cluster"
+	"github.com/ddraid/ddraid/lockd"
+	"github.com/ddraid/ddraid/raid/meta"
+)
+
+// errUnchanged lets an update's function say there is nothing to do.
+var errUnchanged = errors.New("coord: no change")
+
+// Update changes the superblock cluster-wide (md's METADATA_UPDATED):
+// under the token lock, fn changes a copy, the event counter goes up, this
+// node stores it, and every other live node must acknowledge having stored
+// it. what names the change in errors. If fn returns an error the update is
+// abandoned with it.
+//
+// When a node refuses or does not answer, the update fails naming it;
+// the nodes that stored it keep the higher event counter (assembly
+// prefers it), so the caller should treat the change as uncertain and
+// retry or repair.
+func (c *Coordinator) Update(ctx context.Context, what string, fn func(*meta.Array) error) (*meta.Array, error) {
+	ctx, cancel := c.waitCtx(ctx)
+	defer cancel()
+	tok, err := c.ls.Lock(ctx, resToken, lockd.EX, 0)
+	if err != nil {
+		return nil, fmt.Errorf("metadata update (%s): take the token lock: %w", what, err)
+	}
+	defer c.unlock(tok)
+	return c.updateHeld(ctx, tok, what, fn)
+}
+
+// updateHeld is Update with the token lock held.
+func (c *Coordinator) updateHeld(ctx context.Context, tok *lockd.Lock, what string, fn func(*meta.Array) error) (*meta.Array, error) {
+	sb, err := cloneSuperblock(c.cfg.Local.Superblock())
+	if err != nil {
+		return nil, fmt.Errorf("metadata update (%s): %w", what, err)
+	}
+	if err := fn(sb); err != nil {
+		if errors.Is(err, errUnchanged) {
+			return sb, nil
+		}
+		return nil, fmt.Errorf("metadata update (%s): %w", what, err)
+	}
+	sb.Events++
+	body, err := EncodeSuperblock(sb)
+	if err != nil {
+		return nil, fmt.Errorf("metadata update (%s): %w", what, err)
+	}
+	if err := checkHeld(tok); err != nil {
+		return nil, fmt.Errorf("metadata update (%s): token: %w", what, err)
+	}
+	if err := c.cfg.Local.ApplySuperblock(sb); err != nil {
+		return nil, fmt.Errorf("metadata update (%s), event %d: store here: %w", what, sb.Events, err)
+	}
+	if _, err := c.cfg.Router.m.Broadcast(ctx, cluster.Message{Type: TypeMetadataUpdated, Array: c.uuid, Body: body}); err != nil {
+		return nil, fmt.Errorf("metadata update (%s), event %d: not acknowledged by every live node: %w", what, sb.Events, err)
+	}
+	c.log.Info("metadata updated", "what", what, "events", sb.Events)
+	return sb, nil
+}
+
+// cloneSuperblock deep-copies a superblock.
+func cloneSuperblock(sb meta.Array) (*meta.Array, error) {
+	b, err := json.Marshal(&sb)
+	if err != nil {
+		return nil, err
+	}
+	var out meta.Array
+	if err := json.Unmarshal(b, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// FailMember records member role as failed cluster-wide; only once every
+// live node acknowledged may anyone write the array degraded. A member
+// already failed is left as it is.
+func (c *Coordinator) FailMember(ctx context.Context, role int, reason string) (*meta.Array, error) {
+	return c.Update(ctx, fmt.Sprintf("fail member %d: %s", role, reason), func(sb *meta.Array) error {
+		if role < 0 || role >= len(sb.Members) {
+			return fmt.Errorf("no member %d (the array has %d)", role, len(sb.Members))
+		}
+		if sb.Members[role].State == meta.StateFailed {
+			return errUnchanged
+		}
+		sb.Members[role].State = meta.StateFailed
+		return nil
+	})
+}
+
+// AddMember adds the member spec cluster-wide (md's NEWDISK): under the
+// token lock, this node and every other live node must be able to open it,
+// and only then does fn put it into the superblock (as raid/array's add
+// does), which is broadcast like any update. A node that cannot open it
+// fails the add, named in the error.
+func (c *Coordinator) AddMember(ctx context.Context, spec string, fn func(*meta.Array) error) (*meta.Array, error) {
+	what := "add " + spec
+	if _, err := DecodeSpec([]byte(spec)); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	ctx, cancel := c.waitCtx(ctx)
+	defer cancel()
+	tok, err := c.ls.Lock(ctx, resToken, lockd.EX, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%s: take the token lock: %w", what, err)
+	}
+	defer c.unlock(tok)
+	if err := c.cfg.Local.CanOpen(ctx, spec); err != nil {
+		return nil, fmt.Errorf("%s: %s cannot open it: %w", what, c.cfg.Node, err)
+	}
+	if _, err := c.cfg.Router.m.Broadcast(ctx, cluster.Message{Type: TypeNewDisk, Array: c.uuid, Body: []byte(spec)}); err != nil {
+		return nil, fmt.Errorf("%s: not every live node can open it: %w", what, err)
+	}
+	return c.updateHeld(ctx, tok, what, fn)
+}
+
+// handleMetadata stores a superblock another node broadcast.
+func (c *Coordinator) handleMetadata(body []byte) ([]byte, error) {
+	sb, err := DecodeSuperblock(body)
+	if err != nil {
+		return nil, err
+	}
+	if sb.UUID.String() != c.uuid {
+		return nil, fmt.Errorf("superblock of array %s sent for array %s", sb.UUID, c.uuid)
+	}
+	cur := c.cfg.Local.Superblock()
+	switch {
+	case sb.Events < cur.Events:
+		return nil, fmt.Errorf("stale superblock: event %d, this node has %d", sb.Events, cur.Events)
+	case sb.Events == cur.Events:
+		mine, err := json.Marshal(&cur)
+		if err != nil {
+			return nil, err
+		}
+		if !bytes.Equal(mine, body) {
+			theirs, _ := json.Marshal(sb)
+			if !bytes.Equal(mine, theirs) {
+				return nil, fmt.Errorf("conflicting superblock with event %d (this node has another one)", sb.Events)
+			}
+		}
+		return nil, nil // already stored (a retry)
+	}
+	if err := c.cfg.Local.ApplySuperblock(sb); err != nil {
+		return nil, fmt.Errorf("store superblock event %d: %w", sb.Events, err)
+	}
+	return nil, nil
+}
+
+// handleNewDisk checks that this node can open a member being added.
+func (c *Coordinator) handleNewDisk(ctx context.Context, body []byte) ([]byte, error) {
+	spec, err := DecodeSpec(body)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.cfg.Local.CanOpen(ctx, spec); err != nil {
+		return nil, fmt.Errorf("cannot open %s: %w", spec, err)
+	}
+	return nil, nil
+}
