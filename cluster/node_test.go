@@ -1,0 +1,194 @@
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ddraid/ddraid/internal/certs"
+	"github.com/ddraid/ddraid/lockd"
+	"github.com/ddraid/ddraid/lockd/membership"
+)
+
+// waitLimit bounds waits for gossip and lockd to converge: a deadlock
+// guard far above what FastLocal needs, never a measure of speed.
+const waitLimit = 60 * time.Second
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, waitLimit)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// testCluster starts n nodes on loopback with real serf and the TLS
+// transport; node i is "n<i>".
+func testCluster(t *testing.T, n int) []*Node {
+	t.Helper()
+	ca, err := certs.NewCA("cluster test CA", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := make([]byte, 32)
+	rand.Read(key)
+	var voters []lockd.NodeID
+	for i := range n {
+		voters = append(voters, lockd.NodeID(fmt.Sprintf("n%d", i)))
+	}
+	dir := t.TempDir()
+	var nodes []*Node
+	for i, name := range voters {
+		kp, err := ca.IssueNode(string(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := Config{Name: name, Voters: voters, Bind: "127.0.0.1:0", RPC: "127.0.0.1:0", Key: key,
+			Certificate: kp.TLSCertificate(), CA: ca.Pool(), Tunables: membership.FastLocal(),
+			StatePath: filepath.Join(dir, string(name)+".state"), Logger: quiet}
+		if i > 0 {
+			cfg.Join = []string{nodes[0].GossipAddr()}
+		}
+		nd, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nd.Messenger().Handle("whoami", func(_ context.Context, from lockd.NodeID, m Message) ([]byte, error) {
+			return fmt.Appendf(nil, "%s asked %s about %s", from, name, m.Array), nil
+		})
+		if err := nd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nd.stop() })
+		nodes = append(nodes, nd)
+	}
+	for _, nd := range nodes {
+		waitUntil(t, string(nd.Name())+" sees every node with quorum", func() bool {
+			st := nd.Status()
+			return st.Quorum && len(nd.Messenger().Live()) == n && st.Phase == "normal" && len(nd.Locks().Dump().Members) == n
+		})
+	}
+	return nodes
+}
+
+func TestNodeConfigRefusals(t *testing.T) {
+	ca, err := certs.NewCA("t", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, err := ca.IssueNode("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := Config{Name: "a", Voters: []lockd.NodeID{"a", "b", "c"}, Key: make([]byte, 32), Certificate: kp.TLSCertificate(), CA: ca.Pool()}
+	for _, tc := range []struct {
+		name string
+		mod  func(*Config)
+		want string
+	}{
+		{"no name", func(c *Config) { c.Name = "" }, "node name"},
+		{"no voters", func(c *Config) { c.Voters = nil }, "node list"},
+		{"not a voter", func(c *Config) { c.Name = "d" }, "not in the node list"},
+		{"no key", func(c *Config) { c.Key = nil }, "encryption key"},
+		{"no certificate", func(c *Config) { c.CA = nil }, "mutual TLS"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := good
+			tc.mod(&cfg)
+			if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New: %v, want an error with %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := New(good); err != nil {
+		t.Fatalf("New(good): %v", err)
+	}
+}
+
+// TestNodeRealCluster: three nodes with real serf and mutual TLS lock,
+// message each other over the shared transport, and survive one node's
+// crash: the others keep quorum, the crashed node's lock is granted to a
+// survivor with a larger fencing token.
+func TestNodeRealCluster(t *testing.T) {
+	nodes := testCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+
+	// Messenger over TLS: a call and a broadcast.
+	got, err := nodes[0].Messenger().Call(ctx, "n1", Message{Type: "whoami", Array: "u"})
+	if err != nil || string(got) != "n0 asked n1 about u" {
+		t.Fatalf("Call = %q, %v", got, err)
+	}
+	if _, err := nodes[0].Messenger().Call(ctx, "n2", Message{Type: "nope"}); !errors.Is(err, ErrUnknownType) {
+		t.Fatalf("unknown type over TLS: %v", err)
+	}
+	all, err := nodes[2].Messenger().Broadcast(ctx, Message{Type: "whoami"})
+	if err != nil || len(all) != 2 || string(all["n0"]) != "n2 asked n0 about " || string(all["n1"]) != "n2 asked n1 about " {
+		t.Fatalf("Broadcast = %q, %v", all, err)
+	}
+
+	// n2 holds EX; n0 cannot get it at once.
+	held, err := nodes[2].Locks().Lockspace("test").Lock(ctx, "r", lockd.EX, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok2, err := held.Token()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nodes[0].Locks().Lockspace("test").Lock(ctx, "r", lockd.EX, lockd.NoQueue); !errors.Is(err, lockd.ErrAgain) {
+		t.Fatalf("second EX: %v, want ErrAgain", err)
+	}
+
+	// n2 crashes (no leave): n0 gets the lock after recovery.
+	nodes[2].stop()
+	l, err := nodes[0].Locks().Lockspace("test").Lock(ctx, "r", lockd.EX, 0)
+	if err != nil {
+		t.Fatalf("EX after the holder crashed: %v", err)
+	}
+	tok0, err := l.Token()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !tok2.Less(tok0) || tok0.Epoch <= tok2.Epoch {
+		t.Fatalf("token after takeover %v, want a later epoch than %v", tok0, tok2)
+	}
+	waitUntil(t, "n0 sees n2 failed", func() bool {
+		st := nodes[0].Status()
+		i := slices.IndexFunc(st.Members, func(m MemberStatus) bool { return m.Name == "n2" })
+		return i >= 0 && st.Members[i].State == StateFailed && !st.Members[i].Lockd && st.Quorum
+	})
+	if live := nodes[0].Messenger().Live(); !slices.Equal(live, []lockd.NodeID{"n0", "n1"}) {
+		t.Fatalf("live after crash: %v", live)
+	}
+	if _, err := nodes[0].Messenger().Broadcast(ctx, Message{Type: "whoami"}); err != nil {
+		t.Fatalf("Broadcast after crash: %v", err)
+	}
+}
+
+func TestHardStateFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "lockd.state")
+	hs, err := loadHardState(p)
+	if err != nil || hs != (lockd.HardState{}) {
+		t.Fatalf("missing file: %+v, %v", hs, err)
+	}
+	want := lockd.HardState{Promised: lockd.Ballot{N: 3, Node: "a", Inc: 9}, Accepted: 2, AcceptedBy: lockd.Ballot{N: 2, Node: "b", Inc: 1}}
+	if err := saveHardState(p, want); err != nil {
+		t.Fatal(err)
+	}
+	if hs, err = loadHardState(p); err != nil || hs != want {
+		t.Fatalf("load = %+v, %v; want %+v", hs, err, want)
+	}
+	if err := saveHardState(filepath.Join(p, "x"), want); err == nil {
+		t.Fatal("saving under a file succeeded")
+	}
+}
