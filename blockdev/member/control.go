@@ -20,6 +20,7 @@ import (
 //	GET  /v1/status   Status
 //	POST /v1/fence    FenceRequest → {"message"}
 //
+// plus the routes the agent adds (cluster mode: see package cluster).
 // Errors come back as HTTP 4xx/5xx with {"error": "..."}.
 
 // FenceRequest raises the minimum epoch of an array's slot.
@@ -51,10 +52,17 @@ type Control struct {
 	ln  net.Listener
 }
 
-// ListenControl serves h's control API on a unix socket at path (a stale
-// socket file is replaced). log receives HTTP server errors (nil: the
-// host's logger).
-func ListenControl(path string, h *Host, log *slog.Logger) (*Control, error) {
+// Route is a further endpoint of the control API: a net/http ServeMux
+// pattern ("GET /v1/locks") and its handler.
+type Route struct {
+	Pattern string
+	Handler http.Handler
+}
+
+// ListenControl serves h's control API, and the extra routes, on a unix
+// socket at path (a stale socket file is replaced). log receives HTTP
+// server errors (nil: the host's logger).
+func ListenControl(path string, h *Host, log *slog.Logger, extra ...Route) (*Control, error) {
 	if log == nil {
 		log = h.log
 	}
@@ -93,6 +101,9 @@ func ListenControl(path string, h *Host, log *slog.Logger) (*Control, error) {
 		writeJSON(w, http.StatusOK, map[string]string{"message": fmt.Sprintf(
 			"slot %d of array %s: writers with an epoch below %d are fenced", req.Slot, req.Array, h.MinEpoch(array, req.Slot))})
 	})
+	for _, r := range extra {
+		mux.Handle(r.Pattern, r.Handler)
+	}
 	c := &Control{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}}
 	go c.srv.Serve(ln)
