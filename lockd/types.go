@@ -49,6 +49,21 @@ var modeNames = [...]string{"NL", "CR", "CW", "PR", "PW", "EX"}
 // MarshalText writes the mode's name (JSON dumps show "PR", not 3).
 func (m Mode) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
 
+// UnmarshalText reads what MarshalText writes ("--" for no mode), so dumps
+// decode again (`ddraid locks` reads the agent's JSON).
+func (m *Mode) UnmarshalText(b []byte) error {
+	if string(b) == noMode.String() {
+		*m = noMode
+		return nil
+	}
+	p, err := ParseMode(string(b))
+	if err != nil {
+		return err
+	}
+	*m = p
+	return nil
+}
+
 func (m Mode) String() string {
 	if m < numModes {
 		return modeNames[m]
