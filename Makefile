@@ -97,14 +97,14 @@ bench: build test-deps
 	$(GO) test -run '^$$' -bench . -benchmem ./raid/ ./blockdev/...
 
 fuzz:
-	@for t in FuzzHandshake FuzzRequest; do \
-		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./blockdev/nbd/ || exit 1; done
-	$(GO) test -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME) ./raid/meta/
-	$(GO) test -run '^$$' -fuzz '^FuzzParseSize$$' -fuzztime $(FUZZTIME) ./internal/units/
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/config/
-	$(GO) test -run '^$$' -fuzz '^FuzzConfigFile$$' -fuzztime $(FUZZTIME) ./cmd/ddraid/
-	@for t in FuzzDecodeKey FuzzCheckWAL; do \
-		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./bitmap/ || exit 1; done
+	@# every Fuzz target of the tree (git grep finds new ones), FUZZTIME each
+	@for f in $$(git grep -l '^func Fuzz' -- '*_test.go' ':!bench'); do \
+		dir=./$$(dirname $$f); \
+		for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+			echo "== $$dir $$t"; \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$dir || exit 1; \
+		done; \
+	done
 
 clean:
 	rm -rf bin dist ddraid-demo
