@@ -1,12 +1,14 @@
 package member
 
 import (
+	"encoding/hex"
 	"fmt"
 	"slices"
 
 	"github.com/ddraid/ddraid/bitmap"
 	"github.com/ddraid/ddraid/blockdev"
 	"github.com/ddraid/ddraid/blockdev/nbd"
+	"github.com/ddraid/ddraid/raid/meta"
 )
 
 // Disk is one hosted disk. It implements nbd.Member; serve it with
@@ -60,15 +62,22 @@ func (d *Disk) Admit(w nbd.Writer) (nbd.Session, error) {
 	return s, nil
 }
 
-// Dirty implements nbd.Member: the regions of the disk marked for slot
-// by any array, as extents covering [off, off+length).
+// Dirty implements nbd.Member: the regions of the disk marked for slot,
+// as extents covering [off, off+length). When the disk carries a ddraid
+// member header, only the marks of that array count (a disk reused by a
+// new array may still hold an old array's marks); without one, every
+// array's marks do, which is never too few.
 func (d *Disk) Dirty(slot uint32, off, length int64, dst []blockdev.Extent) ([]blockdev.Extent, error) {
+	owner := ""
+	if hd, err := meta.ReadHeader(d.dev); err == nil {
+		owner = hex.EncodeToString(hd.ArrayUUID[:])
+	}
 	h := d.h
 	h.mu.Lock()
 	var infos []markInfo
 	var keys []string
 	for k, info := range h.st.Marks {
-		if info.Disk == d.path {
+		if info.Disk == d.path && (owner == "" || info.Array == owner) {
 			keys, infos = append(keys, k), append(infos, info)
 		}
 	}

@@ -26,7 +26,8 @@
 //     and clears the regions that lie wholly inside the range.
 //   - Dirty query: NBD_CMD_BLOCK_STATUS on the metadata context
 //     "ddraid:dirty/SLOT" reports the marked regions of SLOT on the disk
-//     (flag 1), for a survivor taking a failed writer's slot over.
+//     (flag 1) for the array whose member header the disk carries, for a
+//     survivor taking a failed writer's slot over.
 //
 // # Regions
 //

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ddraid/ddraid/blockdev"
 	"github.com/ddraid/ddraid/blockdev/nbd"
+	"github.com/ddraid/ddraid/raid/meta"
 	"go.uber.org/goleak"
 )
 
@@ -407,3 +408,42 @@ func TestControl(t *testing.T) {
 }
 
 var _ blockdev.Device = (*blockdev.File)(nil)
+
+// TestDirtyFollowsTheHeader: a disk that moved to another array reports
+// only the marks of the array whose header it carries.
+func TestDirtyFollowsTheHeader(t *testing.T) {
+	_, d, _ := newHost(t)
+	arrayB := [16]byte{0xbb}
+	wa, wb := writer(0, 1), writer(0, 1)
+	wb.Array = arrayB
+	sa, err := d.Admit(wa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sa.Close()
+	sb, err := d.Admit(wb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	if err := write(t, sa, testBase, 1); err != nil { // A: region 0
+		t.Fatal(err)
+	}
+	if err := write(t, sb, testBase+2*testRegion, 1); err != nil { // B: region 2
+		t.Fatal(err)
+	}
+	R, B := int64(testRegion), int64(testBase)
+	both := fmt.Sprintf("%d:0 %d:1 %d:0 %d:1 %d:0", B, R, R, R, 13*R)
+	onlyB := fmt.Sprintf("%d:0 %d:1 %d:0", B+2*R, R, 13*R)
+	if got := dirtyOf(t, d, 0); got != both {
+		t.Fatalf("without a header: %q, want every array's marks %q", got, both)
+	}
+	hdr := meta.Header{ArrayUUID: meta.UUID(arrayB), MemberUUID: meta.UUID{1}, Members: 3, BlockSize: 4096,
+		DataOffset: testBase, DataSize: uint64(16 * R), Level: "raid35", ArrayName: "b"}
+	if err := meta.WriteHeader(d.Device(), &hdr); err != nil {
+		t.Fatal(err)
+	}
+	if got := dirtyOf(t, d, 0); got != onlyB {
+		t.Fatalf("with array B's header: %q, want B's marks %q", got, onlyB)
+	}
+}
