@@ -436,6 +436,8 @@ func TestAgentTLS(t *testing.T) {
 	// nbdinfo: plaintext, and TLS without a client certificate.
 	if out, err := runErr("nbdinfo", agents[0].uri()); err == nil {
 		t.Fatalf("nbdinfo without TLS was served:\n%s", out)
+	} else if !strings.Contains(out, "opt_go") {
+		t.Fatalf("nbdinfo without TLS should be refused at NBD_OPT_GO (TLS required):\n%s", out)
 	}
 	noCert := filepath.Join(dir, "nocert")
 	os.MkdirAll(noCert, 0o700)
@@ -443,6 +445,8 @@ func TestAgentTLS(t *testing.T) {
 	tlsURI := strings.Replace(agents[0].uri(), "nbd://", "nbds://", 1)
 	if out, err := runErr("nbdinfo", tlsURI+"?tls-certificates="+noCert); err == nil {
 		t.Fatalf("nbdinfo over TLS without a client certificate was served:\n%s", out)
+	} else if !strings.Contains(out, "TLS") {
+		t.Fatalf("nbdinfo without a client certificate should fail in the TLS handshake:\n%s", out)
 	}
 	// nbdinfo with a valid client certificate is served.
 	withCert := filepath.Join(dir, "withcert")
