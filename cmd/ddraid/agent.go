@@ -14,6 +14,7 @@ import (
 
 	"github.com/ddraid/ddraid/blockdev/member"
 	"github.com/ddraid/ddraid/blockdev/nbd"
+	"github.com/ddraid/ddraid/cluster"
 	"github.com/ddraid/ddraid/raid"
 )
 
@@ -27,6 +28,7 @@ type AgentCmd struct {
 	TLSKey       string        `name:"tls-key" type:"path" help:"Private key (PEM) of --tls-cert." placeholder:"FILE"`
 	TLSCA        string        `name:"tls-ca" type:"path" help:"CA (PEM) that signs client certificates." placeholder:"FILE"`
 	ShutdownWait time.Duration `help:"How long SIGTERM waits for requests in flight." default:"30s"`
+	Cluster      ClusterFlags  `embed:"" group:"Cluster mode"`
 }
 
 // agentDir is the agent's part of a state directory.
@@ -73,7 +75,17 @@ func (c *AgentCmd) Run(g *Globals) error {
 	if ctlPath == "" {
 		ctlPath = filepath.Join(agentDir(g.StateDir), "agent.sock")
 	}
-	ctl, err := member.ListenControl(ctlPath, host, slog.Default())
+	node, err := c.Cluster.startCluster(g.StateDir, c.TLSCert, c.TLSKey, c.TLSCA)
+	if err != nil {
+		return err
+	}
+	var clusterCtl *cluster.Control
+	if node != nil {
+		defer node.Close()
+		clusterCtl = cluster.NewControl(node)
+		defer clusterCtl.Close()
+	}
+	ctl, err := member.ListenControl(ctlPath, host, slog.Default(), controlRoutes(clusterCtl)...)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,228 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/ddraid/ddraid/lockd"
+)
+
+// The cluster part of the agent's control API (HTTP on its 0600 unix
+// socket, next to the member host's routes):
+//
+//	GET  /v1/cluster        Status
+//	GET  /v1/locks          lockd.Dump
+//	POST /v1/locks/acquire  AcquireRequest → AcquireReply (debugging)
+//
+// Errors come back as HTTP 4xx/5xx with {"error": "..."}.
+
+// ControlPatterns are the ServeMux patterns Control.Handler serves.
+var ControlPatterns = []string{"GET /v1/cluster", "GET /v1/locks", "POST /v1/locks/acquire"}
+
+// AcquireRequest asks the agent to take a lock for a while: a debugging aid
+// (`ddraid locks acquire`), the lock belongs to the agent.
+type AcquireRequest struct {
+	Lockspace string `json:"lockspace"`
+	Resource  string `json:"resource"`
+	Mode      string `json:"mode"` // NL, CR, CW, PR, PW or EX
+	NoQueue   bool   `json:"noqueue"`
+	// WaitMS bounds the wait for the grant (default 30 s); HoldMS is
+	// how long the agent holds the lock before it unlocks it.
+	WaitMS int64 `json:"wait_ms"`
+	HoldMS int64 `json:"hold_ms"`
+}
+
+// AcquireReply is a granted debugging lock.
+type AcquireReply struct {
+	Node  lockd.NodeID `json:"node"`
+	Mode  lockd.Mode   `json:"mode"`
+	Token lockd.Token  `json:"token"`
+}
+
+// Limits of AcquireRequest.
+const (
+	DefaultAcquireWait = 30 * time.Second
+	MaxAcquireTime     = 24 * time.Hour
+)
+
+// Control serves a Node's part of the control API.
+type Control struct {
+	n     *Node
+	stop  chan struct{}
+	holds sync.WaitGroup
+	once  sync.Once
+}
+
+// NewControl returns the control endpoints of n (started).
+func NewControl(n *Node) *Control { return &Control{n: n, stop: make(chan struct{})} }
+
+// Handler serves ControlPatterns.
+func (c *Control) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, c.n.Status())
+	})
+	mux.HandleFunc("GET /v1/locks", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, c.n.Locks().Dump())
+	})
+	mux.HandleFunc("POST /v1/locks/acquire", c.acquire)
+	return mux
+}
+
+func (c *Control) acquire(w http.ResponseWriter, r *http.Request) {
+	var req AcquireRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "bad request: "+err.Error())
+		return
+	}
+	mode, err := lockd.ParseMode(req.Mode)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	wait, hold := time.Duration(req.WaitMS)*time.Millisecond, time.Duration(req.HoldMS)*time.Millisecond
+	if wait == 0 {
+		wait = DefaultAcquireWait
+	}
+	if wait < 0 || wait > MaxAcquireTime || hold <= 0 || hold > MaxAcquireTime || req.Lockspace == "" || req.Resource == "" {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("want a lockspace, a resource, a wait up to %v and a positive hold up to %v", MaxAcquireTime, MaxAcquireTime))
+		return
+	}
+	var flags lockd.Flags
+	if req.NoQueue {
+		flags |= lockd.NoQueue
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	l, err := c.n.Locks().Lockspace(req.Lockspace).Lock(ctx, req.Resource, mode, flags)
+	if err != nil {
+		code := http.StatusInternalServerError
+		if errors.Is(err, lockd.ErrAgain) || errors.Is(err, context.DeadlineExceeded) {
+			code = http.StatusConflict
+		}
+		writeError(w, code, err.Error())
+		return
+	}
+	tok, err := l.Token()
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	c.holds.Add(1)
+	go func() {
+		defer c.holds.Done()
+		t := time.NewTimer(hold)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-c.stop:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := l.Unlock(ctx); err != nil {
+			c.n.log.Warn("cluster: unlock debugging lock", "lockspace", req.Lockspace, "resource", req.Resource, "err", err)
+		}
+	}()
+	c.n.log.Info("cluster: debugging lock granted", "lockspace", req.Lockspace, "resource", req.Resource, "mode", mode.String(),
+		"token", tok.String(), "hold", hold)
+	writeJSON(w, http.StatusOK, AcquireReply{Node: c.n.Name(), Mode: mode, Token: tok})
+}
+
+// Close unlocks the debugging locks and waits for that.
+func (c *Control) Close() {
+	c.once.Do(func() { close(c.stop) })
+	c.holds.Wait()
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+// ControlClient talks to the cluster part of an agent's control socket.
+type ControlClient struct {
+	path string
+	hc   *http.Client
+}
+
+// DialControl returns a client for the agent control socket at path.
+func DialControl(path string) *ControlClient {
+	return &ControlClient{path: path, hc: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}}
+}
+
+// Status fetches the agent's cluster status.
+func (c *ControlClient) Status(ctx context.Context) (Status, error) {
+	var st Status
+	return st, c.do(ctx, http.MethodGet, "/v1/cluster", nil, &st)
+}
+
+// Locks fetches the agent's lock dump.
+func (c *ControlClient) Locks(ctx context.Context) (lockd.Dump, error) {
+	var d lockd.Dump
+	return d, c.do(ctx, http.MethodGet, "/v1/locks", nil, &d)
+}
+
+// Acquire asks the agent to take and hold a lock. ctx should allow for
+// req's wait.
+func (c *ControlClient) Acquire(ctx context.Context, req AcquireRequest) (AcquireReply, error) {
+	var rep AcquireReply
+	return rep, c.do(ctx, http.MethodPost, "/v1/locks/acquire", req, &rep)
+}
+
+func (c *ControlClient) do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, rd)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("agent control socket %s: %w", c.path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("agent control socket %s: %w", c.path, err)
+	}
+	if resp.StatusCode == http.StatusNotFound {
+		return fmt.Errorf("agent at %s does not run in cluster mode (start it with --nodes)", c.path)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = resp.Status
+		}
+		return errors.New(e.Error)
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("agent control socket %s: reply: %w", c.path, err)
+	}
+	return nil
+}

@@ -1,0 +1,224 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ddraid/ddraid/blockdev/member"
+	"github.com/ddraid/ddraid/blockdev/nbd"
+	"github.com/ddraid/ddraid/cluster"
+	"github.com/ddraid/ddraid/lockd"
+	"github.com/ddraid/ddraid/lockd/membership"
+)
+
+// ClusterFlags are the agent's cluster-mode flags; without --nodes the
+// agent only hosts members.
+type ClusterFlags struct {
+	Nodes          []string `name:"nodes" help:"Cluster mode: the names of all cluster nodes (the same list on every agent); quorum is a strict majority of them." placeholder:"NAME,..."`
+	NodeName       string   `name:"node-name" help:"This node's name in the cluster (its certificate's DNS name); default the host name." placeholder:"NAME"`
+	Bind           string   `name:"bind" help:"Cluster gossip address (UDP and TCP)." default:"127.0.0.1:7946" placeholder:"HOST:PORT"`
+	Advertise      string   `name:"advertise" help:"Gossip address other nodes reach this one at, if not --bind." placeholder:"HOST:PORT"`
+	RPC            string   `name:"rpc" help:"Address of the lock and coordination transport (mutual TLS)." default:"127.0.0.1:7947" placeholder:"HOST:PORT"`
+	Join           []string `name:"join" help:"Gossip address of a cluster node to join (repeatable); none starts a new cluster." placeholder:"HOST:PORT"`
+	EncryptKeyFile string   `name:"encrypt-key-file" type:"path" help:"File holding the cluster's gossip key in base64 (ddraid cluster keygen); required in cluster mode." placeholder:"FILE"`
+	GossipTuning   string   `name:"gossip-tuning" hidden:"" enum:"lan,fast-local" default:"lan" help:"Failure detection: lan (a few seconds) or fast-local (well under a second; loopback tests only)."`
+}
+
+// startCluster starts the cluster runtime when --nodes is given (nil, nil
+// otherwise). TLS files are the agent's.
+func (c *ClusterFlags) startCluster(stateDir, certFile, keyFile, caFile string) (*cluster.Node, error) {
+	if len(c.Nodes) == 0 {
+		if len(c.Join) > 0 || c.NodeName != "" || c.EncryptKeyFile != "" {
+			return nil, errors.New("--join, --node-name and --encrypt-key-file need --nodes (cluster mode)")
+		}
+		return nil, nil
+	}
+	if certFile == "" || keyFile == "" || caFile == "" {
+		return nil, errors.New("cluster mode needs --tls-cert, --tls-key and --tls-ca (agents talk mutual TLS)")
+	}
+	if c.EncryptKeyFile == "" {
+		return nil, errors.New("cluster mode needs --encrypt-key-file (gossip is always encrypted; make a key with `ddraid cluster keygen`)")
+	}
+	key, err := readKeyFile(c.EncryptKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	tc, err := nbd.LoadTLSConfig(certFile, keyFile, caFile)
+	if err != nil {
+		return nil, err
+	}
+	name := c.NodeName
+	if name == "" {
+		if name, err = os.Hostname(); err != nil {
+			return nil, fmt.Errorf("--node-name not given and no host name: %w", err)
+		}
+	}
+	var voters []lockd.NodeID
+	for _, n := range c.Nodes {
+		for _, s := range strings.Split(n, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				voters = append(voters, lockd.NodeID(s))
+			}
+		}
+	}
+	tu := membership.LAN()
+	if c.GossipTuning == "fast-local" {
+		tu = membership.FastLocal()
+	}
+	n, err := cluster.New(cluster.Config{Name: lockd.NodeID(name), Voters: voters, Bind: c.Bind, Advertise: c.Advertise, RPC: c.RPC,
+		Join: c.Join, Key: key, Certificate: tc.Certificates[0], CA: tc.ClientCAs, Tunables: tu,
+		StatePath: filepath.Join(agentDir(stateDir), "lockd.state"), Logger: slog.Default()})
+	if err != nil {
+		return nil, err
+	}
+	if err := n.Start(); err != nil {
+		return nil, err
+	}
+	fmt.Printf("cluster node %s: gossip %s, rpc %s, nodes %v\n", name, n.GossipAddr(), c.RPC, voters)
+	return n, nil
+}
+
+// controlRoutes are the cluster endpoints of the agent's control socket.
+func controlRoutes(ctl *cluster.Control) []member.Route {
+	if ctl == nil {
+		return nil
+	}
+	h := ctl.Handler()
+	var rs []member.Route
+	for _, p := range cluster.ControlPatterns {
+		rs = append(rs, member.Route{Pattern: p, Handler: h})
+	}
+	return rs
+}
+
+func readKeyFile(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("gossip key: %w", err)
+	}
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		slog.Warn("the gossip key file is readable by others; chmod 600 it", "file", path, "mode", fi.Mode().Perm().String())
+	}
+	k, err := membership.ParseKey(strings.TrimSpace(string(b)))
+	if err != nil {
+		return nil, fmt.Errorf("gossip key %s: %w", path, err)
+	}
+	return k, nil
+}
+
+// agentControl is the control socket a client command talks to.
+func agentControl(g *Globals, flag string) string {
+	if flag != "" {
+		return flag
+	}
+	return filepath.Join(agentDir(g.StateDir), "agent.sock")
+}
+
+// ClusterCmd is `ddraid cluster`.
+type ClusterCmd struct {
+	Status ClusterStatusCmd `cmd:"" help:"Show the cluster as the local agent sees it: nodes, quorum, epoch."`
+	Keygen ClusterKeygenCmd `cmd:"" help:"Print a new gossip encryption key (base64, 32 bytes) for --encrypt-key-file."`
+}
+
+// ClusterStatusCmd is `ddraid cluster status`.
+type ClusterStatusCmd struct {
+	Control string        `type:"path" help:"The agent's control socket (default STATE_DIR/agent/agent.sock)." placeholder:"SOCKET"`
+	JSON    bool          `name:"json" help:"Print JSON."`
+	Timeout time.Duration `help:"How long to wait for the agent." default:"10s"`
+}
+
+// Run prints the status.
+func (c *ClusterStatusCmd) Run(g *Globals) error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
+	defer cancel()
+	st, err := cluster.DialControl(agentControl(g, c.Control)).Status(ctx)
+	if err != nil {
+		return fmt.Errorf("cluster status: %w", err)
+	}
+	if c.JSON {
+		return printJSON(st)
+	}
+	return cluster.WriteStatus(os.Stdout, st)
+}
+
+func printJSON(v any) error {
+	e := json.NewEncoder(os.Stdout)
+	e.SetIndent("", "  ")
+	return e.Encode(v)
+}
+
+// ClusterKeygenCmd is `ddraid cluster keygen`.
+type ClusterKeygenCmd struct{}
+
+// Run prints a key.
+func (ClusterKeygenCmd) Run() error {
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		return err
+	}
+	fmt.Println(base64.StdEncoding.EncodeToString(k))
+	return nil
+}
+
+// LocksCmd is `ddraid locks`: the lock dump of the local agent.
+type LocksCmd struct {
+	Show    LocksShowCmd    `cmd:"" default:"withargs" help:"Print the agent's lock dump: resources it masters (granted, converting, waiting) and its own locks."`
+	Acquire LocksAcquireCmd `cmd:"" help:"Debugging: have the agent take a lock and hold it for a while."`
+}
+
+// LocksShowCmd is `ddraid locks [show]`.
+type LocksShowCmd struct {
+	Control string        `type:"path" help:"The agent's control socket (default STATE_DIR/agent/agent.sock)." placeholder:"SOCKET"`
+	JSON    bool          `name:"json" help:"Print JSON."`
+	Timeout time.Duration `help:"How long to wait for the agent." default:"10s"`
+}
+
+// Run prints the dump.
+func (c *LocksShowCmd) Run(g *Globals) error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
+	defer cancel()
+	d, err := cluster.DialControl(agentControl(g, c.Control)).Locks(ctx)
+	if err != nil {
+		return fmt.Errorf("locks: %w", err)
+	}
+	if c.JSON {
+		return printJSON(d)
+	}
+	return cluster.WriteDump(os.Stdout, d)
+}
+
+// LocksAcquireCmd is `ddraid locks acquire`.
+type LocksAcquireCmd struct {
+	Resource  string        `arg:"" help:"Resource name."`
+	Mode      string        `arg:"" help:"Mode: NL, CR, CW, PR, PW or EX."`
+	Lockspace string        `help:"Lockspace." default:"debug"`
+	Hold      time.Duration `help:"How long the agent holds the lock once granted." default:"10s"`
+	Wait      time.Duration `help:"How long to wait for the grant." default:"30s"`
+	NoQueue   bool          `name:"noqueue" help:"Fail at once if the lock cannot be granted (NOQUEUE)."`
+	Control   string        `type:"path" help:"The agent's control socket (default STATE_DIR/agent/agent.sock)." placeholder:"SOCKET"`
+}
+
+// Run takes the lock.
+func (c *LocksAcquireCmd) Run(g *Globals) error {
+	if _, err := lockd.ParseMode(c.Mode); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.Wait+10*time.Second)
+	defer cancel()
+	rep, err := cluster.DialControl(agentControl(g, c.Control)).Acquire(ctx, cluster.AcquireRequest{Lockspace: c.Lockspace,
+		Resource: c.Resource, Mode: c.Mode, NoQueue: c.NoQueue, WaitMS: c.Wait.Milliseconds(), HoldMS: c.Hold.Milliseconds()})
+	if err != nil {
+		return fmt.Errorf("locks acquire: %w", err)
+	}
+	fmt.Printf("granted %s/%s %s on %s, token %s (epoch %d), held for %v\n", c.Lockspace, c.Resource, rep.Mode, rep.Node, rep.Token, rep.Token.Epoch, c.Hold)
+	return nil
+}
