@@ -42,6 +42,8 @@ type CLI struct {
 	Demo         DemoCmd         `cmd:"" help:"Create (or reuse) a 5-member raid35 array on files in ./ddraid-demo and serve it."`
 	Agent        AgentCmd        `cmd:"" help:"Serve the disks this node hosts to the writers of arrays (member exports)."`
 	Fence        FenceCmd        `cmd:"" help:"Tell an agent to refuse writes from an array slot's older epochs."`
+	Cluster      ClusterCmd      `cmd:"" help:"Cluster mode: the local agent's view of the cluster; make a gossip key."`
+	Locks        LocksCmd        `cmd:"" help:"The local agent's lock dump (resources, masters, holders, waiters); debugging locks."`
 	TLS          TLSCmd          `cmd:"" name:"tls" help:"Create a CA and node certificates for TLS between agents."`
 	ConfigCmd    ConfigCmd       `cmd:"" name:"config" noconfig:"" help:"Check the configuration file or print the default one."`
 	Completion   CompletionCmd   `cmd:"" hidden:"" noconfig:"" help:"Print a shell completion script."`
