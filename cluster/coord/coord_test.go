@@ -1,0 +1,369 @@
+package coord
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+
+	"go.uber.org/goleak"
+
+	"github.com/ddraid/ddraid/blockdev/remote"
+	"github.com/ddraid/ddraid/cluster"
+	"github.com/ddraid/ddraid/lockd"
+	"github.com/ddraid/ddraid/raid/meta"
+)
+
+func TestMetadataUpdateAcknowledgedByAll(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	synctest.Test(t, func(t *testing.T) {
+		c := newTCluster(t, "n1", "n2", "n3")
+		c.join("n1", "n2", "n3")
+		sb, err := c.nodes["n2"].co.FailMember(context.Background(), 1, "IO error seen by n2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sb.Events != 8 || sb.Members[1].State != meta.StateFailed {
+			t.Fatalf("update returned events %d, member 1 %s", sb.Events, sb.Members[1].State)
+		}
+		for _, id := range c.ids {
+			got := c.nodes[id].local.Superblock()
+			if got.Events != 8 || got.Members[1].State != meta.StateFailed {
+				t.Errorf("%s holds events %d, member 1 %s; want 8, failed", id, got.Events, got.Members[1].State)
+			}
+		}
+		// Failing it again changes nothing and broadcasts nothing.
+		sb, err = c.nodes["n1"].co.FailMember(context.Background(), 1, "again")
+		if err != nil || sb.Events != 8 {
+			t.Errorf("second fail: events %d, %v", sb.Events, err)
+		}
+		if _, err := c.nodes["n1"].co.FailMember(context.Background(), 7, "x"); err == nil || !strings.Contains(err.Error(), "no member 7") {
+			t.Errorf("fail of a member that does not exist: %v", err)
+		}
+	})
+}
+
+func TestMetadataUpdateRefusedByOneNode(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	synctest.Test(t, func(t *testing.T) {
+		c := newTCluster(t, "n1", "n2", "n3")
+		c.join("n1", "n2", "n3")
+		c.nodes["n3"].local.refuse = errors.New("pebble: disk full")
+		_, err := c.nodes["n1"].co.FailMember(context.Background(), 0, "operator")
+		if err == nil {
+			t.Fatal("update succeeded although n3 refused it")
+		}
+		for _, want := range []string{"n3", "pebble: disk full", "not acknowledged", "event 8"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not say %q", err, want)
+			}
+		}
+		if sb := c.nodes["n3"].local.Superblock(); sb.Events != 7 {
+			t.Errorf("n3 (refused) holds event %d", sb.Events)
+		}
+		// A stale superblock (lower event counter) is refused too.
+		old := testSuperblock()
+		old.Events = 3
+		body, _ := EncodeSuperblock(old)
+		_, err = c.nodes["n1"].msg.Call(context.Background(), "n2", cluster.Message{Type: TypeMetadataUpdated, Array: c.nodes["n2"].co.UUID(), Body: body})
+		if err == nil || !strings.Contains(err.Error(), "stale superblock") {
+			t.Errorf("stale superblock: %v", err)
+		}
+	})
+}
+
+func TestUnknownMessageTypeAnsweredWithError(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	synctest.Test(t, func(t *testing.T) {
+		c := newTCluster(t, "n1", "n2", "n3")
+		ctx := context.Background()
+		uuid := c.nodes["n1"].co.UUID()
+		// Through the messenger: nobody registered the type.
+		if _, err := c.nodes["n1"].msg.Call(ctx, "n2", cluster.Message{Type: "bitmap-resize", Array: uuid}); !errors.Is(err, cluster.ErrUnknownType) && !strings.Contains(err.Error(), "unknown message type") {
+			t.Errorf("unknown type: %v", err)
+		}
+		// The router itself, for served and unserved arrays.
+		for _, array := range []string{uuid, "not-served"} {
+			if _, err := c.nodes["n2"].router.handle(ctx, "n1", cluster.Message{Type: "bitmap-resize", Array: array}); !errors.Is(err, cluster.ErrUnknownType) {
+				t.Errorf("router, array %s: %v, want ErrUnknownType", array, err)
+			}
+		}
+		// Bad bodies are errors, for served and unserved arrays.
+		for _, array := range []string{uuid, "not-served"} {
+			for _, typ := range []string{TypeMetadataUpdated, TypeResyncing, TypeNewDisk} {
+				if _, err := c.nodes["n2"].router.handle(ctx, "n1", cluster.Message{Type: typ, Array: array, Body: []byte{1}}); !errors.Is(err, ErrBadBody) {
+					t.Errorf("%s with a bad body, array %s: %v, want ErrBadBody", typ, array, err)
+				}
+			}
+		}
+	})
+}
+
+func TestAddMemberNeedsEveryNode(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	synctest.Test(t, func(t *testing.T) {
+		c := newTCluster(t, "n1", "n2", "n3")
+		c.join("n1", "n2", "n3")
+		ctx := context.Background()
+		spec := "h9:10810:/dev/sdz"
+		addSpare := func(sb *meta.Array) error {
+			sb.Spares = append(sb.Spares, meta.Member{Role: -1, UUID: meta.UUID{9}, Path: spec, State: meta.StateSpare})
+			return nil
+		}
+		c.nodes["n2"].local.cannotOpen[spec] = errors.New("connection refused")
+		_, err := c.nodes["n1"].co.AddMember(ctx, spec, addSpare)
+		if err == nil {
+			t.Fatal("add succeeded although n2 cannot open the member")
+		}
+		for _, want := range []string{"n2", "connection refused", spec} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not say %q", err, want)
+			}
+		}
+		for _, id := range c.ids {
+			if sb := c.nodes[id].local.Superblock(); sb.Events != 7 || len(sb.Spares) != 0 {
+				t.Errorf("%s: events %d, spares %v after a refused add", id, sb.Events, sb.Spares)
+			}
+		}
+		// The initiator's own refusal names it.
+		c.nodes["n1"].local.cannotOpen[spec] = errors.New("no such file")
+		if _, err := c.nodes["n1"].co.AddMember(ctx, spec, addSpare); err == nil || !strings.Contains(err.Error(), "n1 cannot open") {
+			t.Errorf("add refused by the initiator: %v", err)
+		}
+		delete(c.nodes["n1"].local.cannotOpen, spec)
+		delete(c.nodes["n2"].local.cannotOpen, spec)
+		if _, err := c.nodes["n1"].co.AddMember(ctx, spec, addSpare); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range c.ids {
+			if sb := c.nodes[id].local.Superblock(); sb.Events != 8 || len(sb.Spares) != 1 {
+				t.Errorf("%s: events %d, spares %v after the add", id, sb.Events, sb.Spares)
+			}
+		}
+	})
+}
+
+func TestResyncWindowBlocksOverlappingWrite(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	synctest.Test(t, func(t *testing.T) {
+		c := newTCluster(t, "n1", "n2", "n3")
+		c.join("n1", "n2", "n3")
+		ctx := context.Background()
+		n1, n2 := c.nodes["n1"], c.nodes["n2"]
+		if err := n1.co.announce(ctx, Window{Owner: "n1", Slot: 5, Lo: 2 * tRegion, Hi: 3 * tRegion}); err != nil {
+			t.Fatal(err)
+		}
+		var inside, outside atomic.Bool
+		go func() {
+			if err := n2.write(ctx, pattern(2, 0, 1), 2*tRegion+tBlock); err != nil {
+				t.Error(err)
+			}
+			inside.Store(true)
+		}()
+		go func() {
+			if err := n2.write(ctx, pattern(2, 0, 1), 5*tRegion); err != nil {
+				t.Error(err)
+			}
+			outside.Store(true)
+		}()
+		synctest.Wait()
+		if !outside.Load() {
+			t.Error("a write outside the window waited")
+		}
+		if inside.Load() {
+			t.Error("a write inside another node's resync window went through")
+		}
+		if st := n2.co.Status(); len(st.Windows) != 1 || st.Windows[0].Owner != "n1" {
+			t.Errorf("n2 status windows %+v", st.Windows)
+		}
+		// A node joining later learns the window from its owner.
+		c2 := c.nodes["n3"]
+		c2.gate.DropOwner("n1")
+		if err := c2.co.fetchWindows(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if ws := c2.gate.Windows(); len(ws) != 1 || ws[0].Lo != 2*tRegion {
+			t.Errorf("fetched windows %+v", ws)
+		}
+		n1.co.endWindow(5)
+		synctest.Wait()
+		if !inside.Load() {
+			t.Error("the write inside the window still waits after it ended")
+		}
+	})
+}
+
+// writtenUnion returns the union of slot's marks over the hosts.
+func (c *tcluster) writtenUnion(slot uint32) []uint64 {
+	var all []uint64
+	for _, h := range c.hosts {
+		all = append(all, h.marked(slot)...)
+	}
+	slices.Sort(all)
+	return slices.Compact(all)
+}
+
+// slotClean reports whether no host holds marks of slot and every host
+// fences it above epoch.
+func (c *tcluster) slotTakenOver(slot uint32, epoch uint64) bool {
+	for _, h := range c.hosts {
+		h.mu.Lock()
+		ok := len(h.marks[slot]) == 0 && h.minEpoch[slot] > epoch
+		h.mu.Unlock()
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// checkBlocks reads every block in want through n's engine.
+func (c *tcluster) checkBlocks(n *tnode, want map[int64][]byte) {
+	c.t.Helper()
+	buf := make([]byte, tBlock)
+	for b, p := range want {
+		if _, err := n.eng.ReadAt(buf, b*tBlock); err != nil {
+			c.t.Fatalf("read block %d: %v", b, err)
+		}
+		if string(buf) != string(p) {
+			c.t.Errorf("block %d: acknowledged data lost", b)
+		}
+	}
+}
+
+func TestTakeoverAfterWriterCrash(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	synctest.Test(t, func(t *testing.T) {
+		c := newTCluster(t, "n1", "n2", "n3")
+		c.join("n1", "n2", "n3")
+		ctx := context.Background()
+		n3 := c.nodes["n3"]
+		acked := map[int64][]byte{}
+		for _, b := range []int64{1 * 16, 5*16 + 3, 6 * 16, 6*16 + 15} { // regions 1, 5, 6
+			p := pattern(3, b, 1)
+			if err := n3.write(ctx, p, b*tBlock); err != nil {
+				t.Fatal(err)
+			}
+			acked[b] = p
+		}
+		// A write torn by the crash: one fragment of a block of region 9
+		// reached host 0 only.
+		torn := n3.local.hosts[0].conn(n3.w, nil)
+		if _, err := torn.WriteAt(make([]byte, tFrag), (9*16+2)*tFrag); err != nil {
+			t.Fatal(err)
+		}
+		torn.h.data[(9*16+2)*tFrag] ^= 0xff
+		if bad := parityMismatches(c.hosts); len(bad) != 1 {
+			t.Fatalf("the torn write left %d inconsistent blocks, want 1", len(bad))
+		}
+		dirty := c.writtenUnion(n3.w.Slot)
+		if !slices.Equal(dirty, []uint64{1, 5, 6, 9}) {
+			t.Fatalf("n3's marks %v", dirty)
+		}
+
+		c.crash("n3")
+		c.waitFor("n3's slot taken over", func() bool { return c.slotTakenOver(n3.w.Slot, n3.w.Epoch) })
+		c.waitFor("takeovers finished", func() bool {
+			return len(c.nodes["n1"].co.Status().Takeovers) == 0 && len(c.nodes["n2"].co.Status().Takeovers) == 0
+		})
+
+		resynced := append(c.nodes["n1"].local.resyncedRegions(), c.nodes["n2"].local.resyncedRegions()...)
+		slices.Sort(resynced)
+		resynced = slices.Compact(resynced)
+		if !slices.Equal(resynced, dirty) {
+			t.Errorf("resynced regions %v, want exactly n3's dirty union %v", resynced, dirty)
+		}
+		if bad := parityMismatches(c.hosts); len(bad) != 0 {
+			t.Errorf("blocks %v inconsistent after the takeover", bad)
+		}
+		c.checkBlocks(c.nodes["n1"], acked)
+		// n3's old epoch is refused everywhere.
+		for _, h := range c.hosts {
+			if _, err := h.conn(n3.w, nil).WriteAt(make([]byte, tFrag), 0); !errors.Is(err, remote.ErrFenced) {
+				t.Errorf("%s accepted a write of the fenced slot: %v", h.name, err)
+			}
+		}
+		for _, id := range []lockd.NodeID{"n1", "n2"} {
+			if ws := c.nodes[id].gate.Windows(); len(ws) != 0 {
+				t.Errorf("%s still holds windows %+v", id, ws)
+			}
+		}
+	})
+}
+
+// The node resyncing a dead writer's slot dies mid-way; another finishes.
+func TestResyncerCrashMidTakeover(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	synctest.Test(t, func(t *testing.T) {
+		c := newTCluster(t, "n1", "n2", "n3", "n4", "n5")
+		c.join("n1", "n2", "n3")
+		ctx := context.Background()
+		n3 := c.nodes["n3"]
+		acked := map[int64][]byte{}
+		for _, b := range []int64{0, 2 * 16, 7*16 + 1, 13 * 16} { // regions 0, 2, 7, 13
+			p := pattern(3, b, 1)
+			if err := n3.write(ctx, p, b*tBlock); err != nil {
+				t.Fatal(err)
+			}
+			acked[b] = p
+		}
+		dirty := c.writtenUnion(n3.w.Slot)
+
+		// The first survivor to resync anything gets stuck in its second
+		// region (the first one done, not yet cleared).
+		var mu sync.Mutex
+		var stuck lockd.NodeID
+		calls := 0
+		release := make(chan struct{})
+		for _, id := range []lockd.NodeID{"n1", "n2"} {
+			c.nodes[id].local.resyncHook = func(off int64) error {
+				mu.Lock()
+				if stuck == "" {
+					calls++
+					if calls == 2 {
+						stuck = id
+					}
+				}
+				me := stuck == id
+				mu.Unlock()
+				if me {
+					<-release
+					return errors.New("the node crashed")
+				}
+				return nil
+			}
+		}
+		c.crash("n3")
+		c.waitFor("a resyncer stuck", func() bool { mu.Lock(); defer mu.Unlock(); return stuck != "" })
+		mu.Lock()
+		dead := stuck
+		mu.Unlock()
+		other := lockd.NodeID("n1")
+		if dead == "n1" {
+			other = "n2"
+		}
+		if m := c.writtenUnion(n3.w.Slot); len(m) == 0 {
+			t.Fatal("marks cleared before the resync finished")
+		}
+		c.crash(dead)
+		c.waitFor("the other survivor finished", func() bool {
+			return c.slotTakenOver(n3.w.Slot, n3.w.Epoch) && c.slotTakenOver(c.nodes[dead].w.Slot, c.nodes[dead].w.Epoch)
+		})
+		close(release)
+		got := c.nodes[other].local.resyncedRegions()
+		for _, r := range dirty {
+			if !slices.Contains(got, r) {
+				t.Errorf("region %d of the dead writer was not resynced by %s (%v)", r, other, got)
+			}
+		}
+		if bad := parityMismatches(c.hosts); len(bad) != 0 {
+			t.Errorf("blocks %v inconsistent", bad)
+		}
+		c.checkBlocks(c.nodes[other], acked)
+	})
+}
+
