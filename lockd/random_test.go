@@ -78,6 +78,7 @@ type randomRun struct {
 	// lastToken is the token of the latest valid EX grant of r.
 	lastToken Token
 	seed      uint64
+	maxHold   int // ticks a client keeps a lock, at most
 }
 
 func (r *randomRun) addClients(n NodeID) {
@@ -120,7 +121,7 @@ func (r *randomRun) onCompletion(n NodeID, cp Completion) {
 					}
 					r.lastToken = cp.Token
 				}
-				c.state, c.heldAt, c.holdFor = cHolding, r.s.now, uint64(r.rng.IntN(6))
+				c.state, c.heldAt, c.holdFor = cHolding, r.s.now, uint64(r.rng.IntN(r.maxHold+1))
 			} else if gone {
 				if !c.noise {
 					r.record(c, true, c.call, false)
@@ -275,8 +276,17 @@ func runRandom(t testing.TB, seed uint64, nodes int, steps int) {
 		names = append(names, fmt.Sprintf("n%d", i))
 	}
 	rng := rand.New(rand.NewPCG(seed, 0x10c4d))
-	s := newSim(t, Config{LeaseTicks: 8, RetryTicks: 3}, names...)
-	r := &randomRun{t: t, s: s, rng: rng, byLock: map[NodeID]map[uint64]*client{}, seed: seed}
+	// Each seed also picks timing parameters and how often faults strike.
+	cfg := Config{
+		LeaseTicks:     []int{8, 12}[rng.IntN(2)],
+		HeartbeatTicks: 1 + rng.IntN(2),
+		RetryTicks:     2 + rng.IntN(3),
+		DriftTicks:     rng.IntN(3),
+	}
+	faultEvery := []int{1000 / 3, 100}[rng.IntN(2)] // steps per fault, on average
+	maxHold := []int{5, 25}[rng.IntN(2)]
+	s := newSim(t, cfg, names...)
+	r := &randomRun{t: t, s: s, rng: rng, byLock: map[NodeID]map[uint64]*client{}, seed: seed, maxHold: maxHold}
 	s.onCompletion = r.onCompletion
 	s.rng, s.dropPct, s.maxDelay = rng, 5, 3
 	s.trace = os.Getenv("LOCKD_TRACE") != ""
@@ -294,7 +304,7 @@ func runRandom(t testing.TB, seed uint64, nodes int, steps int) {
 			}
 		case x < 705:
 			s.tick()
-		case x < 997:
+		case x < 1000-1000/faultEvery:
 			if len(r.clients) > 0 {
 				r.clientAction(r.clients[rng.IntN(len(r.clients))])
 			}
