@@ -3,6 +3,7 @@ package blockdev
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"os"
 	"sync"
 	"unsafe"
@@ -221,6 +222,69 @@ func (d *File) WriteAt(p []byte, off int64) (int, error) {
 		return n, fmt.Errorf("write %s at %d: %w", d.path, off, err)
 	}
 	return n, nil
+}
+
+var iovPool = sync.Pool{New: func() any { v := make([]unix.Iovec, 0, iovMax); return &v }}
+
+// pwritevFull writes the concatenation of bufs at off on d's buffered
+// descriptor with pwritev, at most iovMax buffers per call, going on after
+// short writes until everything is written or a call fails. It returns the
+// bytes written. The caller holds d open (enter), which keeps the
+// descriptor valid; it allocates nothing.
+func pwritevFull(d *File, bufs [][]byte, off int64) (int, error) {
+	fd := d.f.Fd()
+	vp := iovPool.Get().(*[]unix.Iovec)
+	defer func() {
+		clear(*vp) // drop the pointers into the caller's buffers
+		*vp = (*vp)[:0]
+		iovPool.Put(vp)
+	}()
+	done, i, skip := 0, 0, 0 // bytes written; next buffer and bytes of it already written
+	for i < len(bufs) {
+		iov := (*vp)[:0]
+		for j := i; j < len(bufs) && len(iov) < iovMax; j++ {
+			b := bufs[j]
+			if j == i {
+				b = b[skip:]
+			}
+			if len(b) == 0 {
+				continue
+			}
+			v := unix.Iovec{Base: &b[0]}
+			v.SetLen(len(b))
+			iov = append(iov, v)
+		}
+		*vp = iov
+		if len(iov) == 0 {
+			break
+		}
+		pos := uint64(off) + uint64(done)
+		n, _, errno := unix.Syscall6(unix.SYS_PWRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)),
+			uintptr(pos), uintptr(pos>>(bits.UintSize-1)>>1), 0)
+		switch {
+		case errno == unix.EINTR:
+			continue
+		case errno != 0:
+			return done, errno
+		case n == 0:
+			return done, errors.New("pwritev wrote nothing")
+		}
+		done += int(n)
+		// Step past the buffers the call wrote.
+		for left := int(n); left > 0 && i < len(bufs); {
+			rest := len(bufs[i]) - skip
+			if left < rest {
+				skip += left
+				break
+			}
+			left -= rest
+			i, skip = i+1, 0
+		}
+		for i < len(bufs) && len(bufs[i]) == skip {
+			i, skip = i+1, 0
+		}
+	}
+	return done, nil
 }
 
 // Flush implements Device (fdatasync).

@@ -3,7 +3,9 @@ package raid
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math/bits"
+	"sync"
 	"sync/atomic"
 
 	"github.com/ddraid/ddraid/blockdev"
@@ -379,7 +381,11 @@ func (r *Raid35) writeRun(p []byte, n0 int64) error {
 	return r.settle("write", n0, n1, errs[:])
 }
 
-// writeMember builds member m's fragments of blocks p and writes them.
+// writeMember writes member m's fragments of the whole blocks p that start
+// at block n0, with one member request: its data fragments straight from p
+// and its parity fragments from a scratch buffer, gathered by
+// blockdev.WriteV (pwritev on a file; one copy into a single buffer on a
+// device that cannot gather).
 func (r *Raid35) writeMember(m int, p []byte, n0 int64) error {
 	off := n0 * int64(r.f)
 	var err error
@@ -391,10 +397,7 @@ func (r *Raid35) writeMember(m int, p []byte, n0 int64) error {
 		// One block: the data fragment is contiguous in p.
 		err = writeFull(r.members[m], p[role*r.f:(role+1)*r.f], off)
 	default:
-		bp := getBuf(len(p) >> r.g.Order())
-		r.fillMember(*bp, p, n0, m)
-		err = writeFull(r.members[m], *bp, off)
-		putBuf(bp)
+		err = r.writeGathered(m, p, n0, off)
 	}
 	if err != nil {
 		return &MemberError{Level: LevelRaid35, Op: "write", Member: m, Block: n0, Err: err}
@@ -402,24 +405,86 @@ func (r *Raid35) writeMember(m int, p []byte, n0 int64) error {
 	return nil
 }
 
-// fillMember sets dst to member m's fragments of the whole blocks p that
-// start at block n0: a copy of its data fragment or the XOR of the data
-// fragments, block by block.
-func (r *Raid35) fillMember(dst, p []byte, n0 int64, m int) {
-	var srcs [maxMembers - 1][]byte
+// vecPool holds the buffer lists of writeGathered.
+var vecPool = sync.Pool{New: func() any { v := make([][]byte, 0, maxRunBytes/MinFragmentSize); return &v }}
+
+// writeGathered is writeMember for runs that are not one contiguous piece
+// of p. Neighbouring pieces that are contiguous in memory (parity fragments
+// of consecutive blocks; the last fragment of a block and the first of the
+// next) travel as one buffer.
+func (r *Raid35) writeGathered(m int, p []byte, n0, off int64) error {
 	b, f, d := r.b, r.f, r.m-1
-	for i := 0; i*b < len(p); i++ {
+	nb := len(p) / b
+	np := r.parityBlocks(m, n0, nb)
+	var par []byte
+	if np > 0 {
+		bp := getBuf(np * f)
+		defer putBuf(bp)
+		par = *bp
+	}
+	vp := vecPool.Get().(*[][]byte)
+	v := (*vp)[:0]
+	defer func() {
+		clear(v) // drop the references to p
+		*vp = v[:0]
+		vecPool.Put(vp)
+	}()
+	var srcs [maxMembers - 1][]byte
+	pi := 0          // parity fragments computed so far
+	lastEnd := -1    // end in p of the last buffer when it came from p
+	lastPar := false // the last buffer came from par
+	for i := range nb {
 		blk := p[i*b : (i+1)*b]
-		out := dst[i*f : (i+1)*f]
-		if role := r.g.Role(n0+int64(i), m); role < d {
-			copy(out, blk[role*f:(role+1)*f])
+		role := r.g.Role(n0+int64(i), m)
+		if role < d {
+			at := i*b + role*f
+			if k := len(v); k > 0 && !lastPar && lastEnd == at {
+				v[k-1] = v[k-1][:len(v[k-1])+f]
+			} else {
+				v = append(v, p[at:at+f])
+			}
+			lastEnd, lastPar = at+f, false
 			continue
 		}
 		for j := range d {
 			srcs[j] = blk[j*f : (j+1)*f]
 		}
+		out := par[pi*f : (pi+1)*f]
 		xorBlocks(out, srcs[:d])
+		if k := len(v); k > 0 && lastPar {
+			v[k-1] = v[k-1][:len(v[k-1])+f]
+		} else {
+			v = append(v, out)
+		}
+		pi++
+		lastEnd, lastPar = -1, true
 	}
+	n, err := blockdev.WriteV(r.members[m], v, off)
+	if err == nil && n < nb*f {
+		err = io.ErrShortWrite
+	}
+	return err
+}
+
+// parityBlocks returns how many of the nb blocks from n0 have their parity
+// on member m.
+func (r *Raid35) parityBlocks(m int, n0 int64, nb int) int {
+	if r.g.Parity == ParityDedicated {
+		if m == r.m-1 {
+			return nb
+		}
+		return 0
+	}
+	c := int64(r.g.ParityChunk)
+	cnt := 0
+	for n, end := n0, n0+int64(nb); n < end; {
+		next := min((n/c+1)*c, end) // end of n's parity chunk within the run
+		if r.g.ParityMember(n) == m {
+			cnt += int(next - n)
+		}
+		n = next
+	}
+	return cnt
 }
 
 // readRun reads whole blocks p (at most maxRun of them) starting at block
