@@ -204,6 +204,7 @@ type LocksAcquireCmd struct {
 	Hold      time.Duration `help:"How long the agent holds the lock once granted." default:"10s"`
 	Wait      time.Duration `help:"How long to wait for the grant." default:"30s"`
 	NoQueue   bool          `name:"noqueue" help:"Fail at once if the lock cannot be granted (NOQUEUE)."`
+	JSON      bool          `name:"json" help:"Print the grant as JSON."`
 	Control   string        `type:"path" help:"The agent's control socket (default STATE_DIR/agent/agent.sock)." placeholder:"SOCKET"`
 }
 
@@ -218,6 +219,9 @@ func (c *LocksAcquireCmd) Run(g *Globals) error {
 		Resource: c.Resource, Mode: c.Mode, NoQueue: c.NoQueue, WaitMS: c.Wait.Milliseconds(), HoldMS: c.Hold.Milliseconds()})
 	if err != nil {
 		return fmt.Errorf("locks acquire: %w", err)
+	}
+	if c.JSON {
+		return printJSON(rep)
 	}
 	fmt.Printf("granted %s/%s %s on %s, token %s (epoch %d), held for %v\n", c.Lockspace, c.Resource, rep.Mode, rep.Node, rep.Token, rep.Token.Epoch, c.Hold)
 	return nil
