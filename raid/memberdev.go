@@ -183,6 +183,18 @@ func OpenMemberDevice(path string, opts MemberOptions) (blockdev.Device, error) 
 	return f, nil
 }
 
+// MemberDirty asks the agent hosting an agent member (HOST[:PORT]:/PATH)
+// which regions of the disk are marked for slot: extents over the whole
+// disk, StateDirty (flag 1) where marked. A takeover of a failed writer's
+// slot unions these over the array's member hosts.
+func MemberDirty(ctx context.Context, path string, cfg remote.Config, slot uint32) ([]blockdev.Extent, error) {
+	m, ok := parseAgentMember(path)
+	if !ok {
+		return nil, fmt.Errorf("member %s is not hosted by a ddraid agent (HOST[:PORT]:/PATH)", path)
+	}
+	return remote.Dirty(ctx, m.uri(false), cfg, slot)
+}
+
 // MemberClearer is implemented by members that keep write-intent marks
 // of their own (agent members): the array forwards its bitmap clears.
 type MemberClearer interface {

@@ -199,29 +199,9 @@ func NewClientWith(ctx context.Context, nc net.Conn, o ClientOptions) (*Client, 
 // handshake negotiates the export, filling c.info.
 func (c *Client) handshake(o ClientOptions) error {
 	name := o.Export
-	var b [18]byte
-	if _, err := io.ReadFull(c.br, b[:18]); err != nil {
-		return fmt.Errorf("reading greeting: %w", err)
-	}
-	if m := binary.BigEndian.Uint64(b[0:]); m != magicInit {
-		return fmt.Errorf("bad greeting magic %#x", m)
-	}
-	if m := binary.BigEndian.Uint64(b[8:]); m != magicOpt {
-		return fmt.Errorf("server does not speak newstyle negotiation (magic %#x)", m)
-	}
-	hflags := binary.BigEndian.Uint16(b[16:])
-	fixed := hflags&flagFixedNewstyle != 0
-	noZeroes := hflags&flagNoZeroes != 0
-	var cflags uint32
-	if fixed {
-		cflags |= flagCFixedNewstyle
-	}
-	if noZeroes {
-		cflags |= flagCNoZeroes
-	}
-	binary.BigEndian.PutUint32(b[:4], cflags)
-	if _, err := c.nc.Write(b[:4]); err != nil {
-		return fmt.Errorf("sending client flags: %w", err)
+	fixed, noZeroes, err := c.greet()
+	if err != nil {
+		return err
 	}
 	if !fixed && (o.TLS != nil || o.Writer != nil) {
 		return errors.New("server does not speak fixed newstyle negotiation, needed for TLS and writer identity")
@@ -244,6 +224,36 @@ func (c *Client) handshake(o ClientOptions) error {
 		}
 	}
 	return c.optExportName(name, noZeroes)
+}
+
+// greet reads the server's greeting and sends the client flags, taking
+// every handshake flag the server offers.
+func (c *Client) greet() (fixed, noZeroes bool, err error) {
+	var b [18]byte
+	if _, err := io.ReadFull(c.br, b[:18]); err != nil {
+		return false, false, fmt.Errorf("reading greeting: %w", err)
+	}
+	if m := binary.BigEndian.Uint64(b[0:]); m != magicInit {
+		return false, false, fmt.Errorf("bad greeting magic %#x", m)
+	}
+	if m := binary.BigEndian.Uint64(b[8:]); m != magicOpt {
+		return false, false, fmt.Errorf("server does not speak newstyle negotiation (magic %#x)", m)
+	}
+	hflags := binary.BigEndian.Uint16(b[16:])
+	fixed = hflags&flagFixedNewstyle != 0
+	noZeroes = hflags&flagNoZeroes != 0
+	var cflags uint32
+	if fixed {
+		cflags |= flagCFixedNewstyle
+	}
+	if noZeroes {
+		cflags |= flagCNoZeroes
+	}
+	binary.BigEndian.PutUint32(b[:4], cflags)
+	if _, err := c.nc.Write(b[:4]); err != nil {
+		return false, false, fmt.Errorf("sending client flags: %w", err)
+	}
+	return fixed, noZeroes, nil
 }
 
 // startTLS upgrades the connection with NBD_OPT_STARTTLS.

@@ -417,3 +417,35 @@ func TestClientStartTLS(t *testing.T) {
 		t.Fatalf("%d writers admitted, want only the one with a valid certificate", n)
 	}
 }
+
+func queryDirty(t *testing.T, addr string, o ClientOptions, slot uint32) ([]blockdev.Extent, error) {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	return QueryDirty(ctx, nc, o, slot)
+}
+
+func TestQueryDirty(t *testing.T) {
+	ts, f := memberServer(t)
+	f.dirty = []blockdev.Extent{{Length: 65536}, {Length: 65536, Flags: StateDirty}, {Length: 65536, Flags: StateDirty},
+		{Length: 1<<20 - 196608}}
+	got, err := queryDirty(t, ts.addr, ClientOptions{Export: "/dev/m"}, 3)
+	want := []blockdev.Extent{{Length: 65536}, {Length: 131072, Flags: StateDirty}, {Length: 1<<20 - 196608}}
+	if err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("QueryDirty(slot 3) = %v %v, want %v", got, err, want)
+	}
+	if got, err := queryDirty(t, ts.addr, ClientOptions{Export: "/dev/m"}, 5); err != nil || fmt.Sprint(got) != fmt.Sprint([]blockdev.Extent{{Length: 1 << 20}}) {
+		t.Fatalf("QueryDirty(slot 5) = %v %v, want one clean extent", got, err)
+	}
+	if _, err := queryDirty(t, ts.addr, ClientOptions{Export: "plain"}, 0); err == nil || !strings.Contains(err.Error(), "does not offer") {
+		t.Fatalf("QueryDirty of a plain export = %v", err)
+	}
+	if _, err := queryDirty(t, ts.addr, ClientOptions{Export: "nope"}, 0); err == nil {
+		t.Fatal("QueryDirty of an unknown export succeeded")
+	}
+}

@@ -119,6 +119,48 @@ func Open(ctx context.Context, uri string, cfg Config) (*Device, error) {
 	return d, nil
 }
 
+// clientOptions are the NBD client options for u under cfg.
+func clientOptions(cfg *Config, u URI) nbd.ClientOptions {
+	o := nbd.ClientOptions{Export: u.Export, Writer: cfg.Writer}
+	if cfg.TLS != nil {
+		o.TLS = cfg.TLS.Clone()
+		if o.TLS.ServerName == "" && u.Network == "tcp" {
+			o.TLS.ServerName, _, _ = net.SplitHostPort(u.Addr)
+		}
+	}
+	return o
+}
+
+// Dirty asks the ddraid agent serving the export at uri which regions are
+// marked for slot (nbd.QueryDirty, on a connection of its own, with
+// cfg's Dial, TLS and DialTimeout; no writer identity is sent). The
+// extents cover the export in order, StateDirty where marked. An agent
+// that cannot be reached gives an error wrapping ErrUnreachable.
+func Dirty(ctx context.Context, uri string, cfg Config, slot uint32) ([]blockdev.Extent, error) {
+	u, err := ParseURI(uri)
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if u.TLS && cfg.TLS == nil {
+		return nil, fmt.Errorf("remote %s: %w", u, errNeedTLS)
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
+	nc, err := cfg.Dial(ctx, u.Network, u.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("remote %s: %w: %w", u, ErrUnreachable, err)
+	}
+	defer nc.Close()
+	ext, err := nbd.QueryDirty(ctx, nc, clientOptions(&cfg, u), slot)
+	if err != nil {
+		return nil, fmt.Errorf("remote %s: %w", u, err)
+	}
+	return ext, nil
+}
+
 // connect dials and runs the handshake, bounded by cfg.DialTimeout.
 func connect(ctx context.Context, cfg *Config, u URI) (*link, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
@@ -127,14 +169,7 @@ func connect(ctx context.Context, cfg *Config, u URI) (*link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
-	o := nbd.ClientOptions{Export: u.Export, Writer: cfg.Writer}
-	if cfg.TLS != nil {
-		o.TLS = cfg.TLS.Clone()
-		if o.TLS.ServerName == "" && u.Network == "tcp" {
-			o.TLS.ServerName, _, _ = net.SplitHostPort(u.Addr)
-		}
-	}
-	c, err := nbd.NewClientWith(ctx, nc, o)
+	c, err := nbd.NewClientWith(ctx, nc, clientOptions(cfg, u))
 	if err != nil {
 		nc.Close()
 		return nil, err

@@ -316,3 +316,43 @@ func TestAgentMemberRecovery(t *testing.T) {
 		t.Fatalf("data after the recovery: %v", err)
 	}
 }
+
+// TestMemberDirtyQuery: the writer-side query of a member host's marks
+// (what a takeover unions over the hosts) walks a disk larger than one
+// BLOCK_STATUS request and sees exactly the regions a writer marked.
+func TestMemberDirtyQuery(t *testing.T) {
+	dir := t.TempDir()
+	ah := startAgentHost(t, dir, 1, 3<<30+1<<20) // sparse
+	path := ah.members()[0]
+	const region = 1 << 20
+	w := &nbd.Writer{Array: [16]byte{0xd1}, Slot: 2, Epoch: 1, RegionSize: region, DataOffset: 1 << 20}
+	d, err := remote.Open(context.Background(), "nbd://"+ah.addr+"/"+ah.disks[0].Path(), remote.Config{Writer: w, Logger: slog.New(&logSink{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	// Member regions 0, 1500 and 3071 (the last): around and beyond the
+	// 1 GiB of one BLOCK_STATUS.
+	for _, r := range []int64{0, 1500, 3071} {
+		if _, err := d.WriteAt([]byte{1}, 1<<20+r*region+100); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cases := []struct {
+		slot uint32
+		want []blockdev.Extent
+	}{
+		{2, []blockdev.Extent{{Length: 1 << 20}, {Length: region, Flags: 1}, {Length: 1499 * region}, {Length: region, Flags: 1},
+			{Length: 1570 * region}, {Length: region, Flags: 1}}},
+		{1, []blockdev.Extent{{Length: 3<<30 + 1<<20}}},
+	}
+	for _, c := range cases {
+		got, err := raid.MemberDirty(context.Background(), path, remote.Config{Logger: slog.New(&logSink{})}, c.slot)
+		if err != nil || fmt.Sprint(got) != fmt.Sprint(c.want) {
+			t.Fatalf("slot %d: %v %v, want %v", c.slot, got, err, c.want)
+		}
+	}
+	if _, err := raid.MemberDirty(context.Background(), "/dev/sdb", remote.Config{}, 0); err == nil {
+		t.Fatal("MemberDirty of a local path succeeded")
+	}
+}
