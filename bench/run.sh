@@ -59,8 +59,11 @@ printf '%-34s %14s %14s %14s %14s %8s %8s\n' case nbdkit qemu-nbd "ddraid linear
 # server's median: on a shared machine the load changes from one case to the
 # next, and taking turns spreads that over all servers.
 REPEAT=${BENCH_REPEAT:-3}
+# BENCH_ONLY, a bash regular expression, keeps only the rows whose label
+# matches it.
 row() { # label unit rw bs depth jobs [delay]
 	local label=$1 unit=$2 rw=$3 bs=$4 depth=$5 jobs=$6 delay=${7:-}
+	[[ -z "${BENCH_ONLY:-}" || "$label" =~ $BENCH_ONLY ]] || return 0
 	local col=1; [ "$unit" = MiB/s ] && col=2
 	local socks
 	if [ -n "$delay" ]; then
