@@ -89,12 +89,24 @@ test-ui:
 	$(GO) test -tags ui -count=1 -run '^TestUI' ./tests/
 
 # bench compares ddraid with nbdkit and qemu-nbd (fio, same run), measures
-# rebuild speed and foreground IO during a rebuild; then Go micro-benchmarks.
+# rebuild speed and foreground IO during a rebuild, then raid35 over slow
+# simulated disks (bench-members); then Go micro-benchmarks.
 # BENCH_RUNTIME sets seconds per fio case.
 bench: build test-deps
 	bash bench/run.sh
 	bash bench/rebuild.sh
+	$(MAKE) --no-print-directory bench-members
 	$(GO) test -run '^$$' -bench . -benchmem ./raid/ ./blockdev/...
+
+# bench-members reproduces the Raid 3.5 speed claims: raid35 over 3, 5 and 9
+# slow disks (nbdkit noparallel + delay + rate) against one such disk, with
+# PASS/MISS against the goals of issue 5; the table goes to
+# bin/members.tsv and the plot (gnuplot-nox, installed if missing) to
+# bin/raid35-scaling.png (copy it to docs/ to publish it).
+.PHONY: bench-members
+bench-members: build test-deps
+	BENCH_RESULTS=bin/members.tsv bash bench/members.sh
+	bash bench/plot-members.sh bin/members.tsv bin/raid35-scaling.png
 
 fuzz:
 	@# every Fuzz target of the tree (git grep finds new ones), FUZZTIME each
