@@ -192,3 +192,54 @@ func TestHardStateFile(t *testing.T) {
 		t.Fatal("saving under a file succeeded")
 	}
 }
+
+// TestNodeRestartIsLeaveAndJoin: a node restarted at once on the same
+// addresses (too fast for gossip to notice a failure) comes back with a
+// new incarnation; the others count it as left and joined, so its earlier
+// boot's lock is purged and a new epoch forms with it.
+func TestNodeRestartIsLeaveAndJoin(t *testing.T) {
+	nodes := testCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	old := nodes[2]
+	l, err := old.Locks().Lockspace("test").Lock(ctx, "r", lockd.EX, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := l.Token()
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldInc := old.Status().Incarnation
+	cfg := old.cfg
+	cfg.Bind, cfg.RPC, cfg.Join = old.GossipAddr(), old.tr.Addr().String(), []string{nodes[0].GossipAddr()}
+	old.stop()
+	restarted, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := restarted.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(restarted.stop)
+	waitUntil(t, "n0 sees n2's new incarnation in a new epoch", func() bool {
+		st := nodes[0].Status()
+		i := slices.IndexFunc(st.Members, func(m MemberStatus) bool { return m.Name == "n2" })
+		return i >= 0 && st.Members[i].Incarnation != oldInc && st.Members[i].State == StateAlive && st.Members[i].Lockd &&
+			st.Quorum && st.Phase == "normal" && st.Epoch > tok.Epoch
+	})
+	got, err := nodes[0].Locks().Lockspace("test").Lock(ctx, "r", lockd.EX, 0)
+	if err != nil {
+		t.Fatalf("EX after the holder restarted: %v", err)
+	}
+	tok0, err := got.Token()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok0.Epoch <= tok.Epoch {
+		t.Fatalf("token after restart %v, want a later epoch than %v", tok0, tok)
+	}
+	if _, err := restarted.Messenger().Call(ctx, "n0", Message{Type: "whoami"}); err != nil {
+		t.Fatalf("the restarted node's messenger: %v", err)
+	}
+}
