@@ -156,9 +156,10 @@ type recovery struct {
 	ballot   Ballot
 	view     []NodeID
 	epoch    uint64
-	inbox    map[NodeID]Message // RebuildLocks received, by sender
-	outLocks map[NodeID]Message // RebuildLocks sent, for retransmission
-	acked    map[NodeID]bool    // receipts of our RebuildLocks
+	inbox    map[NodeID]map[uint64]Message // RebuildLocks parts received, by sender and part
+	parts    map[NodeID]uint64             // how many parts each sender sends
+	outLocks map[NodeID][]Message          // RebuildLocks parts sent, for retransmission
+	acked    map[NodeID]map[uint64]bool    // receipts of our parts
 	built    bool
 }
 
@@ -462,8 +463,8 @@ func (c *Core) step(m Message) {
 	case MsgRebuildLocks:
 		c.onRebuildLocks(m)
 	case MsgRebuildLocksAck:
-		if c.rec != nil && m.Ballot == c.rec.ballot {
-			c.rec.acked[m.From] = true
+		if r := c.rec; r != nil && m.Ballot == r.ballot && r.acked[m.From] != nil {
+			r.acked[m.From][m.Part] = true
 		}
 	case MsgRebuilt:
 		c.onRebuilt(m)

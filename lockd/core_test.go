@@ -2,6 +2,7 @@ package lockd
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -117,5 +118,56 @@ func TestElapseEndsLease(t *testing.T) {
 	s.stabilize(3)
 	if !c.HasQuorum() {
 		t.Fatal("answers did not restore the lease")
+	}
+}
+
+func TestSplitRebuild(t *testing.T) {
+	for _, tc := range []struct{ recs, masters, parts int }{
+		{0, 0, 1}, {1, 0, 1}, {rebuildChunk, 0, 1}, {rebuildChunk + 1, 0, 2},
+		{rebuildChunk - 1, 1, 1}, {rebuildChunk, 1, 2}, {3 * rebuildChunk, 2 * rebuildChunk, 5},
+	} {
+		m := Message{Type: MsgRebuildLocks, Records: make([]LockRecord, tc.recs), Masters: make([]MasterRecord, tc.masters)}
+		parts := splitRebuild(m)
+		nr, nm := 0, 0
+		for i, p := range parts {
+			if p.Part != uint64(i) || p.Parts != uint64(len(parts)) || len(p.Records)+len(p.Masters) > rebuildChunk {
+				t.Errorf("%+v: part %d is %d/%d with %d+%d records", tc, i, p.Part, p.Parts, len(p.Records), len(p.Masters))
+			}
+			nr += len(p.Records)
+			nm += len(p.Masters)
+		}
+		if len(parts) != tc.parts || nr != tc.recs || nm != tc.masters {
+			t.Errorf("%+v: %d parts carrying %d+%d records", tc, len(parts), nr, nm)
+		}
+	}
+}
+
+// Recovery with more locks than fit in one rebuild message.
+func TestRecoveryManyLocks(t *testing.T) {
+	s := newSim(t, Config{}, "n1", "n2", "n3")
+	s.setMembers(s.live(), s.live())
+	s.stabilize(12)
+	const n = 3*rebuildChunk + 10
+	for i := range n {
+		if _, err := s.cores["n1"].Lock("ls", fmt.Sprint("r", i), PR, ValBlk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.deliverAll()
+	s.crash("n3")
+	s.setMembers(s.live(), s.live())
+	s.stabilize(30)
+	c := s.cores["n1"]
+	if !c.Normal() || c.Epoch() != 2 {
+		t.Fatalf("recovery did not finish: epoch %d, %v", c.Epoch(), c.phase)
+	}
+	locks := c.Locks()
+	if len(locks) != n {
+		t.Fatalf("%d locks after recovery, want %d", len(locks), n)
+	}
+	for _, li := range locks {
+		if li.Granted != PR || li.Token.Epoch != 2 {
+			t.Fatalf("lock %+v not recovered", li)
+		}
 	}
 }

@@ -142,8 +142,9 @@ type Message struct {
 	LVBValid        bool
 	Token           Token
 
-	Records []LockRecord
-	Masters []MasterRecord
+	Part, Parts uint64 // rebuild-locks (and its ack): this is part Part of Parts (0-based)
+	Records     []LockRecord
+	Masters     []MasterRecord
 }
 
 const msgVersion = 1
@@ -210,6 +211,8 @@ func (m *Message) Marshal() []byte {
 	e.bo(m.LVBValid)
 	e.u(m.Token.Epoch)
 	e.u(m.Token.Seq)
+	e.u(m.Part)
+	e.u(m.Parts)
 	e.u(uint64(len(m.Records)))
 	for _, r := range m.Records {
 		e.s(r.Space)
@@ -371,6 +374,8 @@ func UnmarshalMessage(b []byte) (Message, error) {
 	m.LVBValid = d.bo()
 	m.Token.Epoch = d.u()
 	m.Token.Seq = d.u()
+	m.Part = d.u()
+	m.Parts = d.u()
 	if n := d.count(13); n > 0 {
 		m.Records = make([]LockRecord, n)
 		for i := range m.Records {

@@ -15,7 +15,7 @@ func TestMessageRoundTrip(t *testing.T) {
 		{Type: MsgReply, From: "n1", To: "n2", Lock: lid, Op: OpLock, Status: StatusGranted, Mode: PR, Token: Token{3, 8}, LVB: make([]byte, LVBSize), LVBSeq: 2, LVBValid: true},
 		{Type: MsgReply, From: "n1", To: "n2", Lock: lid, Op: OpUnlock, Status: StatusUnlocked, Mode: noMode},
 		{Type: MsgStop, From: "a", To: "b", Ballot: Ballot{N: 3, Node: "a"}, View: []NodeID{"a", "b", "c"}},
-		{Type: MsgRebuildLocks, From: "a", To: "b", Ballot: Ballot{N: 3, Node: "a"}, Epoch: 2,
+		{Type: MsgRebuildLocks, From: "a", To: "b", Ballot: Ballot{N: 3, Node: "a", Inc: 9}, Epoch: 2, Part: 1, Parts: 2,
 			Records: []LockRecord{{Space: "ls", Resource: "r", Lock: lid, Granted: PR, Op: OpConvert, Mode: EX, Flags: Convert, Seq: 3, Cancel: true, LVB: []byte{}, LVBSeq: 1, LVBValid: true, Write: []byte("w")},
 				{Space: "ls", Resource: "q", Lock: lid, Granted: noMode, Op: OpLock, Mode: CR}},
 			Masters: []MasterRecord{{Space: "ls", Resource: "r", LVB: []byte("v"), LVBSeq: 9, Big: []LockID{lid}}}},

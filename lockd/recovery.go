@@ -160,7 +160,8 @@ func (c *Core) onStop(m Message) {
 		}
 		c.promised = m.Ballot
 		c.saveHardState()
-		c.rec = &recovery{ballot: m.Ballot, view: slices.Clone(m.View), inbox: map[NodeID]Message{}, outLocks: map[NodeID]Message{}, acked: map[NodeID]bool{}}
+		c.rec = &recovery{ballot: m.Ballot, view: slices.Clone(m.View), inbox: map[NodeID]map[uint64]Message{},
+			parts: map[NodeID]uint64{}, outLocks: map[NodeID][]Message{}, acked: map[NodeID]map[uint64]bool{}}
 		c.phase = phaseStopped
 		if c.coord != nil && c.coord.ballot != m.Ballot {
 			c.coord = nil
@@ -267,18 +268,49 @@ func (c *Core) onRebuild(m Message) {
 	c.masters = map[resKey]*resource{}
 	c.tokens = 0
 	for _, n := range r.view {
-		r.outLocks[n] = *out[n]
-		c.send(*out[n])
+		r.outLocks[n] = splitRebuild(*out[n])
+		r.acked[n] = map[uint64]bool{}
+		for _, part := range r.outLocks[n] {
+			c.send(part)
+		}
 	}
 }
 
-// resendLocks re-sends our rebuild records to the members that have not confirmed them (in
-// view order: output order must not depend on map order).
+// rebuildChunk bounds the records in one rebuild-locks message, so that frames stay well
+// under a transport's frame limit (1 MiB by default) even with the longest names.
+const rebuildChunk = 256
+
+// splitRebuild cuts a rebuild-locks message into parts of at most rebuildChunk records
+// (lock and master records together); there is always at least one part.
+func splitRebuild(m Message) []Message {
+	var parts []Message
+	recs, masters := m.Records, m.Masters
+	for {
+		p := m
+		nr := min(len(recs), rebuildChunk)
+		nm := min(len(masters), rebuildChunk-nr)
+		p.Records, p.Masters = recs[:nr], masters[:nm]
+		recs, masters = recs[nr:], masters[nm:]
+		parts = append(parts, p)
+		if len(recs) == 0 && len(masters) == 0 {
+			break
+		}
+	}
+	for i := range parts {
+		parts[i].Part, parts[i].Parts = uint64(i), uint64(len(parts))
+	}
+	return parts
+}
+
+// resendLocks re-sends our rebuild parts that have not been confirmed (in view order: output
+// order must not depend on map order).
 func (c *Core) resendLocks() {
 	r := c.rec
 	for _, n := range r.view {
-		if m, ok := r.outLocks[n]; ok && !r.acked[n] {
-			c.send(m)
+		for i, part := range r.outLocks[n] {
+			if !r.acked[n][uint64(i)] {
+				c.send(part)
+			}
 		}
 	}
 }
@@ -298,29 +330,43 @@ func (c *Core) onRebuildLocks(m Message) {
 	if r == nil || m.Ballot != r.ballot || !slices.Contains(r.view, m.From) {
 		return
 	}
-	if _, ok := r.inbox[m.From]; !ok && !r.built {
-		r.inbox[m.From] = m
+	if m.Parts == 0 || m.Part >= m.Parts || (r.parts[m.From] != 0 && r.parts[m.From] != m.Parts) {
+		return // malformed, or disagrees with earlier parts of the same ballot
 	}
-	c.send(Message{Type: MsgRebuildLocksAck, To: m.From, Ballot: m.Ballot})
+	if !r.built {
+		if r.inbox[m.From] == nil {
+			r.inbox[m.From] = map[uint64]Message{}
+		}
+		r.parts[m.From] = m.Parts
+		r.inbox[m.From][m.Part] = m
+	}
+	c.send(Message{Type: MsgRebuildLocksAck, To: m.From, Ballot: m.Ballot, Part: m.Part})
 	c.tryBuild()
 }
 
 func (c *Core) tryBuild() {
 	r := c.rec
-	if c.phase != phaseRebuild || r.built || len(r.inbox) < len(r.view) {
+	if c.phase != phaseRebuild || r.built {
 		return
+	}
+	for _, n := range r.view {
+		if r.parts[n] == 0 || uint64(len(r.inbox[n])) < r.parts[n] {
+			return
+		}
 	}
 	recs := map[resKey][]LockRecord{}
 	mrecs := map[resKey][]MasterRecord{}
 	for _, n := range r.view {
-		m := r.inbox[n]
-		for _, x := range m.Records {
-			k := resKey{x.Space, x.Resource}
-			recs[k] = append(recs[k], x)
-		}
-		for _, x := range m.Masters {
-			k := resKey{x.Space, x.Resource}
-			mrecs[k] = append(mrecs[k], x)
+		for i := range r.parts[n] {
+			m := r.inbox[n][i]
+			for _, x := range m.Records {
+				k := resKey{x.Space, x.Resource}
+				recs[k] = append(recs[k], x)
+			}
+			for _, x := range m.Masters {
+				k := resKey{x.Space, x.Resource}
+				mrecs[k] = append(mrecs[k], x)
+			}
 		}
 	}
 	for k, rs := range recs {
