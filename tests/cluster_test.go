@@ -393,3 +393,56 @@ func TestClusterPartition(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterRefusals: cluster mode refuses to start without mutual TLS, a
+// gossip key or a sane node list, and the cluster commands say what is
+// wrong with the agent they talk to.
+func TestClusterRefusals(t *testing.T) {
+	needTools(t, "truncate")
+	dir := t.TempDir()
+	pkiDir, keyFile := clusterPKI(t, dir, []string{"a"}, []string{"127.0.0.11"})
+	badKey := filepath.Join(dir, "bad.key")
+	if err := os.WriteFile(badKey, []byte("not base64!"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	disk := filepath.Join(dir, "disk")
+	run(t, "truncate", "-s", "16M", disk)
+	base := []string{"agent", "--state-dir=" + filepath.Join(dir, "s"), "--host-disk=" + disk,
+		"--listen-member=127.0.0.11:" + freePortOn(t, "127.0.0.11"), "--bind=127.0.0.11:" + freePortOn(t, "127.0.0.11"),
+		"--rpc=127.0.0.11:" + freePortOn(t, "127.0.0.11")}
+	tlsFlags := []string{"--tls-cert=" + filepath.Join(pkiDir, "a.crt"), "--tls-key=" + filepath.Join(pkiDir, "a.key"),
+		"--tls-ca=" + filepath.Join(pkiDir, "ca.crt")}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--nodes=a,b,c", "--node-name=a", "--encrypt-key-file=" + keyFile}, "needs --tls-cert"},
+		{append([]string{"--nodes=a,b,c", "--node-name=a"}, tlsFlags...), "--encrypt-key-file"},
+		{append([]string{"--nodes=a,b,c", "--node-name=a", "--encrypt-key-file=" + badKey}, tlsFlags...), "not base64"},
+		{append([]string{"--nodes=a,b,c", "--node-name=a", "--encrypt-key-file=" + filepath.Join(dir, "nokey")}, tlsFlags...), "nokey"},
+		{append([]string{"--nodes=b,c", "--node-name=a", "--encrypt-key-file=" + keyFile}, tlsFlags...), "not in the node list"},
+		{append([]string{"--nodes=a,b,c", "--node-name=b", "--encrypt-key-file=" + keyFile}, tlsFlags...), "not for node"},
+		{[]string{"--join=127.0.0.1:7946"}, "need --nodes"},
+	} {
+		out, err := runErr(ddraidBin, append(base, c.args...)...)
+		if err == nil || !strings.Contains(out, c.want) {
+			t.Errorf("ddraid agent %v: %v, want an error with %q\n%s", c.args, err, c.want, out)
+		}
+	}
+
+	plain := startAgents(t, dir, 1, "16M")[0]
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"locks", "--control=" + plain.control()}, "does not run in cluster mode"},
+		{[]string{"cluster", "status", "--control=" + plain.control()}, "does not run in cluster mode"},
+		{[]string{"cluster", "status", "--control=" + filepath.Join(dir, "none.sock")}, "control socket"},
+		{[]string{"locks", "acquire", "r", "XX", "--control=" + plain.control()}, "unknown mode"},
+	} {
+		out, err := runErr(ddraidBin, c.args...)
+		if err == nil || !strings.Contains(out, c.want) {
+			t.Errorf("ddraid %v: %v, want an error with %q\n%s", c.args, err, c.want, out)
+		}
+	}
+}
