@@ -102,3 +102,41 @@ func TestCompatibilityMatrix(t *testing.T) {
 		t.Error("ParseMode(XX) accepted")
 	}
 }
+
+// FuzzCoreStep feeds whatever decodes as a message (from a voter) to a running core: it must
+// never panic, whatever peers say.
+func FuzzCoreStep(f *testing.F) {
+	lid := LockID{Node: "n2", Inc: 1, ID: 1}
+	for _, m := range []Message{
+		{Type: MsgRequest, Epoch: 1, Space: "ls", Resource: "r", Lock: lid, Op: OpLock, Mode: EX, Seq: 1},
+		{Type: MsgRequest, Epoch: 1, Space: "ls", Resource: "r", Lock: lid, Op: OpConvert, Mode: noMode, Seq: 2},
+		{Type: MsgStop, Ballot: Ballot{N: 9, Node: "n2"}, View: []NodeID{"n1", "n2", "n3"}},
+		{Type: MsgRebuild, Ballot: Ballot{N: 9, Node: "n2"}, Epoch: 2, View: []NodeID{"n1", "n2", "n3"}},
+		{Type: MsgRebuildLocks, Ballot: Ballot{N: 9, Node: "n2"}, Parts: 1, Records: []LockRecord{{Space: "ls", Resource: "r", Lock: lid, Granted: PR, Op: OpConvert, Mode: noMode}}},
+		{Type: MsgDone, Ballot: Ballot{N: 9, Node: "n2"}, Epoch: 2},
+	} {
+		m.To = "n1"
+		f.Add(m.Marshal(), (&Message{Type: MsgHeartbeat, To: "n1", Tick: 1}).Marshal())
+	}
+	f.Fuzz(func(t *testing.T, a, b []byte) {
+		c, err := NewCore(Config{ID: "n1", Incarnation: 1, Voters: []NodeID{"n1", "n2", "n3"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetMembers([]NodeID{"n1", "n2", "n3"})
+		if _, err := c.Lock("ls", "r", PR, ValBlk|Blocking); err != nil {
+			t.Fatal(err)
+		}
+		for i, frame := range [][]byte{a, b, a} {
+			m, err := UnmarshalMessage(frame)
+			if err != nil {
+				continue
+			}
+			m.To = "n1"
+			m.From = []NodeID{"n2", "n3"}[i%2]
+			c.Step(m)
+			c.Tick()
+			c.Advance()
+		}
+	})
+}

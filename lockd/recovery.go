@@ -330,7 +330,7 @@ func (c *Core) onRebuildLocks(m Message) {
 	if r == nil || m.Ballot != r.ballot || !slices.Contains(r.view, m.From) {
 		return
 	}
-	if m.Parts == 0 || m.Part >= m.Parts || (r.parts[m.From] != 0 && r.parts[m.From] != m.Parts) {
+	if m.Parts == 0 || m.Part >= m.Parts || (r.parts[m.From] != 0 && r.parts[m.From] != m.Parts) || !validRecords(m) {
 		return // malformed, or disagrees with earlier parts of the same ballot
 	}
 	if !r.built {
@@ -342,6 +342,38 @@ func (c *Core) onRebuildLocks(m Message) {
 	}
 	c.send(Message{Type: MsgRebuildLocksAck, To: m.From, Ballot: m.Ballot, Part: m.Part})
 	c.tryBuild()
+}
+
+// validRecords checks a rebuild part from a peer: a node reports only its own locks, and
+// every record is one a holder can be in.
+func validRecords(m Message) bool {
+	for _, x := range m.Records {
+		if x.Lock.Node != m.From || !validName(x.Space) || !validName(x.Resource) {
+			return false
+		}
+		switch x.Op {
+		case OpNone, OpUnlock:
+			if !x.Granted.Valid() {
+				return false
+			}
+		case OpLock:
+			if x.Granted != noMode || !x.Mode.Valid() {
+				return false
+			}
+		case OpConvert:
+			if !x.Granted.Valid() || !x.Mode.Valid() {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	for _, x := range m.Masters {
+		if !validName(x.Space) || !validName(x.Resource) {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *Core) tryBuild() {
