@@ -84,13 +84,33 @@ func parseAgentMember(s string) (agentMember, bool) {
 	} else if h, p, found := strings.Cut(hostport, ":"); found {
 		host, port = h, p
 	}
-	if host == "" || strings.Contains(host, "[") {
+	if !validHost(host, strings.HasPrefix(hostport, "[")) {
 		return agentMember{}, false
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		return agentMember{}, false
 	}
 	return agentMember{host: host, port: port, path: filepath.Clean(path)}, true
+}
+
+// validHost accepts an IPv6 address (bracketed in the member), or an IPv4
+// address or host name: letters, digits, '-', '_' and '.', starting with
+// a letter or digit.
+func validHost(host string, bracketed bool) bool {
+	if bracketed {
+		return strings.Contains(host, ":") && net.ParseIP(host) != nil
+	}
+	if host == "" || len(host) > 253 || strings.Contains(host, "..") {
+		return false
+	}
+	for i := 0; i < len(host); i++ {
+		c := host[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || (c != '-' && c != '_' && c != '.')) {
+			return false
+		}
+	}
+	return true
 }
 
 // String is the canonical form, the port always given.

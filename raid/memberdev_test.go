@@ -31,6 +31,11 @@ func TestAgentMemberSyntax(t *testing.T) {
 		{"[::1:/dev/sdb", false, "", ""},
 		{"[::1]x:/dev/sdb", false, "", ""},
 		{"a b:/dev/sdb", false, "", ""},
+		{"[.]:/x", false, "", ""},
+		{"[10.0.0.1]:/x", false, "", ""},
+		{"-h:/x", false, "", ""},
+		{"h..x:/x", false, "", ""},
+		{"my_host-2.lan:/x", true, "my_host-2.lan:10810:/x", "nbd://my_host-2.lan:10810//x"},
 	}
 	for _, c := range cases {
 		m, ok := parseAgentMember(c.in)
@@ -104,4 +109,23 @@ func TestCreateRegionSizeForAgents(t *testing.T) {
 			t.Errorf("%s over %v with %d-byte regions: %v, want ok %v", c.level, c.members, c.region, err, c.ok)
 		}
 	}
+}
+
+// FuzzAgentMember: the member syntax parser never panics, and what it
+// accepts has a canonical form that parses back to itself.
+func FuzzAgentMember(f *testing.F) {
+	for _, s := range []string{"node1:/dev/sdb", "[::1]:7:/x", "h:0:/x", "./a:/b", "nbd://h/x", "a:b:c:/d", "[:/", ":/"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		m, ok := parseAgentMember(s)
+		if !ok {
+			return
+		}
+		canon := m.String()
+		again, ok := parseAgentMember(canon)
+		if !ok || again != m || again.String() != canon {
+			t.Fatalf("%q: canonical %q parses to %+v (%v), want %+v", s, canon, again, ok, m)
+		}
+	})
 }

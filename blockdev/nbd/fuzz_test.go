@@ -216,3 +216,66 @@ func FuzzRequest(f *testing.F) {
 		}
 	})
 }
+
+// FuzzQueryDirty feeds the client side of the dirty query arbitrary
+// server bytes: it must fail cleanly, never panic or loop.
+func FuzzQueryDirty(f *testing.F) {
+	optReply := func(opt, typ uint32, data []byte) []byte {
+		b := binary.BigEndian.AppendUint64(nil, magicOptReply)
+		b = binary.BigEndian.AppendUint32(b, opt)
+		b = binary.BigEndian.AppendUint32(b, typ)
+		b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+		return append(b, data...)
+	}
+	greeting := binary.BigEndian.AppendUint64(nil, magicInit)
+	greeting = binary.BigEndian.AppendUint64(greeting, magicOpt)
+	greeting = binary.BigEndian.AppendUint16(greeting, flagFixedNewstyle|flagNoZeroes)
+	meta := append(binary.BigEndian.AppendUint32(nil, metaIDDirty), "ddraid:dirty/0"...)
+	info := binary.BigEndian.AppendUint16(nil, infoExport)
+	info = binary.BigEndian.AppendUint64(info, 8192)
+	info = binary.BigEndian.AppendUint16(info, FlagHasFlags)
+	chunk := func(cookie uint64, descs ...uint32) []byte {
+		b := binary.BigEndian.AppendUint32(nil, magicStructReply)
+		b = binary.BigEndian.AppendUint16(b, replyFlagDone)
+		b = binary.BigEndian.AppendUint16(b, replyTypeBlockStatus)
+		b = binary.BigEndian.AppendUint64(b, cookie)
+		b = binary.BigEndian.AppendUint32(b, uint32(4+4*len(descs)))
+		b = binary.BigEndian.AppendUint32(b, metaIDDirty)
+		for _, d := range descs {
+			b = binary.BigEndian.AppendUint32(b, d)
+		}
+		return b
+	}
+	valid := append(append(append(append(append(append([]byte{}, greeting...),
+		optReply(optStructuredReply, repAck, nil)...),
+		optReply(optSetMetaContext, repMetaContext, meta)...),
+		optReply(optSetMetaContext, repAck, nil)...),
+		append(optReply(optGo, repInfo, info), optReply(optGo, repAck, nil)...)...),
+		chunk(1, 4096, 1, 4096, 0)...)
+	c := &Client{nc: fuzzConn{bytes.NewReader(nil)}, br: bufio.NewReader(bytes.NewReader(valid))}
+	ext, err := c.queryDirty(ClientOptions{Export: "d"}, 0)
+	if err != nil || len(ext) != 2 || ext[0] != (blockdev.Extent{Length: 4096, Flags: StateDirty}) || ext[1] != (blockdev.Extent{Length: 4096}) {
+		f.Fatalf("the valid transcript gives %v, %v", ext, err)
+	}
+	f.Add(valid)
+	f.Add(append(valid[:len(valid)-20], chunk(1, 0, 1)...))
+	f.Add(append(valid[:len(valid)-20], chunk(7, 4096, 1)...))
+	f.Add(greeting)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c := &Client{nc: fuzzConn{bytes.NewReader(nil)}, br: bufio.NewReader(bytes.NewReader(data))}
+		ext, err := c.queryDirty(ClientOptions{Export: "d"}, 0)
+		if err != nil {
+			return
+		}
+		var sum int64
+		for _, e := range ext {
+			if e.Length <= 0 {
+				t.Fatalf("extent of length %d", e.Length)
+			}
+			sum += e.Length
+		}
+		if sum != c.info.Size {
+			t.Fatalf("extents cover %d bytes of a %d-byte export", sum, c.info.Size)
+		}
+	})
+}
