@@ -514,7 +514,7 @@ func (c *Client) do(req Request, data []byte) error {
 	err := <-cl.done
 	cl.buf = nil
 	c.calls.Put(cl)
-	if err == EPERM && c.writer && isWriteCmd(req.Type) {
+	if err == EPERM && c.writer && fenceable(req.Type) {
 		err = errFencedWrite
 	}
 	return err

@@ -184,7 +184,11 @@ func (c *conn) execute(r *request) {
 		if r.Length == 0 {
 			return
 		}
-		if err := c.session.Clear(int64(r.Offset), int64(r.Length)); err != nil {
+		err := c.session.Clear(int64(r.Offset), int64(r.Length))
+		switch {
+		case errors.Is(err, ErrFenced):
+			r.errno, r.msg = EPERM, fencedMessage(err)
+		case err != nil:
 			c.deviceFailed(r, err)
 		}
 	}

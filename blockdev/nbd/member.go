@@ -170,7 +170,8 @@ func fencedMessage(err error) string {
 // write-type command the member host refused with EPERM.
 var errFencedWrite = fmt.Errorf("%w (%w)", ErrFenced, EPERM)
 
-// isWriteCmd reports whether t changes data (and so is marked and fenced).
-func isWriteCmd(t Command) bool {
-	return t == CmdWrite || t == CmdWriteZeroes || t == CmdTrim
+// fenceable reports whether a member host refuses t from a fenced writer
+// (with EPERM): the commands that change data, and CLEAR.
+func fenceable(t Command) bool {
+	return t == CmdWrite || t == CmdWriteZeroes || t == CmdTrim || t == CmdClear
 }

@@ -93,6 +93,7 @@ type fakeMember struct {
 	admitted []Writer
 	admitErr error
 	writeErr error
+	clearErr error
 	starts   []string // "off+len", with the device's first byte at that offset when the mark was asked for
 	ends     int
 	clears   []string
@@ -141,6 +142,9 @@ func (s *fakeSession) StartWrite(off, length int64) (func(), error) {
 func (s *fakeSession) Clear(off, length int64) error {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
+	if s.f.clearErr != nil {
+		return s.f.clearErr
+	}
 	if len(s.f.clears) < maxRecorded {
 		s.f.clears = append(s.f.clears, fmt.Sprintf("%d+%d", off, length))
 	}
@@ -277,6 +281,12 @@ func TestMemberExportRefusals(t *testing.T) {
 	}
 	if err := c.Zero(0, 512); !errors.Is(err, ErrFenced) {
 		t.Fatalf("fenced zero = %v", err)
+	}
+	f.mu.Lock()
+	f.clearErr = fmt.Errorf("%w: stale", ErrFenced)
+	f.mu.Unlock()
+	if err := c.Clear(0, 512); !errors.Is(err, ErrFenced) {
+		t.Fatalf("fenced clear = %v", err)
 	}
 	if _, err := c.ReadAt(make([]byte, 512), 0); err != nil {
 		t.Fatalf("read by a fenced writer: %v", err)

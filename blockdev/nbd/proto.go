@@ -149,6 +149,8 @@ func (c Command) String() string {
 		return "WRITE_ZEROES"
 	case CmdBlockStatus:
 		return "BLOCK_STATUS"
+	case CmdClear:
+		return "DDRAID_CLEAR"
 	}
 	return "CMD(" + strconv.Itoa(int(c)) + ")"
 }
