@@ -12,6 +12,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/ddraid/ddraid/lockd"
 )
 
@@ -21,11 +25,12 @@ import (
 //	GET  /v1/cluster        Status
 //	GET  /v1/locks          lockd.Dump
 //	POST /v1/locks/acquire  AcquireRequest → AcquireReply (debugging)
+//	GET  /metrics           Prometheus text format (see metrics.go)
 //
 // Errors come back as HTTP 4xx/5xx with {"error": "..."}.
 
 // ControlPatterns are the ServeMux patterns Control.Handler serves.
-var ControlPatterns = []string{"GET /v1/cluster", "GET /v1/locks", "POST /v1/locks/acquire"}
+var ControlPatterns = []string{"GET /v1/cluster", "GET /v1/locks", "POST /v1/locks/acquire", "GET /metrics"}
 
 // AcquireRequest asks the agent to take a lock for a while: a debugging aid
 // (`ddraid locks acquire`), the lock belongs to the agent.
@@ -74,6 +79,9 @@ func (c *Control) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, c.n.Locks().Dump())
 	})
 	mux.HandleFunc("POST /v1/locks/acquire", c.acquire)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c.n.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return mux
 }
 

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -25,8 +27,9 @@ func serveControl(t *testing.T, n *Node) (*Control, *ControlClient) {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
+	h := ctl.Handler()
 	for _, p := range ControlPatterns {
-		mux.Handle(p, ctl.Handler())
+		mux.Handle(p, h)
 	}
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(ln)
@@ -101,6 +104,16 @@ func TestControl(t *testing.T) {
 		}
 	}
 
+	// Metrics show the node, its epoch and the lock.
+	metrics := scrape(t, c)
+	for _, want := range []string{"ddraid_cluster_quorum 1", fmt.Sprintf("ddraid_cluster_epoch %d", st.Epoch), `ddraid_cluster_members{state="alive"} 1`,
+		`ddraid_cluster_members{state="failed"} 0`, "ddraid_lockd_mastered_resources 1", `ddraid_lockd_queued_locks{queue="granted"} 1`,
+		`ddraid_lockd_node_locks{state="granted"} 1`, "ddraid_cluster_voters 1", "go_goroutines"} {
+		if !strings.Contains(metrics, want+"\n") && !strings.Contains(metrics, want+" ") {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+
 	// Close gives the held lock back.
 	ctl.Close()
 	l, err := nodes[0].Locks().Lockspace("s").Lock(ctx, "r", lockd.EX, 0)
@@ -110,6 +123,21 @@ func TestControl(t *testing.T) {
 	if err := l.Unlock(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// scrape fetches /metrics through the control socket.
+func scrape(t *testing.T, c *ControlClient) string {
+	t.Helper()
+	resp, err := c.hc.Get("http://agent/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %s %v\n%s", resp.Status, err, b)
+	}
+	return string(b)
 }
 
 func errorsContain(err error, s string) bool { return err != nil && strings.Contains(err.Error(), s) }

@@ -28,6 +28,7 @@ type Courier struct {
 	log  *slog.Logger
 
 	nextID atomic.Uint64
+	stats  courierStats
 
 	mu       sync.Mutex
 	handlers map[string]Handler
@@ -39,6 +40,13 @@ type Courier struct {
 	ctx    context.Context // ends at Stop: handlers' contexts derive from it
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+}
+
+// courierStats count calls made (by outcome) and requests served (by
+// outcome), for metrics.
+type courierStats struct {
+	callsOK, callsFailed                         atomic.Uint64
+	servedOK, servedFailed, refused, unknownType atomic.Uint64
 }
 
 type call struct {
@@ -117,6 +125,15 @@ func (c *Courier) Call(ctx context.Context, to lockd.NodeID, m Message) ([]byte,
 	return c.call(ctx, to, m)
 }
 
+// count records the outcome of one call.
+func (c *Courier) count(err error) {
+	if err != nil {
+		c.stats.callsFailed.Add(1)
+	} else {
+		c.stats.callsOK.Add(1)
+	}
+}
+
 func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
 	if _, ok := ctx.Deadline(); ok {
 		return context.WithCancel(ctx)
@@ -124,7 +141,8 @@ func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFun
 	return context.WithTimeout(ctx, DefaultTimeout)
 }
 
-func (c *Courier) call(ctx context.Context, to lockd.NodeID, m Message) ([]byte, error) {
+func (c *Courier) call(ctx context.Context, to lockd.NodeID, m Message) (reply []byte, err error) {
+	defer func() { c.count(err) }()
 	id := c.nextID.Add(1)
 	cl := &call{to: to, reply: make(chan Frame, 1)}
 	c.mu.Lock()
@@ -251,6 +269,11 @@ func (c *Courier) Deliver(from lockd.NodeID, p []byte) {
 	}
 	c.mu.Unlock()
 	if code != codeOK {
+		if code == codeUnknownType {
+			c.stats.unknownType.Add(1)
+		} else {
+			c.stats.refused.Add(1)
+		}
 		c.reply(from, Frame{Reply: true, ID: f.ID, Code: code, Text: text})
 		return
 	}
@@ -272,6 +295,9 @@ func (c *Courier) serve(from lockd.NodeID, f Frame, h Handler) {
 	r := Frame{Reply: true, ID: f.ID, Body: body}
 	if err != nil {
 		r.Code, r.Text, r.Body = codeHandlerErr, err.Error(), nil
+		c.stats.servedFailed.Add(1)
+	} else {
+		c.stats.servedOK.Add(1)
 	}
 	c.reply(from, r)
 }

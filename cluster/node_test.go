@@ -5,11 +5,15 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net/http/httptest"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ddraid/ddraid/internal/certs"
 	"github.com/ddraid/ddraid/lockd"
@@ -136,6 +140,19 @@ func TestNodeRealCluster(t *testing.T) {
 		t.Fatalf("Broadcast = %q, %v", all, err)
 	}
 
+	// The messenger's counters saw it: n0 made one good and one refused
+	// call; n1 served one.
+	metrics := gather(t, nodes[0])
+	for _, want := range []string{`ddraid_cluster_messenger_calls_total{result="ok"} 1`, `ddraid_cluster_messenger_calls_total{result="error"} 1`,
+		`ddraid_cluster_messenger_requests_total{result="ok"} 1`, `ddraid_cluster_members{state="alive"} 3`, `ddraid_cluster_epoch_members 3`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("n0's metrics lack %q:\n%s", want, metrics)
+		}
+	}
+	if m := gather(t, nodes[2]); !strings.Contains(m, `ddraid_cluster_messenger_requests_total{result="unknown_type"} 1`) {
+		t.Errorf("n2's metrics do not count the unknown type:\n%s", m)
+	}
+
 	// n2 holds EX; n0 cannot get it at once.
 	held, err := nodes[2].Locks().Lockspace("test").Lock(ctx, "r", lockd.EX, 0)
 	if err != nil {
@@ -173,6 +190,19 @@ func TestNodeRealCluster(t *testing.T) {
 	if _, err := nodes[0].Messenger().Broadcast(ctx, Message{Type: "whoami"}); err != nil {
 		t.Fatalf("Broadcast after crash: %v", err)
 	}
+}
+
+// gather renders the node's metrics in the text format.
+func gather(t *testing.T, n *Node) string {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(n.Collector())
+	rec := httptest.NewRecorder()
+	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if rec.Code != 200 {
+		t.Fatalf("metrics: %d\n%s", rec.Code, rec.Body)
+	}
+	return rec.Body.String()
 }
 
 func TestHardStateFile(t *testing.T) {
