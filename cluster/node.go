@@ -98,6 +98,10 @@ type Node struct {
 	inc   uint64
 	done  chan struct{}
 
+	stopJoin chan struct{}
+	joining  sync.WaitGroup
+	stopOnce sync.Once
+
 	mu    sync.Mutex
 	known map[lockd.NodeID]MemberStatus // every node seen, and what became of it
 	views uint64
@@ -109,7 +113,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", string(cfg.Name)), known: map[lockd.NodeID]MemberStatus{},
-		done: make(chan struct{})}
+		done: make(chan struct{}), stopJoin: make(chan struct{})}
 	n.mux = NewMux(func(to lockd.NodeID, frame []byte) error { return n.tr.Send(to, frame) }, n.log)
 	n.courier = NewCourier(cfg.Name, n.mux.SendMessenger, n.log)
 	n.mux.SetCourier(n.courier)
@@ -166,12 +170,42 @@ func (n *Node) Start() (err error) {
 		return err
 	}
 	n.mem, err = membership.Start(membership.Config{Name: cfg.Name, Bind: cfg.Bind, Advertise: cfg.Advertise, RPCAddr: rpc,
-		Join: cfg.Join, Key: cfg.Key, Incarnation: n.inc, Tunables: cfg.Tunables, Logger: n.log})
+		Key: cfg.Key, Incarnation: n.inc, Tunables: cfg.Tunables, Logger: n.log})
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
 	go n.follow(n.mem.Views())
+	if len(cfg.Join) > 0 {
+		if _, err := n.mem.Join(cfg.Join); err != nil {
+			n.log.Warn("cluster: cannot join yet; retrying in the background", "join", cfg.Join, "err", err)
+			n.joining.Add(1)
+			go n.retryJoin()
+		}
+	}
 	return nil
+}
+
+// retryJoin retries Config.Join with growing pauses (1 s to 30 s) until
+// one address answers or the node stops: agents may start in any order.
+func (n *Node) retryJoin() {
+	defer n.joining.Done()
+	wait := time.Second
+	for {
+		t := time.NewTimer(wait)
+		select {
+		case <-n.stopJoin:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		_, err := n.mem.Join(n.cfg.Join)
+		if err == nil {
+			n.log.Info("cluster: joined", "join", n.cfg.Join)
+			return
+		}
+		wait = min(2*wait, 30*time.Second)
+		n.log.Warn("cluster: cannot join yet", "join", n.cfg.Join, "err", err, "next_try", wait)
+	}
 }
 
 // rpcAddr is the transport address to publish: the listener's, with a
@@ -243,6 +277,7 @@ func (n *Node) apply(v membership.View) {
 // Close leaves the cluster gracefully (others see this node leave rather
 // than fail) and stops everything.
 func (n *Node) Close() error {
+	n.endJoin()
 	var err error
 	if n.mem != nil {
 		err = n.mem.Leave()
@@ -255,6 +290,7 @@ func (n *Node) Close() error {
 
 // stop stops what Start started, in reverse order, without a leave.
 func (n *Node) stop() {
+	n.endJoin()
 	if n.mem != nil {
 		n.mem.Shutdown()
 		<-n.done
@@ -268,6 +304,12 @@ func (n *Node) stop() {
 	if n.tr != nil {
 		n.tr.Close()
 	}
+}
+
+// endJoin stops retrying the join and waits for that.
+func (n *Node) endJoin() {
+	n.stopOnce.Do(func() { close(n.stopJoin) })
+	n.joining.Wait()
 }
 
 // GossipAddr returns the address gossip listens on ("" before Start);

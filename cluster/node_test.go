@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 	"net/http/httptest"
 	"path/filepath"
 	"slices"
@@ -39,6 +40,26 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 // transport; node i is "n<i>".
 func testCluster(t *testing.T, n int) []*Node {
 	t.Helper()
+	nodes := testNodes(t, n, nil)
+	for _, nd := range nodes {
+		waitFormed(t, nd, n)
+	}
+	return nodes
+}
+
+// waitFormed waits until nd sees n nodes in a normal epoch with quorum.
+func waitFormed(t *testing.T, nd *Node, n int) {
+	t.Helper()
+	waitUntil(t, string(nd.Name())+" sees every node with quorum", func() bool {
+		st := nd.Status()
+		return st.Quorum && len(nd.Messenger().Live()) == n && st.Phase == "normal" && len(nd.Locks().Dump().Members) == n
+	})
+}
+
+// testNodes makes (does not start) n nodes n0, n1, …; mod may change each
+// config (i, cfg) before New; by default node i > 0 joins node 0.
+func testNodes(t *testing.T, n int, mod func(i int, cfg *Config)) []*Node {
+	t.Helper()
 	ca, err := certs.NewCA("cluster test CA", 0)
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +80,9 @@ func testCluster(t *testing.T, n int) []*Node {
 		cfg := Config{Name: name, Voters: voters, Bind: "127.0.0.1:0", RPC: "127.0.0.1:0", Key: key,
 			Certificate: kp.TLSCertificate(), CA: ca.Pool(), Tunables: membership.FastLocal(),
 			StatePath: filepath.Join(dir, string(name)+".state"), Logger: quiet}
-		if i > 0 {
+		if mod != nil {
+			mod(i, &cfg)
+		} else if i > 0 {
 			cfg.Join = []string{nodes[0].GossipAddr()}
 		}
 		nd, err := New(cfg)
@@ -69,17 +92,14 @@ func testCluster(t *testing.T, n int) []*Node {
 		nd.Messenger().Handle("whoami", func(_ context.Context, from lockd.NodeID, m Message) ([]byte, error) {
 			return fmt.Appendf(nil, "%s asked %s about %s", from, name, m.Array), nil
 		})
-		if err := nd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { nd.stop() })
 		nodes = append(nodes, nd)
-	}
-	for _, nd := range nodes {
-		waitUntil(t, string(nd.Name())+" sees every node with quorum", func() bool {
-			st := nd.Status()
-			return st.Quorum && len(nd.Messenger().Live()) == n && st.Phase == "normal" && len(nd.Locks().Dump().Members) == n
-		})
+		if mod == nil {
+			// The next node joins this one: start it now.
+			if err := nd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { nd.stop() })
+		}
 	}
 	return nodes
 }
@@ -271,5 +291,34 @@ func TestNodeRestartIsLeaveAndJoin(t *testing.T) {
 	}
 	if _, err := restarted.Messenger().Call(ctx, "n0", Message{Type: "whoami"}); err != nil {
 		t.Fatalf("the restarted node's messenger: %v", err)
+	}
+}
+
+// TestNodeJoinRetries: a node whose join address does not answer yet
+// starts anyway and keeps trying; once the other node starts there, the
+// two form a cluster.
+func TestNodeJoinRetries(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := l.Addr().String()
+	l.Close()
+	nodes := testNodes(t, 2, func(i int, cfg *Config) {
+		if i == 0 {
+			cfg.Bind = first
+		} else {
+			cfg.Join = []string{first}
+		}
+	})
+	// n1 first: nothing answers at n0's address yet.
+	for _, nd := range []*Node{nodes[1], nodes[0]} {
+		if err := nd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nd.stop() })
+	}
+	for _, nd := range nodes {
+		waitFormed(t, nd, 2)
 	}
 }

@@ -47,6 +47,7 @@ type Status struct {
 }
 
 // Status reports the node's view of the cluster.
+// Call it after Start.
 func (n *Node) Status() Status {
 	d := n.locks.Dump()
 	st := Status{Node: n.cfg.Name, Incarnation: n.inc, Quorum: n.locks.HasQuorum(), Epoch: d.Epoch, Phase: d.Phase,
