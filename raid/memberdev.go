@@ -2,6 +2,7 @@ package raid
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -234,4 +235,130 @@ func verifyMember(a *meta.Array, role int) func(blockdev.Device) error {
 		}
 		return nil
 	}
+}
+
+// The three calls below let a survivor take a failed writer's slot over
+// (docs/agent.md, "Fencing"): fence the slot at every member host, read
+// the union of its marks, resync those regions, clear the marks. Regions
+// are array bitmap regions: member region i is the part of array region i
+// on that member.
+
+// agentURI returns the NBD URI of role's agent member.
+func agentURI(a *meta.Array, role int) (string, error) {
+	if role < 0 || role >= len(a.Members) {
+		return "", fmt.Errorf("array %s has no member %d", a.Name, role)
+	}
+	m, ok := parseAgentMember(a.Members[role].Path)
+	if !ok {
+		return "", fmt.Errorf("member %d (%s) of %s is not hosted by a ddraid agent", role, a.Members[role].Path, a.Name)
+	}
+	return m.uri(false), nil
+}
+
+// FenceMember makes the agent hosting role refuse writes and clears of
+// slot under any epoch below epoch. It identifies as the slot's writer
+// with that epoch (without marks), which raises the host's minimum; the
+// host answers only once the writes it had already admitted are done and
+// the minimum is on disk. A host already fenced above epoch counts as
+// fenced.
+func FenceMember(ctx context.Context, a *meta.Array, role int, cfg remote.Config, slot uint32, epoch uint64) error {
+	uri, err := agentURI(a, role)
+	if err != nil {
+		return err
+	}
+	cfg.Writer = &nbd.Writer{Array: a.UUID, Slot: slot, Epoch: epoch}
+	cfg.Verify = nil
+	d, err := remote.Open(ctx, uri, cfg)
+	if errors.Is(err, remote.ErrFenced) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("fence member %d (%s): %w", role, a.Members[role].Path, err)
+	}
+	return d.Close()
+}
+
+// MemberDirtyRegions returns the array regions that the agent hosting role
+// holds marked for slot, sorted.
+func MemberDirtyRegions(ctx context.Context, a *meta.Array, role int, cfg remote.Config, slot uint32) ([]uint64, error) {
+	if _, err := agentURI(a, role); err != nil {
+		return nil, err
+	}
+	ext, err := MemberDirty(ctx, a.Members[role].Path, cfg, slot)
+	if err != nil {
+		return nil, err
+	}
+	mrs := int64(memberRegionSize(a))
+	if mrs == 0 {
+		return nil, nil
+	}
+	rs := a.RegionSize
+	if rs == 0 {
+		rs = DefaultRegionSize
+	}
+	nregions := (a.Size + rs - 1) / rs
+	var out []uint64
+	at := int64(0)
+	for _, e := range ext {
+		start, end := at, at+e.Length
+		at = end
+		if e.Flags&nbd.StateDirty == 0 || end <= a.DataOffset {
+			continue
+		}
+		first := max(start-a.DataOffset, 0) / mrs
+		last := min((end-a.DataOffset+mrs-1)/mrs, nregions) // exclusive
+		for r := first; r < last; r++ {
+			if n := len(out); n == 0 || out[n-1] < uint64(r) {
+				out = append(out, uint64(r))
+			}
+		}
+	}
+	return out, nil
+}
+
+// ClearMemberRegions clears slot's marks of regions (sorted) at the agent
+// hosting role, as the slot's writer w (refused with remote.ErrFenced when
+// the slot was fenced above w.Epoch).
+func ClearMemberRegions(ctx context.Context, a *meta.Array, role int, cfg remote.Config, w Writer, regions []uint64) error {
+	uri, err := agentURI(a, role)
+	if err != nil {
+		return err
+	}
+	mrs := int64(memberRegionSize(a))
+	if mrs == 0 || len(regions) == 0 {
+		return nil
+	}
+	cfg.Writer = WriterIdentity(a, w)
+	cfg.Verify = nil
+	d, err := remote.Open(ctx, uri, cfg)
+	if err != nil {
+		return fmt.Errorf("clear member %d (%s): %w", role, a.Members[role].Path, err)
+	}
+	clearRun := func(first, n uint64) error {
+		off := a.DataOffset + int64(first)*mrs
+		length := min(int64(n)*mrs, d.Size()-off)
+		if length <= 0 {
+			return nil
+		}
+		return d.Clear(off, length)
+	}
+	var first, n uint64
+	for i, r := range regions {
+		if i > 0 && r == first+n {
+			n++
+			continue
+		}
+		if n > 0 {
+			if err := clearRun(first, n); err != nil {
+				d.Close()
+				return fmt.Errorf("clear member %d (%s): %w", role, a.Members[role].Path, err)
+			}
+		}
+		first, n = r, 1
+	}
+	if err := clearRun(first, n); err != nil {
+		d.Close()
+		return fmt.Errorf("clear member %d (%s): %w", role, a.Members[role].Path, err)
+	}
+	return d.Close()
 }

@@ -356,3 +356,75 @@ func TestMemberDirtyQuery(t *testing.T) {
 		t.Fatal("MemberDirty of a local path succeeded")
 	}
 }
+
+// TestSlotTakeoverCalls: what a survivor does with a failed writer's slot,
+// through the member hosts alone: fence it everywhere (the old writer's
+// next write is refused), read the union of its marks (exactly the
+// regions it wrote), and clear them as the slot's new writer; the old
+// epoch can no longer clear.
+func TestSlotTakeoverCalls(t *testing.T) {
+	dir := t.TempDir()
+	ah := startAgentHost(t, dir, 3, 8<<20)
+	stateDir := filepath.Join(dir, "state")
+	var sb *meta.Array
+	err := meta.View(stateDir, func(s *meta.Store) error {
+		var err error
+		sb, err = raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: ah.members(), RegionSize: 128 << 10, AssumeClean: true})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	quiet := slog.New(&logSink{})
+	a, err := Open(Options{StateDir: stateDir, Name: "a", Throttle: unthrottled, ClearDelay: time.Hour, Logger: quiet,
+		Writer: raid.Writer{Slot: 1, Epoch: 3}, Remote: remote.Config{Logger: quiet}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	// Array regions 2 and 9 (128 KiB each).
+	for _, off := range []int64{2 << 17, 9<<17 + 4096} {
+		if _, err := a.Device().WriteAt(bytes.Repeat([]byte{7}, 4096), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	cfg := remote.Config{Logger: quiet}
+	for role := range 3 {
+		if err := raid.FenceMember(ctx, sb, role, cfg, 1, 4); err != nil {
+			t.Fatal(err)
+		}
+		// Fencing again, or below, is a no-op.
+		if err := raid.FenceMember(ctx, sb, role, cfg, 1, 2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.Device().WriteAt(make([]byte, 4096), 0); !errors.Is(err, syscall.EIO) || !a.Fenced() {
+		t.Fatalf("the old writer's write after the fence = %v (fenced %v)", err, a.Fenced())
+	}
+	var union []uint64
+	for role := range 3 {
+		rs, err := raid.MemberDirtyRegions(ctx, sb, role, cfg, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		union = append(union, rs...)
+		if fmt.Sprint(rs) != "[2 9]" {
+			t.Fatalf("member %d holds regions %v for slot 1, want [2 9]", role, rs)
+		}
+		if rs, err := raid.MemberDirtyRegions(ctx, sb, role, cfg, 0); err != nil || len(rs) != 0 {
+			t.Fatalf("member %d holds regions %v %v for slot 0, want none", role, rs, err)
+		}
+	}
+	if err := raid.ClearMemberRegions(ctx, sb, 0, cfg, raid.Writer{Slot: 1, Epoch: 3}, []uint64{2, 9}); !errors.Is(err, remote.ErrFenced) {
+		t.Fatalf("a clear under the fenced epoch = %v, want ErrFenced", err)
+	}
+	for role := range 3 {
+		if err := raid.ClearMemberRegions(ctx, sb, role, cfg, raid.Writer{Slot: 1, Epoch: 4}, []uint64{2, 9}); err != nil {
+			t.Fatal(err)
+		}
+		if rs, err := raid.MemberDirtyRegions(ctx, sb, role, cfg, 1); err != nil || len(rs) != 0 {
+			t.Fatalf("member %d still holds %v %v for slot 1 after the clear", role, rs, err)
+		}
+	}
+}
