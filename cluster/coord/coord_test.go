@@ -3,12 +3,17 @@ package coord
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -367,3 +372,142 @@ func TestResyncerCrashMidTakeover(t *testing.T) {
 	})
 }
 
+
+// partition cuts minor off from every other node (locks and messages).
+func (c *tcluster) partition(minor lockd.NodeID) {
+	var major []lockd.NodeID
+	for _, x := range c.ids {
+		if x != minor && !c.nodes[x].down {
+			major = append(major, x)
+		}
+	}
+	c.lnet.Partition([]lockd.NodeID{minor}, major)
+	c.mnet.Partition([]lockd.NodeID{minor}, major)
+	c.nodes[minor].lk.SetMembers([]lockd.NodeID{minor})
+	for _, x := range major {
+		c.nodes[x].lk.SetMembers(major)
+	}
+}
+
+// attempt is one write of a block: its version and whether it was
+// acknowledged.
+type attempt struct {
+	version int
+	acked   bool
+}
+
+func seeds(t *testing.T) int {
+	if s := os.Getenv("COORD_SEEDS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			t.Fatalf("COORD_SEEDS=%q: %v", s, err)
+		}
+		return n
+	}
+	return 6
+}
+
+// A writer cut off from the others by a partition (it still reaches the
+// member hosts, the worst case): once the majority took its slot over,
+// the hosts refuse its writes, its gate halts them, and no acknowledged
+// write of any node is lost; every stripe is parity-consistent.
+func TestPartitionedMinorityWriterFenced(t *testing.T) {
+	for seed := range seeds(t) {
+		t.Run(fmt.Sprintf("seed%d", seed), func(t *testing.T) {
+			defer goleak.VerifyNone(t)
+			synctest.Test(t, func(t *testing.T) { partitionRun(t, uint64(seed)) })
+		})
+	}
+}
+
+func partitionRun(t *testing.T, seed uint64) {
+	c := newTCluster(t, "n1", "n2", "n3")
+	c.join("n1", "n2", "n3")
+	rng := rand.New(rand.NewPCG(seed, 0x5eed))
+	const blocks = tArraySize / tBlock
+	hist := make([]map[int64][]attempt, 3)
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	var refused atomic.Int64 // n3's writes that failed
+	for i, id := range c.ids {
+		hist[i] = map[int64][]attempt{}
+		n := c.nodes[id]
+		// Each node writes its own blocks (as a cluster file system would):
+		// block b belongs to node b % 3.
+		order := make([]int64, 200)
+		pauses := make([]time.Duration, len(order))
+		for k := range order {
+			order[k] = int64(rng.IntN(blocks/3))*3 + int64(i)
+			pauses[k] = time.Duration(1+rng.IntN(8)) * time.Millisecond
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k, b := range order {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				err := n.write(context.Background(), pattern(byte(i+1), b, k), b*tBlock)
+				hist[i][b] = append(hist[i][b], attempt{version: k, acked: err == nil})
+				if err != nil {
+					if id != "n3" {
+						t.Errorf("%s: write of block %d failed: %v", id, b, err)
+					}
+					refused.Add(1)
+				}
+				time.Sleep(pauses[k])
+			}
+		}()
+	}
+	time.Sleep(time.Duration(20+rng.IntN(200)) * time.Millisecond)
+	n3 := c.nodes["n3"]
+	c.partition("n3")
+	c.waitFor("n3's slot taken over by the majority", func() bool { return c.slotTakenOver(n3.w.Slot, n3.w.Epoch) })
+	// n3 is cut off: its writes fail from now on.
+	if err := n3.write(context.Background(), pattern(9, 2, 0), 2*tBlock); err == nil {
+		t.Error("the cut-off writer's write was acknowledged after its slot was taken over")
+	}
+	for _, h := range c.hosts {
+		if _, err := h.conn(n3.w, nil).WriteAt(make([]byte, tFrag), 0); !errors.Is(err, remote.ErrFenced) {
+			t.Errorf("%s accepted a write of the cut-off writer: %v", h.name, err)
+		}
+	}
+	if st := n3.co.Status(); st.Halted == "" && !n3.fenced.Load() {
+		t.Errorf("the cut-off writer is neither halted nor fenced: %+v", st)
+	}
+	time.Sleep(50 * time.Millisecond) // the majority goes on writing
+	close(stop)
+	wg.Wait()
+	hist[2][2] = append(hist[2][2], attempt{version: -1}) // the refused write above
+	c.waitFor("no takeover running", func() bool {
+		return len(c.nodes["n1"].co.Status().Takeovers) == 0 && len(c.nodes["n2"].co.Status().Takeovers) == 0
+	})
+
+	if bad := parityMismatches(c.hosts); len(bad) != 0 {
+		t.Errorf("blocks %v are parity-inconsistent", bad)
+	}
+	want := map[int64][]byte{}
+	checked := 0
+	for i := range hist {
+		for b, as := range hist[i] {
+			last := as[len(as)-1]
+			if !last.acked {
+				continue // a write that was not acknowledged may leave old, new or torn data
+			}
+			want[b] = pattern(byte(i+1), b, last.version)
+			checked++
+		}
+	}
+	for b := int64(0); b < blocks; b++ {
+		if _, ok := want[b]; !ok && len(hist[b%3][b]) == 0 {
+			want[b] = make([]byte, tBlock) // never written
+		}
+	}
+	c.checkBlocks(c.nodes["n1"], want)
+	if checked < 50 {
+		t.Errorf("only %d blocks with acknowledged writes checked", checked)
+	}
+	t.Logf("seed %d: %d blocks checked, %d writes of the cut-off node refused", seed, checked, refused.Load())
+}

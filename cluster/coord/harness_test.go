@@ -403,10 +403,10 @@ func (c *tcluster) crash(id lockd.NodeID) {
 }
 
 // waitFor polls cond (in fake time) until it holds; the test fails if it
-// never does within 10 fake minutes.
+// never does within 60 fake seconds.
 func (c *tcluster) waitFor(what string, cond func() bool) {
 	c.t.Helper()
-	for range 60000 {
+	for range 6000 {
 		if cond() {
 			return
 		}
