@@ -131,22 +131,21 @@ func (p phase) String() string { return phaseNames[p] }
 
 // hlock is the holder side of one lock.
 type hlock struct {
-	id          uint64
-	space, res  string
-	gr          Mode
-	op          Op // pending operation
-	rq          Mode
-	flags       Flags
-	seq         uint64
-	sent        bool
-	sentAt      uint64
-	cancel      bool
-	wlvb        []byte
-	lvb         []byte
-	lvbSeq      uint64
-	lvbValid    bool
-	token       Token
-	everGranted bool
+	id         uint64
+	space, res string
+	gr         Mode
+	op         Op // pending operation
+	rq         Mode
+	flags      Flags
+	seq        uint64
+	sent       bool
+	sentAt     uint64
+	cancel     bool
+	wlvb       []byte
+	lvb        []byte
+	lvbSeq     uint64
+	lvbValid   bool
+	token      Token
 }
 
 type resKey struct{ space, name string }
@@ -199,7 +198,6 @@ type Core struct {
 	coord      *coordination
 	viewIncs   map[NodeID]uint64 // coordinator: incarnations of the last completed view
 	ackTick    map[NodeID]uint64 // 1 + our tick when the newest heartbeat it answered was sent
-	lastJoin   uint64
 
 	nextID uint64
 	opSeq  uint64

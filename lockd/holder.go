@@ -37,7 +37,7 @@ func (c *Core) onReply(m Message) {
 		if op != OpLock && op != OpConvert {
 			return
 		}
-		hl.gr, hl.token, hl.everGranted = m.Mode, m.Token, true
+		hl.gr, hl.token = m.Mode, m.Token
 		if m.LVB != nil {
 			hl.lvb, hl.lvbSeq, hl.lvbValid = m.LVB, m.LVBSeq, m.LVBValid
 		}

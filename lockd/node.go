@@ -80,6 +80,7 @@ func (n *Node) run() {
 			return
 		case f, ok := <-rx:
 			if !ok {
+				n.log.Error("lockd: transport closed its receive channel; node stops")
 				return
 			}
 			m, err := UnmarshalMessage(f.Data)
