@@ -177,7 +177,7 @@ func (c *Courier) call(ctx context.Context, to lockd.NodeID, m Message) (reply [
 		case codeOK:
 			return r.Body, nil
 		case codeUnknownType:
-			return nil, fmt.Errorf("%s refused %s: %w %s", to, m.Type, ErrUnknownType, m.Type)
+			return nil, &unknownTypeError{node: to, text: r.Text}
 		case codeRefused:
 			return nil, fmt.Errorf("%s refused %s: %w: %s", to, m.Type, ErrRefused, r.Text)
 		default:
@@ -187,6 +187,16 @@ func (c *Courier) call(ctx context.Context, to lockd.NodeID, m Message) (reply [
 		return nil, fmt.Errorf("%s to %s: no reply: %w", m.Type, to, ctx.Err())
 	}
 }
+
+// unknownTypeError is a refusal for an unknown type, in the receiver's
+// words; it matches ErrUnknownType.
+type unknownTypeError struct {
+	node lockd.NodeID
+	text string
+}
+
+func (e *unknownTypeError) Error() string        { return string(e.node) + ": " + e.text }
+func (e *unknownTypeError) Is(target error) bool { return target == ErrUnknownType }
 
 // Broadcast sends m to every live member but self and waits for all.
 func (c *Courier) Broadcast(ctx context.Context, m Message) (map[lockd.NodeID][]byte, error) {
@@ -293,10 +303,15 @@ func (c *Courier) serve(from lockd.NodeID, f Frame, h Handler) {
 	c.running--
 	c.mu.Unlock()
 	r := Frame{Reply: true, ID: f.ID, Body: body}
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrUnknownType):
+		// A router under the handler did not know the type either.
+		r.Code, r.Text, r.Body = codeUnknownType, err.Error(), nil
+		c.stats.unknownType.Add(1)
+	case err != nil:
 		r.Code, r.Text, r.Body = codeHandlerErr, err.Error(), nil
 		c.stats.servedFailed.Add(1)
-	} else {
+	default:
 		c.stats.servedOK.Add(1)
 	}
 	c.reply(from, r)

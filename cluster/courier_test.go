@@ -39,6 +39,9 @@ func threeNodes(t *testing.T) (*MemNet, map[lockd.NodeID]*Courier) {
 		c.Handle("fail", func(context.Context, lockd.NodeID, Message) ([]byte, error) {
 			return nil, errors.New("no space left")
 		})
+		c.Handle("route", func(context.Context, lockd.NodeID, Message) ([]byte, error) {
+			return nil, fmt.Errorf("router: %w %q", ErrUnknownType, "sub")
+		})
 		c.Handle("hang", func(ctx context.Context, _ lockd.NodeID, _ Message) ([]byte, error) {
 			<-ctx.Done()
 			time.Sleep(time.Millisecond) // answer only after the caller gave up
@@ -61,6 +64,7 @@ func TestCall(t *testing.T) {
 		{name: "echo", msg: Message{Type: "echo", Array: "u1", Body: []byte("hi")}, want: "a:u1:hi"},
 		{name: "handler error", msg: Message{Type: "fail"}, wantErr: []string{"b: fail failed: no space left"}},
 		{name: "unknown type", msg: Message{Type: "frobnicate"}, wantErr: []string{"b", "unknown message type frobnicate"}, is: ErrUnknownType},
+		{name: "unknown to a handler", msg: Message{Type: "route"}, wantErr: []string{"b: router: unknown message type \"sub\""}, is: ErrUnknownType},
 		{name: "timeout", msg: Message{Type: "hang"}, timeout: time.Second, wantErr: []string{"hang to b", "no reply"}, is: context.DeadlineExceeded},
 		{name: "default timeout", msg: Message{Type: "hang"}, wantErr: []string{"hang to b"}, is: context.DeadlineExceeded},
 		{name: "empty type", msg: Message{}, wantErr: []string{"message type"}},

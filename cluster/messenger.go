@@ -53,6 +53,9 @@ const DefaultTimeout = 10 * time.Second
 // Errors of the messenger.
 var (
 	// ErrUnknownType: the receiver has no handler for the message type.
+	// A handler may return an error wrapping it too (a router that does
+	// not know a sub-type): the caller then sees ErrUnknownType, not a
+	// RemoteError.
 	ErrUnknownType = errors.New("unknown message type")
 	// ErrRefused: the receiver would not run the handler (too many
 	// requests in progress, or it is stopping).
