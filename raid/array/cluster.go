@@ -1,0 +1,184 @@
+package array
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/ddraid/ddraid/blockdev"
+	"github.com/ddraid/ddraid/raid"
+	"github.com/ddraid/ddraid/raid/meta"
+)
+
+// What the cluster coordinator (cluster/coord) needs from a running array
+// when several writers serve it (docs/cluster-design.md):
+//
+//   - a write gate in front of the bitmap: every write, trim and zero asks
+//     it first, so writes wait while they overlap a resync window another
+//     writer announced, or while this node has no quorum;
+//   - ApplySuperblock: store a superblock another writer broadcast and
+//     follow it;
+//   - CanOpen: can this node open a member being added (NEWDISK);
+//   - ResyncRange: resync a range of a failed writer's dirty regions.
+
+// WriteGate admits writes (cluster/coord.WriteGate implements it). Enter
+// may wait; every admitted write calls Leave with Enter's ticket when it
+// is done.
+type WriteGate interface {
+	Enter(ctx context.Context, off, length int64) (ticket uint32, err error)
+	Leave(ticket uint32)
+}
+
+// gatedDevice asks the array's write gate before each write-type request.
+// Without a gate it passes everything through.
+type gatedDevice struct {
+	dev  blockdev.Device
+	gate WriteGate
+}
+
+// gateWrap puts the gate of o in front of dev, if there is one.
+func gateWrap(dev blockdev.Device, gate WriteGate) blockdev.Device {
+	if gate == nil {
+		return dev
+	}
+	return &gatedDevice{dev: dev, gate: gate}
+}
+
+var (
+	_ blockdev.Device       = (*gatedDevice)(nil)
+	_ blockdev.Extenter     = (*gatedDevice)(nil)
+	_ blockdev.FastZeroer   = (*gatedDevice)(nil)
+	_ blockdev.NoHoleZeroer = (*gatedDevice)(nil)
+)
+
+func (g *gatedDevice) through(off, length int64, fn func() error) error {
+	t, err := g.gate.Enter(context.Background(), off, length)
+	if err != nil {
+		return err
+	}
+	defer g.gate.Leave(t)
+	return fn()
+}
+
+func (g *gatedDevice) ReadAt(p []byte, off int64) (int, error) { return g.dev.ReadAt(p, off) }
+
+func (g *gatedDevice) WriteAt(p []byte, off int64) (n int, err error) {
+	err = g.through(off, int64(len(p)), func() error {
+		n, err = g.dev.WriteAt(p, off)
+		return err
+	})
+	return n, err
+}
+
+func (g *gatedDevice) Flush() error { return g.dev.Flush() }
+
+func (g *gatedDevice) Trim(off, length int64) error {
+	return g.through(off, length, func() error { return g.dev.Trim(off, length) })
+}
+
+func (g *gatedDevice) Zero(off, length int64) error {
+	return g.through(off, length, func() error { return g.dev.Zero(off, length) })
+}
+
+func (g *gatedDevice) ZeroNoHole(off, length int64) error {
+	return g.through(off, length, func() error { return blockdev.ZeroNoHole(g.dev, off, length) })
+}
+
+func (g *gatedDevice) Extents(dst []blockdev.Extent, off, length int64) ([]blockdev.Extent, error) {
+	return blockdev.ExtentsOf(g.dev, dst, off, length)
+}
+
+func (g *gatedDevice) CanFastZero() bool { return blockdev.CanFastZero(g.dev) }
+func (g *gatedDevice) Size() int64       { return g.dev.Size() }
+func (g *gatedDevice) BlockSize() int    { return g.dev.BlockSize() }
+func (g *gatedDevice) Close() error      { return g.dev.Close() }
+
+// errFailedElsewhere is the error a member gets when another writer's
+// superblock says it failed.
+var errFailedElsewhere = errors.New("failed by another writer of the array")
+
+// ApplySuperblock stores sb (broadcast by another writer, its event
+// counter already bumped) and makes the running array follow it: members
+// sb records as failed are failed here too. Other changes of the member
+// table (an added member, a spare, a recovery) are stored but need the
+// array to be assembled again to take effect; the error says so.
+func (a *Array) ApplySuperblock(sb *meta.Array) error {
+	a.updMu.Lock()
+	defer a.updMu.Unlock()
+	cur := a.Superblock()
+	if sb.UUID != cur.UUID || sb.Name != cur.Name {
+		return fmt.Errorf("superblock of %s (%s) offered to array %s (%s)", sb.Name, sb.UUID, cur.Name, cur.UUID)
+	}
+	if sb.Events < cur.Events {
+		return fmt.Errorf("array %s: superblock event %d is older than this node's %d", cur.Name, sb.Events, cur.Events)
+	}
+	if len(sb.Members) != len(cur.Members) {
+		return fmt.Errorf("array %s: the superblock has %d members, the running array %d: assemble it again", cur.Name, len(sb.Members), len(cur.Members))
+	}
+	if err := meta.View(a.opts.StateDir, func(s *meta.Store) error { return s.Put(sb) }); err != nil {
+		return fmt.Errorf("array %s: store superblock event %d: %w", cur.Name, sb.Events, err)
+	}
+	next := *sb
+	next.Members = append([]meta.Member(nil), sb.Members...)
+	next.Spares = append([]meta.Member(nil), sb.Spares...)
+	a.mu.Lock()
+	a.sb = &next
+	a.mu.Unlock()
+	var reassemble []int
+	for role, m := range sb.Members {
+		if m.State == cur.Members[role].State && m.Path == cur.Members[role].Path {
+			continue
+		}
+		if m.State == meta.StateFailed && a.sync != nil {
+			if st := a.sync.MemberStates()[role]; st == raid.MemberActive || st == raid.MemberRecovering {
+				a.sync.Fail(role, errFailedElsewhere) // onFail finds the superblock already says so
+			}
+			continue
+		}
+		reassemble = append(reassemble, role)
+	}
+	if len(reassemble) > 0 {
+		return fmt.Errorf("array %s: superblock event %d stored; members %v changed in ways the running array cannot follow: assemble it again", cur.Name, sb.Events, reassemble)
+	}
+	return nil
+}
+
+// CanOpen checks that this node can open the member spec (without writer
+// identity: nothing is marked or fenced) and closes it again.
+func (a *Array) CanOpen(ctx context.Context, spec string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	path, err := raid.MemberPath(spec)
+	if err != nil {
+		return err
+	}
+	dev, err := raid.OpenMemberDevice(path, raid.MemberOptions{Direct: a.opts.Direct, Remote: a.opts.Remote, ReadOnly: true})
+	if err != nil {
+		return fmt.Errorf("open %s: %w", spec, err)
+	}
+	return dev.Close()
+}
+
+// ResyncRange makes [off, off+length) consistent from its data (a failed
+// writer's dirty region, taken over by this node). The range is marked in
+// this array's own bitmap while it is resynced, so the marks the resync's
+// writes leave at agent members under this node's slot are cleared later
+// by the array's lazy clear, like those of any write.
+func (a *Array) ResyncRange(ctx context.Context, off, length int64) error {
+	if a.sync == nil {
+		return nil // linear: nothing to make consistent
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	end, err := a.bm.StartWrite(off, length)
+	if err != nil {
+		return fmt.Errorf("array %s: resync %d+%d: %w", a.opts.Name, off, length, err)
+	}
+	defer end()
+	if err := a.sync.Resync(off, length); err != nil {
+		return fmt.Errorf("array %s: resync %d+%d: %w", a.opts.Name, off, length, err)
+	}
+	return nil
+}
