@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"strings"
@@ -297,7 +298,7 @@ func (c *Courier) serve(from lockd.NodeID, f Frame, h Handler) {
 		timeout = DefaultTimeout
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, timeout)
-	body, err := h(ctx, from, f.Msg)
+	body, err := c.run(ctx, h, from, f.Msg)
 	cancel()
 	c.mu.Lock()
 	c.running--
@@ -315,6 +316,18 @@ func (c *Courier) serve(from lockd.NodeID, f Frame, h Handler) {
 		c.stats.servedOK.Add(1)
 	}
 	c.reply(from, r)
+}
+
+// run calls h; a panic (a handler's bug, maybe on a peer's bad body)
+// becomes an error for the caller instead of taking the agent down.
+func (c *Courier) run(ctx context.Context, h Handler, from lockd.NodeID, m Message) (body []byte, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			c.log.Error("cluster: message handler panicked", "type", m.Type, "from", from, "panic", p, "stack", string(debug.Stack()))
+			body, err = nil, fmt.Errorf("handler for %s panicked: %v", m.Type, p)
+		}
+	}()
+	return h(ctx, from, m)
 }
 
 func (c *Courier) reply(to lockd.NodeID, r Frame) {

@@ -27,8 +27,9 @@ func echo(_ context.Context, from lockd.NodeID, m Message) ([]byte, error) {
 	return fmt.Appendf(nil, "%s:%s:%s", from, m.Array, m.Body), nil
 }
 
-// threeNodes returns a MemNet with nodes a, b, c; every node echoes "echo"
-// and fails "fail".
+// threeNodes returns a MemNet with nodes a, b, c, each serving: echo,
+// fail (an error), route (an unknown sub-type), panic (on a short body) and
+// hang (past the caller's deadline).
 func threeNodes(t *testing.T) (*MemNet, map[lockd.NodeID]*Courier) {
 	net := NewMemNet(quiet)
 	t.Cleanup(net.Close)
@@ -41,6 +42,9 @@ func threeNodes(t *testing.T) (*MemNet, map[lockd.NodeID]*Courier) {
 		})
 		c.Handle("route", func(context.Context, lockd.NodeID, Message) ([]byte, error) {
 			return nil, fmt.Errorf("router: %w %q", ErrUnknownType, "sub")
+		})
+		c.Handle("panic", func(_ context.Context, _ lockd.NodeID, m Message) ([]byte, error) {
+			return []byte{m.Body[3]}, nil // out of range on a short body
 		})
 		c.Handle("hang", func(ctx context.Context, _ lockd.NodeID, _ Message) ([]byte, error) {
 			<-ctx.Done()
@@ -65,6 +69,7 @@ func TestCall(t *testing.T) {
 		{name: "handler error", msg: Message{Type: "fail"}, wantErr: []string{"b: fail failed: no space left"}},
 		{name: "unknown type", msg: Message{Type: "frobnicate"}, wantErr: []string{"b", "unknown message type frobnicate"}, is: ErrUnknownType},
 		{name: "unknown to a handler", msg: Message{Type: "route"}, wantErr: []string{"b: router: unknown message type \"sub\""}, is: ErrUnknownType},
+		{name: "handler panics", msg: Message{Type: "panic", Body: []byte{1}}, wantErr: []string{"b: panic failed: handler for panic panicked", "index out of range"}},
 		{name: "timeout", msg: Message{Type: "hang"}, timeout: time.Second, wantErr: []string{"hang to b", "no reply"}, is: context.DeadlineExceeded},
 		{name: "default timeout", msg: Message{Type: "hang"}, wantErr: []string{"hang to b"}, is: context.DeadlineExceeded},
 		{name: "empty type", msg: Message{}, wantErr: []string{"message type"}},
