@@ -29,8 +29,10 @@ type Local interface {
 	// Resync makes [off, off+length) of the array consistent from its data
 	// (raid.Syncer.Resync).
 	Resync(ctx context.Context, off, length int64) error
-	// MemberHosts returns the hosts of the array's members in use.
-	MemberHosts() []MemberHost
+	// MemberHosts returns the hosts of the array's members in use; an
+	// error when a member in use has no host that can fence and keep
+	// marks.
+	MemberHosts() ([]MemberHost, error)
 }
 
 // Config configures a Coordinator. Zero fields take the defaults named.

@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"strconv"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -371,7 +371,6 @@ func TestResyncerCrashMidTakeover(t *testing.T) {
 		c.checkBlocks(c.nodes[other], acked)
 	})
 }
-
 
 // partition cuts minor off from every other node (locks and messages).
 func (c *tcluster) partition(minor lockd.NodeID) {

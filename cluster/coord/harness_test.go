@@ -227,12 +227,12 @@ func (m *modelLocal) Resync(_ context.Context, off, length int64) error {
 	return eng.Resync(off, length)
 }
 
-func (m *modelLocal) MemberHosts() []MemberHost {
+func (m *modelLocal) MemberHosts() ([]MemberHost, error) {
 	out := make([]MemberHost, len(m.hosts))
 	for i, h := range m.hosts {
 		out[i] = h
 	}
-	return out
+	return out, nil
 }
 
 func (m *modelLocal) resyncedRegions() []uint64 {

@@ -84,7 +84,10 @@ func (c *Coordinator) tryTakeover(ctx context.Context, n uint32) error {
 // under announced windows and clears them. l is the slot's lock, held EX;
 // it is checked before every step that changes data.
 func (c *Coordinator) recoverSlot(ctx context.Context, n uint32, l *lockd.Lock, epoch uint64) error {
-	hosts := c.cfg.Local.MemberHosts()
+	hosts, err := c.cfg.Local.MemberHosts()
+	if err != nil {
+		return err
+	}
 	if err := fenceAll(ctx, hosts, n, epoch); err != nil {
 		return err
 	}
