@@ -32,17 +32,18 @@ type NodeConfig struct {
 // Node runs one Core: a goroutine feeds it frames and ticks, and the lock API below talks to
 // it. All methods are safe for concurrent use.
 type Node struct {
-	cfg   NodeConfig
-	log   *slog.Logger
-	mu    sync.Mutex
-	core  *Core
-	locks map[uint64]*Lock
-	stop  chan struct{}
-	done  chan struct{}
-	cbs   sync.WaitGroup
-	once  sync.Once
-	start time.Time // ticks are counted from here on the monotonic clock
-	ticks uint64    // ticks given to the core so far
+	cfg     NodeConfig
+	log     *slog.Logger
+	mu      sync.Mutex
+	core    *Core
+	locks   map[uint64]*Lock
+	stop    chan struct{}
+	done    chan struct{}
+	cbs     sync.WaitGroup
+	once    sync.Once
+	start   time.Time  // ticks are counted from here on the monotonic clock
+	unsaved *HardState // a hard state SaveHardState failed to store; retried before sending
+	ticks   uint64     // ticks given to the core so far
 }
 
 // StartNode starts a node. Tell it the live members with SetMembers.
@@ -119,10 +120,16 @@ func (n *Node) flushLocked() {
 		rd := n.core.Ready()
 		n.core.Advance()
 		if rd.HardState != nil && n.cfg.SaveHardState != nil {
-			if err := n.cfg.SaveHardState(*rd.HardState); err != nil {
-				// Sending now could break the promise the saved state stands for.
-				n.log.Error("lockd: save hard state; dropping this step's messages", "err", err)
+			n.unsaved = rd.HardState
+		}
+		if n.unsaved != nil {
+			if err := n.cfg.SaveHardState(*n.unsaved); err != nil {
+				// Sending now could break the promise the state stands for: send nothing
+				// until it is saved (retransmissions make up for the dropped messages).
+				n.log.Error("lockd: save hard state; not sending", "err", err)
 				rd.Messages = nil
+			} else {
+				n.unsaved = nil
 			}
 		}
 		for _, m := range rd.Messages {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -200,5 +202,60 @@ func TestNodeMinorityFreezes(t *testing.T) {
 		if err != nil || !strings.Contains(string(d), `"granted":"EX"`) {
 			t.Errorf("dump %s (%v) does not show the EX grant", d, err)
 		}
+	})
+}
+
+// While the hard state cannot be saved, the node sends nothing; once it can, it catches up.
+func TestNodeHoldsMessagesUntilSaved(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	synctest.Test(t, func(t *testing.T) {
+		net := memnet.New(1)
+		net.Start(time.Millisecond)
+		defer net.Stop()
+		ids := []lockd.NodeID{"n1", "n2"}
+		var mu sync.Mutex
+		broken := true
+		var nodes []*lockd.Node
+		for i, id := range ids {
+			cfg := lockd.NodeConfig{
+				Config:       lockd.Config{ID: id, Incarnation: uint64(i + 1), Voters: ids},
+				Transport:    net.Endpoint(id),
+				TickInterval: 10 * time.Millisecond,
+				Logger:       slog.New(slog.DiscardHandler),
+			}
+			if id == "n2" {
+				cfg.SaveHardState = func(lockd.HardState) error {
+					mu.Lock()
+					defer mu.Unlock()
+					if broken {
+						return errors.New("disk full")
+					}
+					return nil
+				}
+			}
+			n, err := lockd.StartNode(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer n.Close()
+			nodes = append(nodes, n)
+		}
+		for _, n := range nodes {
+			n.SetMembers(ids)
+		}
+		time.Sleep(2 * time.Second)
+		if nodes[0].HasQuorum() || nodes[1].HasQuorum() {
+			t.Fatal("a quorum formed although n2 could not save its promise")
+		}
+		mu.Lock()
+		broken = false
+		mu.Unlock()
+		for range 500 {
+			if nodes[0].HasQuorum() && nodes[1].HasQuorum() {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatal("no quorum after the hard state could be saved")
 	})
 }
