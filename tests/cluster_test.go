@@ -374,6 +374,9 @@ func TestClusterPartition(t *testing.T) {
 	if st := p.status(t); st.Quorum {
 		t.Fatalf("n0 was granted the lock while the partitioned n4 still claims quorum: %+v", st)
 	}
+	if txt := run(t, ddraidBin, "cluster", "status", "--control="+p.control()); !strings.Contains(txt, "quorum: no") {
+		t.Errorf("cluster status on the partitioned n4 does not say it lacks quorum:\n%s", txt)
+	}
 	if got.Token.Epoch <= held.Token.Epoch {
 		t.Fatalf("grant on n0: token %v, want an epoch above n4's %v", got.Token, held.Token)
 	}
