@@ -1,6 +1,7 @@
 package coord
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -258,10 +259,9 @@ func TestTakeoverAfterWriterCrash(t *testing.T) {
 		// A write torn by the crash: one fragment of a block of region 9
 		// reached host 0 only.
 		torn := n3.local.hosts[0].conn(n3.w, nil)
-		if _, err := torn.WriteAt(make([]byte, tFrag), (9*16+2)*tFrag); err != nil {
+		if _, err := torn.WriteAt(bytes.Repeat([]byte{0xff}, tFrag), (9*16+2)*tFrag); err != nil {
 			t.Fatal(err)
 		}
-		torn.h.data[(9*16+2)*tFrag] ^= 0xff
 		if bad := parityMismatches(c.hosts); len(bad) != 1 {
 			t.Fatalf("the torn write left %d inconsistent blocks, want 1", len(bad))
 		}
@@ -505,8 +505,74 @@ func partitionRun(t *testing.T, seed uint64) {
 		}
 	}
 	c.checkBlocks(c.nodes["n1"], want)
+
+	// Without quorum, coordinated operations fail and say why.
+	if _, err := n3.co.FailMember(context.Background(), 0, "seen by the cut-off node"); !errors.Is(err, lockd.ErrNoQuorum) {
+		t.Errorf("metadata update without quorum: %v, want ErrNoQuorum", err)
+	}
+	// Healed, n3 learns that its slot was taken: its array stops for good.
+	c.lnet.Heal()
+	c.mnet.Heal()
+	for _, id := range c.ids {
+		c.nodes[id].lk.SetMembers(c.ids)
+	}
+	c.waitFor("n3 learns its slot is lost", func() bool { return n3.slotLost.Load() })
+	if st := n3.co.Status(); !strings.Contains(st.Lost, "slot lost") || st.Halted == "" {
+		t.Errorf("status of the node whose slot was taken: %+v", st)
+	}
+	if _, ok := n3.co.Writer(); ok {
+		t.Error("Writer still reports a valid slot after it was lost")
+	}
 	if checked < 50 {
 		t.Errorf("only %d blocks with acknowledged writes checked", checked)
 	}
 	t.Logf("seed %d: %d blocks checked, %d writes of the cut-off node refused", seed, checked, refused.Load())
+}
+
+// A writer that takes a slot its last holder left with marks resyncs them
+// before it writes; a slot left clean costs nothing.
+func TestJoinResyncsLeftoverMarks(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	synctest.Test(t, func(t *testing.T) {
+		c := newTCluster(t, "n1", "n2", "n3")
+		c.join("n1")
+		ctx := context.Background()
+		n1 := c.nodes["n1"]
+		if err := n1.write(ctx, pattern(1, 40, 1), 40*tBlock); err != nil { // region 2
+			t.Fatal(err)
+		}
+		torn := n1.local.hosts[1].conn(n1.w, nil)
+		if _, err := torn.WriteAt([]byte{0xff}, 11*16*tFrag); err != nil { // region 11, host 1 only
+			t.Fatal(err)
+		}
+		if err := n1.co.Leave(ctx, false); err != nil { // an unclean stop: the marks stay
+			t.Fatal(err)
+		}
+		c.join("n2") // takes the first free slot: n1's
+		n2 := c.nodes["n2"]
+		if n2.w.Slot != n1.w.Slot {
+			t.Fatalf("n2 took slot %d, want the free slot %d", n2.w.Slot, n1.w.Slot)
+		}
+		if got := n2.local.resyncedRegions(); !slices.Equal(got, []uint64{2, 11}) {
+			t.Errorf("n2 resynced regions %v at start, want [2 11]", got)
+		}
+		if m := c.writtenUnion(n1.w.Slot); len(m) != 0 {
+			t.Errorf("marks %v left after the start", m)
+		}
+		if bad := parityMismatches(c.hosts); len(bad) != 0 {
+			t.Errorf("blocks %v inconsistent", bad)
+		}
+		c.checkBlocks(n2, map[int64][]byte{40: pattern(1, 40, 1)})
+
+		// n2 leaves clean; n3 takes the slot without fencing or resyncing.
+		fenceBefore := c.hosts[0].fenceOf(n2.w.Slot)
+		if err := n2.co.Leave(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		c.join("n3")
+		n3 := c.nodes["n3"]
+		if n3.w.Slot != n2.w.Slot || len(n3.local.resyncedRegions()) != 0 || c.hosts[0].fenceOf(n2.w.Slot) != fenceBefore {
+			t.Errorf("n3 on a clean slot: slot %d, resynced %v, fence %d (was %d)", n3.w.Slot, n3.local.resyncedRegions(), c.hosts[0].fenceOf(n2.w.Slot), fenceBefore)
+		}
+	})
 }

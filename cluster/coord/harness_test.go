@@ -85,6 +85,13 @@ func (h *fakeHost) Clear(_ context.Context, slot uint32, epoch uint64, regions [
 	return nil
 }
 
+// fenceOf returns slot's minimum epoch.
+func (h *fakeHost) fenceOf(slot uint32) uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.minEpoch[slot]
+}
+
 // marked returns slot's marks.
 func (h *fakeHost) marked(slot uint32) []uint64 {
 	rs, _ := h.Dirty(context.Background(), slot, 0)
@@ -278,6 +285,8 @@ type tnode struct {
 	// member is not a failed member).
 	fenced atomic.Bool
 	down   bool // crashed (test goroutine only)
+	// slotLost is set by the coordinator's OnSlotLost.
+	slotLost atomic.Bool
 }
 
 var errModelFenced = errors.New("model node is fenced")
@@ -333,7 +342,8 @@ func newTCluster(t *testing.T, names ...string) *tcluster {
 			local: &modelLocal{hosts: c.hosts, sb: sb, cannotOpen: map[string]error{}}}
 		n.router = NewRouter(n.msg)
 		n.co, err = New(Config{Node: id, Lockd: lk, Router: n.router, Local: n.local, Gate: n.gate,
-			Slots: 8, GroupRegions: 4, Timeout: 5 * time.Second, Poll: 10 * time.Millisecond, Logger: quiet})
+			Slots: 8, GroupRegions: 4, Timeout: 5 * time.Second, Poll: 10 * time.Millisecond, Logger: quiet,
+			OnSlotLost: func(error) { n.slotLost.Store(true) }})
 		if err != nil {
 			t.Fatal(err)
 		}
