@@ -322,3 +322,24 @@ func TestNodeJoinRetries(t *testing.T) {
 		waitFormed(t, nd, 2)
 	}
 }
+
+// TestNodeCloseLeaves: a node closed gracefully leaves; the others drop
+// it from the epoch and keep quorum, and Close stops all its goroutines
+// (goleak checks at the end of the package).
+func TestNodeCloseLeaves(t *testing.T) {
+	nodes := testCluster(t, 3)
+	if err := nodes[2].Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := nodes[2].Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	for _, nd := range nodes[:2] {
+		waitUntil(t, string(nd.Name())+" drops n2 and keeps quorum", func() bool {
+			st := nd.Status()
+			i := slices.IndexFunc(st.Members, func(m MemberStatus) bool { return m.Name == "n2" })
+			return i >= 0 && st.Members[i].State == StateFailed && !st.Members[i].Lockd && st.Quorum && st.Phase == "normal" &&
+				slices.Equal(nd.Messenger().Live(), []lockd.NodeID{"n0", "n1"})
+		})
+	}
+}
