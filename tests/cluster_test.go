@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -291,6 +292,19 @@ func TestClusterLoopback(t *testing.T) {
 	if st := nodes[0].status(t); member(st, "n1").State != cluster.StateFailed || st.Epoch < got.Token.Epoch {
 		t.Fatalf("n0's status after n1 died: %+v", st)
 	}
+
+	// SIGTERM: n4 leaves cleanly (exit 0); the other three keep quorum.
+	nodes[4].cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-nodes[4].done:
+		nodes[4].done = nil
+		if err != nil {
+			t.Fatalf("agent n4 after SIGTERM: %v\n%s", err, nodes[4].output())
+		}
+	case <-time.After(clusterWait):
+		t.Fatalf("agent n4 still running %v after SIGTERM", clusterWait)
+	}
+	waitFormed(t, []*clusterNode{nodes[0], nodes[2], nodes[3]})
 }
 
 // hubNet is five network namespaces on one bridge (in a namespace of its
