@@ -104,7 +104,6 @@ type Node struct {
 
 	mu    sync.Mutex
 	known map[lockd.NodeID]MemberStatus // every node seen, and what became of it
-	views uint64
 }
 
 // New checks cfg and prepares a node; nothing runs until Start.
@@ -262,7 +261,6 @@ func (n *Node) apply(v membership.View) {
 
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.views++
 	for _, m := range v.Left {
 		if k, ok := n.known[m.Name]; ok && k.Incarnation == m.Incarnation {
 			k.State = StateFailed
