@@ -576,3 +576,79 @@ func TestJoinResyncsLeftoverMarks(t *testing.T) {
 		}
 	})
 }
+
+// Two writers die; two survivors take their slots over at the same time
+// when their dirty regions lie in different resync groups (unlike
+// md-cluster's single resyncer), one after the other when they share a
+// group (resync/K).
+func TestParallelTakeovers(t *testing.T) {
+	for _, tc := range []struct {
+		groupRegions int
+		parallel     bool
+	}{{4, true}, {64, false}} {
+		t.Run(fmt.Sprintf("group%d", tc.groupRegions), func(t *testing.T) { parallelRun(t, tc.groupRegions, tc.parallel) })
+	}
+}
+
+func parallelRun(t *testing.T, groupRegions int, parallel bool) {
+	defer goleak.VerifyNone(t)
+	synctest.Test(t, func(t *testing.T) {
+		c := newTClusterWith(t, func(cfg *Config) { cfg.GroupRegions = groupRegions }, "n1", "n2", "n3", "n4", "n5")
+		c.join("n1", "n2", "n4", "n5")
+		ctx := context.Background()
+		acked := map[int64][]byte{}
+		for id, blocks := range map[lockd.NodeID][]int64{"n4": {0, 16 + 1}, "n5": {8 * 16, 9*16 + 4}} { // groups 0 and 2
+			for _, b := range blocks {
+				p := pattern(byte(id[1]), b, 1)
+				if err := c.nodes[id].write(ctx, p, b*tBlock); err != nil {
+					t.Fatal(err)
+				}
+				acked[b] = p
+			}
+		}
+		var mu sync.Mutex
+		inside := map[lockd.NodeID]bool{} // resyncing right now
+		both := make(chan struct{})
+		for _, id := range []lockd.NodeID{"n1", "n2"} {
+			c.nodes[id].local.resyncHook = func(int64) error {
+				mu.Lock()
+				inside[id] = true
+				if len(inside) == 2 {
+					select {
+					case <-both:
+					default:
+						close(both)
+					}
+				}
+				mu.Unlock()
+				select {
+				case <-both:
+				case <-time.After(2 * time.Second): // no second resyncer came
+				}
+				mu.Lock()
+				delete(inside, id)
+				mu.Unlock()
+				return nil
+			}
+		}
+		n4, n5 := c.nodes["n4"], c.nodes["n5"]
+		c.crash("n4")
+		c.crash("n5")
+		c.waitFor("both slots taken over", func() bool {
+			return c.slotTakenOver(n4.w.Slot, n4.w.Epoch) && c.slotTakenOver(n5.w.Slot, n5.w.Epoch)
+		})
+		ran := false
+		select {
+		case <-both:
+			ran = true
+		default:
+		}
+		if ran != parallel {
+			t.Errorf("two takeovers resynced at the same time: %v, want %v", ran, parallel)
+		}
+		if bad := parityMismatches(c.hosts); len(bad) != 0 {
+			t.Errorf("blocks %v inconsistent", bad)
+		}
+		c.checkBlocks(c.nodes["n1"], acked)
+	})
+}

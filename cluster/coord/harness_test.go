@@ -318,7 +318,11 @@ type tcluster struct {
 	ids   []lockd.NodeID
 }
 
-func newTCluster(t *testing.T, names ...string) *tcluster {
+func newTCluster(t *testing.T, names ...string) *tcluster { return newTClusterWith(t, nil, names...) }
+
+// newTClusterWith is newTCluster with each coordinator's Config passed
+// through tune (if not nil) first.
+func newTClusterWith(t *testing.T, tune func(*Config), names ...string) *tcluster {
 	c := &tcluster{t: t, lnet: memnet.New(1), mnet: cluster.NewMemNet(quiet), nodes: map[lockd.NodeID]*tnode{}}
 	for i := range tHosts {
 		c.hosts = append(c.hosts, newFakeHost(fmt.Sprintf("h%d", i)))
@@ -341,9 +345,13 @@ func newTCluster(t *testing.T, names ...string) *tcluster {
 		n := &tnode{id: id, lk: lk, msg: c.mnet.Messenger(id), gate: NewWriteGate(5 * time.Second),
 			local: &modelLocal{hosts: c.hosts, sb: sb, cannotOpen: map[string]error{}}}
 		n.router = NewRouter(n.msg)
-		n.co, err = New(Config{Node: id, Lockd: lk, Router: n.router, Local: n.local, Gate: n.gate,
+		cfg := Config{Node: id, Lockd: lk, Router: n.router, Local: n.local, Gate: n.gate,
 			Slots: 8, GroupRegions: 4, Timeout: 5 * time.Second, Poll: 10 * time.Millisecond, Logger: quiet,
-			OnSlotLost: func(error) { n.slotLost.Store(true) }})
+			OnSlotLost: func(error) { n.slotLost.Store(true) }}
+		if tune != nil {
+			tune(&cfg)
+		}
+		n.co, err = New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
