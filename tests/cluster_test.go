@@ -440,6 +440,8 @@ func TestClusterRefusals(t *testing.T) {
 		{append([]string{"--nodes=b,c", "--node-name=a", "--encrypt-key-file=" + keyFile}, tlsFlags...), "not in the node list"},
 		{append([]string{"--nodes=a,b,c", "--node-name=b", "--encrypt-key-file=" + keyFile}, tlsFlags...), "not for node"},
 		{[]string{"--join=127.0.0.1:7946"}, "need --nodes"},
+		{append([]string{"--nodes=a", "--node-name=a", "--encrypt-key-file=" + keyFile, "--gossip-probe-timeout=2s"}, tlsFlags...), "exceeds ProbeInterval"},
+		{append([]string{"--nodes=a", "--node-name=a", "--encrypt-key-file=" + keyFile, "--gossip-suspicion-mult=0"}, tlsFlags...), "SuspicionMult 0"},
 	} {
 		out, err := runErr(ddraidBin, append(base, c.args...)...)
 		if err == nil || !strings.Contains(out, c.want) {

@@ -23,14 +23,17 @@ import (
 // ClusterFlags are the agent's cluster-mode flags; without --nodes the
 // agent only hosts members.
 type ClusterFlags struct {
-	Nodes          []string `name:"nodes" help:"Cluster mode: the names of all cluster nodes (the same list on every agent); quorum is a strict majority of them." placeholder:"NAME,..."`
-	NodeName       string   `name:"node-name" help:"This node's name in the cluster (its certificate's DNS name); default the host name." placeholder:"NAME"`
-	Bind           string   `name:"bind" help:"Cluster gossip address (UDP and TCP)." default:"127.0.0.1:7946" placeholder:"HOST:PORT"`
-	Advertise      string   `name:"advertise" help:"Gossip address other nodes reach this one at, if not --bind." placeholder:"HOST:PORT"`
-	RPC            string   `name:"rpc" help:"Address of the lock and coordination transport (mutual TLS)." default:"127.0.0.1:7947" placeholder:"HOST:PORT"`
-	Join           []string `name:"join" help:"Gossip address of a cluster node to join (repeatable); none starts a new cluster." placeholder:"HOST:PORT"`
-	EncryptKeyFile string   `name:"encrypt-key-file" type:"path" help:"File holding the cluster's gossip key in base64 (ddraid cluster keygen); required in cluster mode." placeholder:"FILE"`
-	GossipTuning   string   `name:"gossip-tuning" hidden:"" enum:"lan,fast-local" default:"lan" help:"Failure detection: lan (a few seconds) or fast-local (well under a second; loopback tests only)."`
+	Nodes          []string      `name:"nodes" help:"Cluster mode: the names of all cluster nodes (the same list on every agent); quorum is a strict majority of them." placeholder:"NAME,..."`
+	NodeName       string        `name:"node-name" help:"This node's name in the cluster (its certificate's DNS name); default the host name." placeholder:"NAME"`
+	Bind           string        `name:"bind" help:"Cluster gossip address (UDP and TCP)." default:"127.0.0.1:7946" placeholder:"HOST:PORT"`
+	Advertise      string        `name:"advertise" help:"Gossip address other nodes reach this one at, if not --bind." placeholder:"HOST:PORT"`
+	RPC            string        `name:"rpc" help:"Address of the lock and coordination transport (mutual TLS)." default:"127.0.0.1:7947" placeholder:"HOST:PORT"`
+	Join           []string      `name:"join" help:"Gossip address of a cluster node to join (repeatable); none starts a new cluster." placeholder:"HOST:PORT"`
+	EncryptKeyFile string        `name:"encrypt-key-file" type:"path" help:"File holding the cluster's gossip key in base64 (ddraid cluster keygen); required in cluster mode." placeholder:"FILE"`
+	ProbeInterval  time.Duration `name:"gossip-probe-interval" help:"Failure detection: time between probes of one node. A failed node is declared so after about probe interval + probe timeout + suspicion mult × probe interval (5 to 7 s by default)." default:"1s"`
+	ProbeTimeout   time.Duration `name:"gossip-probe-timeout" help:"Failure detection: how long a probe waits for an answer (about the network's 99th percentile round trip); at most the probe interval." default:"500ms"`
+	SuspicionMult  int           `name:"gossip-suspicion-mult" help:"Failure detection: how many probe intervals a suspected node has to refute the suspicion (at least 1)." default:"4"`
+	GossipTuning   string        `name:"gossip-tuning" hidden:"" enum:"flags,fast-local" default:"flags" help:"fast-local: serf's test settings (detection well under a second; loopback only), overriding the gossip-probe flags."`
 }
 
 // startCluster starts the cluster runtime when --nodes is given (nil, nil
@@ -71,6 +74,7 @@ func (c *ClusterFlags) startCluster(stateDir, certFile, keyFile, caFile string) 
 		}
 	}
 	tu := membership.LAN()
+	tu.ProbeInterval, tu.ProbeTimeout, tu.SuspicionMult = c.ProbeInterval, c.ProbeTimeout, c.SuspicionMult
 	if c.GossipTuning == "fast-local" {
 		tu = membership.FastLocal()
 	}
