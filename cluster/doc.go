@@ -55,6 +55,9 @@
 //     returned either way.
 //   - Handlers run on their own goroutines, several at once; a slow
 //     handler never holds up lockd traffic or other requests.
+//   - A request or reply must fit the transport's frame (1 MiB with the
+//     Node's transport): Call fails at once on a request too large, and a
+//     reply too large reaches the caller as an error.
 //
 // # Frame format (messenger channel)
 //

@@ -343,3 +343,20 @@ func TestNodeCloseLeaves(t *testing.T) {
 		})
 	}
 }
+
+// TestNodeOversizeMessages: a request too large for the transport fails at
+// once, and a reply too large comes back as an error, not a timeout.
+func TestNodeOversizeMessages(t *testing.T) {
+	nodes := testCluster(t, 2)
+	nodes[1].Messenger().Handle("big", func(context.Context, lockd.NodeID, Message) ([]byte, error) {
+		return make([]byte, 2<<20), nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	if _, err := nodes[0].Messenger().Call(ctx, "n1", Message{Type: "whoami", Body: make([]byte, 2<<20)}); !errorsContain(err, "send") {
+		t.Fatalf("oversize request: %v", err)
+	}
+	if _, err := nodes[0].Messenger().Call(ctx, "n1", Message{Type: "big"}); !errorsContain(err, "reply not sent") {
+		t.Fatalf("oversize reply: %v", err)
+	}
+}
