@@ -395,11 +395,19 @@ func TestAgentTLS(t *testing.T) {
 		run(t, ddraidBin, "tls", "init-ca", "--dir="+d)
 		run(t, ddraidBin, "tls", "issue", "--dir="+d, "--name=writer")
 	}
+	if out, err := runErr(ddraidBin, "tls", "init-ca", "--dir="+pki); err == nil || !strings.Contains(out, "never overwritten") {
+		t.Fatalf("a second init-ca in one directory: %v\n%s", err, out)
+	}
 	var agents []*agent
 	for i := range 3 {
 		ip := fmt.Sprintf("127.0.0.%d", 11+i)
 		name := fmt.Sprintf("node%d", i)
-		run(t, ddraidBin, "tls", "issue", "--dir="+pki, "--name="+name, "--ip="+ip)
+		if i == 2 {
+			name = ip // a node named by its address gets an IP SAN
+			run(t, ddraidBin, "tls", "issue", "--dir="+pki, "--name="+name)
+		} else {
+			run(t, ddraidBin, "tls", "issue", "--dir="+pki, "--name="+name, "--ip="+ip)
+		}
 		ag := &agent{disk: filepath.Join(dir, fmt.Sprintf("disk%d", i)), stateDir: filepath.Join(dir, fmt.Sprintf("agent%d", i)), ip: ip,
 			extra: []string{"--tls-cert=" + filepath.Join(pki, name+".crt"), "--tls-key=" + filepath.Join(pki, name+".key"),
 				"--tls-ca=" + filepath.Join(pki, "ca.crt")}}

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"path/filepath"
 
@@ -29,7 +30,9 @@ func (c *TLSInitCACmd) Run() error {
 		return err
 	}
 	crt, key := filepath.Join(c.Dir, "ca.crt"), filepath.Join(c.Dir, "ca.key")
-	if err := ca.WriteFiles(crt, key); err != nil {
+	if err := ca.WriteFiles(crt, key); errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("tls init-ca: %s or %s already exists; a CA is never overwritten (%w)", crt, key, err)
+	} else if err != nil {
 		return fmt.Errorf("tls init-ca: %w", err)
 	}
 	fmt.Printf("created CA %q: %s, %s (keep the key private)\n", c.Name, crt, key)
@@ -50,7 +53,13 @@ func (c *TLSIssueCmd) Run() error {
 	if err != nil {
 		return fmt.Errorf("tls issue: %w", err)
 	}
-	req := certs.Request{CommonName: c.Name, DNSNames: append([]string{c.Name}, c.DNS...), Usage: certs.Node}
+	req := certs.Request{CommonName: c.Name, Usage: certs.Node}
+	if ip := net.ParseIP(c.Name); ip != nil {
+		req.IPs = append(req.IPs, ip) // a node named by its address
+	} else {
+		req.DNSNames = append(req.DNSNames, c.Name)
+	}
+	req.DNSNames = append(req.DNSNames, c.DNS...)
 	for _, s := range c.IP {
 		ip := net.ParseIP(s)
 		if ip == nil {
@@ -63,7 +72,9 @@ func (c *TLSIssueCmd) Run() error {
 		return fmt.Errorf("tls issue: %w", err)
 	}
 	crt, key := filepath.Join(c.Dir, c.Name+".crt"), filepath.Join(c.Dir, c.Name+".key")
-	if err := kp.WriteFiles(crt, key); err != nil {
+	if err := kp.WriteFiles(crt, key); errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("tls issue: %s or %s already exists; certificates are never overwritten (%w)", crt, key, err)
+	} else if err != nil {
 		return fmt.Errorf("tls issue: %w", err)
 	}
 	fmt.Printf("issued %s: %s, %s\n", c.Name, crt, key)
