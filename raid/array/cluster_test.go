@@ -1,0 +1,199 @@
+package array
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/ddraid/ddraid/blockdev"
+	"github.com/ddraid/ddraid/raid"
+	"github.com/ddraid/ddraid/raid/meta"
+)
+
+func TestApplySuperblock(t *testing.T) {
+	f := newFixture(t, raid.LevelRaid35, 3, false, nil)
+	a := f.openArray()
+	sb := a.Superblock()
+	sb.Events++
+	sb.Members[1].State = meta.StateFailed
+	if err := a.ApplySuperblock(&sb); err != nil {
+		t.Fatal(err)
+	}
+	if got := memberStates(a.Superblock()); got != "active failed active" {
+		t.Errorf("running superblock: %s", got)
+	}
+	if st := a.sync.MemberStates()[1]; st != raid.MemberFailed {
+		t.Errorf("engine member 1: %v, want failed", st)
+	}
+	a.bg.Wait() // the failure recording
+	if got := f.stored(); got.Events != sb.Events || memberStates(*got) != "active failed active" {
+		t.Errorf("stored: events %d (%s), want %d with member 1 failed", got.Events, memberStates(*got), sb.Events)
+	}
+
+	stale := a.Superblock()
+	stale.Events -= 2
+	if err := a.ApplySuperblock(&stale); err == nil || !strings.Contains(err.Error(), "older") {
+		t.Errorf("stale superblock: %v", err)
+	}
+	other := a.Superblock()
+	other.Events++
+	other.UUID = meta.UUID{9}
+	if err := a.ApplySuperblock(&other); err == nil || !strings.Contains(err.Error(), "offered to array") {
+		t.Errorf("another array's superblock: %v", err)
+	}
+	moved := a.Superblock()
+	moved.Events++
+	moved.Members[2].Path = f.newFile("elsewhere", memberSize)
+	if err := a.ApplySuperblock(&moved); err == nil || !strings.Contains(err.Error(), "assemble it again") {
+		t.Errorf("a member table change the running array cannot follow: %v", err)
+	}
+	if got := f.stored(); got.Members[2].Path != moved.Members[2].Path {
+		t.Error("the superblock was not stored although it could not be followed")
+	}
+	f.close(a)
+}
+
+func TestCanOpen(t *testing.T) {
+	f := newFixture(t, raid.LevelMirror, 2, false, nil)
+	a := f.openArray()
+	ctx := context.Background()
+	if err := a.CanOpen(ctx, f.newFile("new", memberSize)); err != nil {
+		t.Errorf("an existing file: %v", err)
+	}
+	if err := a.CanOpen(ctx, f.dir+"/absent"); err == nil {
+		t.Error("a missing file could be opened")
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := a.CanOpen(cctx, f.newFile("new2", memberSize)); !errors.Is(err, context.Canceled) {
+		t.Errorf("canceled: %v", err)
+	}
+	f.close(a)
+}
+
+func TestResyncRange(t *testing.T) {
+	for _, c := range redundant {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t, c.level, c.n, false, nil)
+			a := f.openArray()
+			m := newModel(t, a)
+			m.writeRegions(a, 3)
+			a.bm.ClearRegions(a.bm.Dirty())
+			sb := a.Superblock()
+			corruptRedundancy(t, sb, 3*regionSize+4096)
+			if n := check(t, a, false); n == 0 {
+				t.Fatal("the corruption is not seen by check")
+			}
+			if err := a.ResyncRange(context.Background(), 3*regionSize, regionSize); err != nil {
+				t.Fatal(err)
+			}
+			if n := check(t, a, false); n != 0 {
+				t.Errorf("%d mismatches after ResyncRange", n)
+			}
+			// The resync is marked in the array's own bitmap: its writes at
+			// agent members are cleared by the lazy clear.
+			if d := a.bm.Dirty(); len(d) != 1 || d[0] != 3 {
+				t.Errorf("dirty regions after ResyncRange: %v, want [3]", d)
+			}
+			m.verify(a)
+			f.close(a)
+		})
+	}
+}
+
+// rangeGate blocks writes overlapping [lo, hi) until opened.
+type rangeGate struct {
+	lo, hi  int64
+	open    chan struct{}
+	mu      sync.Mutex
+	waiting int
+	entered int
+	left    int
+}
+
+func (g *rangeGate) Enter(ctx context.Context, off, length int64) (uint32, error) {
+	if off < g.hi && g.lo < off+length {
+		g.mu.Lock()
+		g.waiting++
+		g.mu.Unlock()
+		select {
+		case <-g.open:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	g.mu.Lock()
+	g.entered++
+	g.mu.Unlock()
+	return 7, nil
+}
+
+func (g *rangeGate) Leave(ticket uint32) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if ticket == 7 {
+		g.left++
+	}
+}
+
+func TestGatedDevice(t *testing.T) {
+	mem := blockdev.NewMem(1<<20, 512)
+	g := &rangeGate{lo: 4096, hi: 8192, open: make(chan struct{})}
+	dev := gateWrap(mem, g)
+	if gateWrap(mem, nil) != blockdev.Device(mem) {
+		t.Error("without a gate the device is not passed through")
+	}
+	ops := []struct {
+		name string
+		fn   func(off int64) error
+	}{
+		{"write", func(off int64) error { _, err := dev.WriteAt(make([]byte, 512), off); return err }},
+		{"trim", func(off int64) error { return dev.Trim(off, 512) }},
+		{"zero", func(off int64) error { return dev.Zero(off, 512) }},
+		{"zero-no-hole", func(off int64) error {
+			err := dev.(blockdev.NoHoleZeroer).ZeroNoHole(off, 512)
+			if errors.Is(err, blockdev.ErrNotSupported) {
+				return nil
+			}
+			return err
+		}},
+	}
+	for _, op := range ops {
+		if err := op.fn(0); err != nil {
+			t.Errorf("%s outside the gate's range: %v", op.name, err)
+		}
+	}
+	done := make(chan string, len(ops))
+	for _, op := range ops {
+		go func() {
+			if err := op.fn(4096); err != nil {
+				t.Errorf("%s: %v", op.name, err)
+			}
+			done <- op.name
+		}()
+	}
+	waitFor(t, "every write-type request at the gate", func() bool {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return g.waiting == len(ops)
+	})
+	if _, err := dev.ReadAt(make([]byte, 512), 4096); err != nil {
+		t.Errorf("a read waited at or failed in the gate: %v", err)
+	}
+	select {
+	case n := <-done:
+		t.Errorf("%s inside the gate's range went through while it was closed", n)
+	default:
+	}
+	close(g.open)
+	for range ops {
+		<-done
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.entered != 2*len(ops) || g.left != g.entered {
+		t.Errorf("entered %d, left %d; want %d each", g.entered, g.left, 2*len(ops))
+	}
+}
