@@ -423,9 +423,7 @@ func (c *Coordinator) startScan() {
 		err := c.Scan(context.Background())
 		c.mu.Lock()
 		c.scanning = false
-		if err != nil {
-			c.lastErr = err
-		}
+		c.lastErr = err // a later scan that succeeds clears it
 		c.mu.Unlock()
 		if err != nil {
 			c.log.Warn("takeover scan", "err", err)
@@ -480,7 +478,8 @@ type Status struct {
 	Windows []Window `json:"windows,omitempty"`
 	// Takeovers are the slots this node is taking over.
 	Takeovers []uint32 `json:"takeovers,omitempty"`
-	// LastError is the last takeover scan's error.
+	// LastError is the last takeover scan's error (empty once a scan
+	// succeeded).
 	LastError string `json:"last_error,omitempty"`
 }
 
