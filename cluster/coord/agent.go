@@ -3,6 +3,7 @@ package coord
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"github.com/ddraid/ddraid/blockdev/remote"
 	"github.com/ddraid/ddraid/raid"
@@ -62,19 +63,97 @@ type RunningArray interface {
 	ResyncRange(ctx context.Context, off, length int64) error
 }
 
-// ArrayLocal adapts a running array to Local, with agent member hosts
-// reached with cfg (TLS, timeouts).
-func ArrayLocal(a RunningArray, cfg remote.Config) Local { return &arrayLocal{a: a, cfg: cfg} }
+// ArrayLocal is the Local of an array this node serves, from before it is
+// assembled (the coordinator must answer the other nodes as soon as it
+// exists, and the array can only be opened with the writer identity Join
+// returns) to its stop. Before Attach it keeps superblocks in the state
+// directory's metadata store; after, it hands everything to the array.
+type ArrayLocal struct {
+	stateDir string
+	cfg      remote.Config
 
-type arrayLocal struct {
-	a   RunningArray
-	cfg remote.Config
+	mu sync.Mutex
+	sb meta.Array
+	a  RunningArray
 }
 
-func (l *arrayLocal) Superblock() meta.Array                         { return l.a.Superblock() }
-func (l *arrayLocal) ApplySuperblock(sb *meta.Array) error           { return l.a.ApplySuperblock(sb) }
-func (l *arrayLocal) CanOpen(ctx context.Context, spec string) error { return l.a.CanOpen(ctx, spec) }
-func (l *arrayLocal) Resync(ctx context.Context, off, length int64) error {
-	return l.a.ResyncRange(ctx, off, length)
+// NewArrayLocal returns the Local of the array whose stored superblock is
+// sb, in stateDir; member hosts are reached with cfg (TLS, timeouts).
+func NewArrayLocal(stateDir string, sb meta.Array, cfg remote.Config) *ArrayLocal {
+	return &ArrayLocal{stateDir: stateDir, cfg: cfg, sb: sb}
 }
-func (l *arrayLocal) MemberHosts() ([]MemberHost, error) { return AgentHosts(l.a.Superblock(), l.cfg) }
+
+// Attach hands the opened array over. A superblock stored since the array
+// read its own is applied to it.
+func (l *ArrayLocal) Attach(a RunningArray) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.a = a
+	if cur := a.Superblock(); l.sb.Events > cur.Events {
+		return a.ApplySuperblock(&l.sb)
+	}
+	return nil
+}
+
+func (l *ArrayLocal) running() (RunningArray, meta.Array) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.a, l.sb
+}
+
+// Superblock implements Local.
+func (l *ArrayLocal) Superblock() meta.Array {
+	a, sb := l.running()
+	if a != nil {
+		return a.Superblock()
+	}
+	sb.Members = append([]meta.Member(nil), sb.Members...)
+	sb.Spares = append([]meta.Member(nil), sb.Spares...)
+	return sb
+}
+
+// ApplySuperblock implements Local.
+func (l *ArrayLocal) ApplySuperblock(sb *meta.Array) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.a != nil {
+		return l.a.ApplySuperblock(sb)
+	}
+	if err := meta.View(l.stateDir, func(s *meta.Store) error { return s.Put(sb) }); err != nil {
+		return fmt.Errorf("store superblock event %d of %s: %w", sb.Events, sb.Name, err)
+	}
+	c, err := cloneSuperblock(*sb)
+	if err != nil {
+		return err
+	}
+	l.sb = *c
+	return nil
+}
+
+// CanOpen implements Local.
+func (l *ArrayLocal) CanOpen(ctx context.Context, spec string) error {
+	if a, _ := l.running(); a != nil {
+		return a.CanOpen(ctx, spec)
+	}
+	path, err := raid.MemberPath(spec)
+	if err != nil {
+		return err
+	}
+	dev, err := raid.OpenMemberDevice(path, raid.MemberOptions{ReadOnly: true, Remote: l.cfg})
+	if err != nil {
+		return fmt.Errorf("open %s: %w", spec, err)
+	}
+	return dev.Close()
+}
+
+// Resync implements Local.
+func (l *ArrayLocal) Resync(ctx context.Context, off, length int64) error {
+	a, sb := l.running()
+	if a == nil {
+		return fmt.Errorf("array %s is not assembled on this node yet", sb.Name)
+	}
+	return a.ResyncRange(ctx, off, length)
+}
+
+// MemberHosts implements Local.
+func (l *ArrayLocal) MemberHosts() ([]MemberHost, error) { return AgentHosts(l.Superblock(), l.cfg) }
