@@ -230,7 +230,9 @@ func queued(t *testing.T, nodes []*clusterNode, holder, waiter string) (string, 
 // `ddraid cluster status` shows five nodes and quorum. An EX lock held on
 // one node blocks another (ddraid locks shows the holder and the waiter at
 // the master). kill -9 of the holder's agent: after recovery the waiter
-// gets the lock with a fencing token of a larger epoch.
+// gets the lock with a fencing token of a larger epoch. The killed agent
+// restarts and rejoins in a newer epoch; SIGTERM makes an agent leave
+// cleanly.
 func TestClusterLoopback(t *testing.T) {
 	needTools(t, "truncate")
 	dir := t.TempDir()
@@ -293,7 +295,23 @@ func TestClusterLoopback(t *testing.T) {
 		t.Fatalf("n0's status after n1 died: %+v", st)
 	}
 
-	// SIGTERM: n4 leaves cleanly (exit 0); the other three keep quorum.
+	// n1 comes back (a new incarnation, its lockd state kept in its state
+	// dir): it rejoins in a new epoch, and holds nothing of its old life.
+	oldInc := member(nodes[0].status(t), "n1").Incarnation
+	if _, err := os.Stat(filepath.Join(nodes[1].stateDir, "agent", "lockd.state")); err != nil {
+		t.Fatalf("n1 kept no lockd state: %v", err)
+	}
+	nodes[1].start(t)
+	waitFormed(t, nodes)
+	st := nodes[1].status(t)
+	if st.Incarnation == oldInc || st.Epoch <= got.Token.Epoch {
+		t.Fatalf("restarted n1: incarnation %x (was %x), epoch %d (want above %d)", st.Incarnation, oldInc, st.Epoch, got.Token.Epoch)
+	}
+	if d := nodes[1].locks(t); len(d.Locks) != 0 {
+		t.Fatalf("restarted n1 holds locks: %+v", d.Locks)
+	}
+
+		// SIGTERM: n4 leaves cleanly (exit 0); the other three keep quorum.
 	nodes[4].cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-nodes[4].done:
@@ -304,7 +322,7 @@ func TestClusterLoopback(t *testing.T) {
 	case <-time.After(clusterWait):
 		t.Fatalf("agent n4 still running %v after SIGTERM", clusterWait)
 	}
-	waitFormed(t, []*clusterNode{nodes[0], nodes[2], nodes[3]})
+	waitFormed(t, nodes[:4])
 }
 
 // hubNet is five network namespaces on one bridge (in a namespace of its
