@@ -100,8 +100,9 @@ var errFailedElsewhere = errors.New("failed by another writer of the array")
 // ApplySuperblock stores sb (broadcast by another writer, its event
 // counter already bumped) and makes the running array follow it: members
 // sb records as failed are failed here too. Other changes of the member
-// table (an added member, a spare, a recovery) are stored but need the
-// array to be assembled again to take effect; the error says so.
+// table (a member put into a role, a recovery) are stored and take effect
+// when the array is assembled again, which a warning says; until then the
+// array keeps running with what it has (a role it lost stays failed).
 func (a *Array) ApplySuperblock(sb *meta.Array) error {
 	a.updMu.Lock()
 	defer a.updMu.Unlock()
@@ -138,7 +139,8 @@ func (a *Array) ApplySuperblock(sb *meta.Array) error {
 		reassemble = append(reassemble, role)
 	}
 	if len(reassemble) > 0 {
-		return fmt.Errorf("array %s: superblock event %d stored; members %v changed in ways the running array cannot follow: assemble it again", cur.Name, sb.Events, reassemble)
+		a.log.Warn("another writer changed members in ways the running array cannot follow; stored, they take effect at the next assembly",
+			"events", sb.Events, "roles", reassemble)
 	}
 	return nil
 }
