@@ -652,3 +652,48 @@ func parallelRun(t *testing.T, groupRegions int, parallel bool) {
 		c.checkBlocks(c.nodes["n1"], acked)
 	})
 }
+
+func TestJoinWithoutFreeSlotTimesOut(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	synctest.Test(t, func(t *testing.T) {
+		c := newTClusterWith(t, func(cfg *Config) { cfg.Slots = 2 }, "n1", "n2", "n3")
+		c.join("n1", "n2")
+		start := time.Now()
+		_, err := c.nodes["n3"].co.Join(context.Background())
+		if !errors.Is(err, ErrNoSlot) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("join with every slot held: %v, want ErrNoSlot after the timeout", err)
+		}
+		if d := time.Since(start); d != 5*time.Second {
+			t.Errorf("join gave up after %v, want the 5 s timeout", d)
+		}
+		if st := c.nodes["n3"].co.Status(); st.Slot != -1 {
+			t.Errorf("status after a failed join: slot %d", st.Slot)
+		}
+	})
+}
+
+func TestRouterUnservedArray(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	synctest.Test(t, func(t *testing.T) {
+		net := cluster.NewMemNet(quiet)
+		defer net.Close()
+		r := NewRouter(net.Messenger("n1"))
+		var got []byte
+		r.Unserved = func(b []byte) error { got = b; return nil }
+		ctx := context.Background()
+		sbBody, _ := EncodeSuperblock(testSuperblock())
+		for _, m := range []cluster.Message{
+			{Type: TypeMetadataUpdated, Array: "x", Body: sbBody},
+			{Type: TypeResyncing, Array: "x", Body: EncodeWindow(Window{Lo: 1, Hi: 2})},
+			{Type: TypeNewDisk, Array: "x", Body: []byte("h:1:/d")},
+			{Type: TypeWindows, Array: "x"},
+		} {
+			if _, err := r.handle(ctx, "n2", m); err != nil {
+				t.Errorf("%s for an array not served here: %v", m.Type, err)
+			}
+		}
+		if !bytes.Equal(got, sbBody) {
+			t.Error("the superblock of an unserved array did not reach Unserved")
+		}
+	})
+}
