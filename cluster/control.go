@@ -24,13 +24,21 @@ import (
 //
 //	GET  /v1/cluster        Status
 //	GET  /v1/locks          lockd.Dump
+//	GET  /v1/locks/all      ClusterDump: every live node's lockd.Dump
 //	POST /v1/locks/acquire  AcquireRequest → AcquireReply (debugging)
 //	GET  /metrics           Prometheus text format (see metrics.go)
 //
 // Errors come back as HTTP 4xx/5xx with {"error": "..."}.
 
 // ControlPatterns are the ServeMux patterns Control.Handler serves.
-var ControlPatterns = []string{"GET /v1/cluster", "GET /v1/locks", "POST /v1/locks/acquire", "GET /metrics"}
+var ControlPatterns = []string{"GET /v1/cluster", "GET /v1/locks", "GET /v1/locks/all", "POST /v1/locks/acquire", "GET /metrics"}
+
+// ClusterDump is every live node's lock dump, sorted by node; Error names
+// the nodes that did not answer.
+type ClusterDump struct {
+	Dumps []lockd.Dump `json:"dumps"`
+	Error string       `json:"error,omitempty"`
+}
 
 // AcquireRequest asks the agent to take a lock for a while: a debugging aid
 // (`ddraid locks acquire`), the lock belongs to the agent.
@@ -77,6 +85,16 @@ func (c *Control) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /v1/locks", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, c.n.Locks().Dump())
+	})
+	mux.HandleFunc("GET /v1/locks/all", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), DefaultTimeout)
+		defer cancel()
+		dumps, err := c.n.ClusterDump(ctx)
+		cd := ClusterDump{Dumps: dumps}
+		if err != nil {
+			cd.Error = err.Error()
+		}
+		writeJSON(w, http.StatusOK, cd)
 	})
 	mux.HandleFunc("POST /v1/locks/acquire", c.acquire)
 	reg := prometheus.NewRegistry()
@@ -186,6 +204,12 @@ func (c *ControlClient) Status(ctx context.Context) (Status, error) {
 func (c *ControlClient) Locks(ctx context.Context) (lockd.Dump, error) {
 	var d lockd.Dump
 	return d, c.do(ctx, http.MethodGet, "/v1/locks", nil, &d)
+}
+
+// AllLocks fetches every live node's lock dump through the agent.
+func (c *ControlClient) AllLocks(ctx context.Context) (ClusterDump, error) {
+	var d ClusterDump
+	return d, c.do(ctx, http.MethodGet, "/v1/locks/all", nil, &d)
 }
 
 // Acquire asks the agent to take and hold a lock. ctx should allow for

@@ -1,13 +1,16 @@
 package cluster
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -116,7 +119,36 @@ func New(cfg Config) (*Node, error) {
 	n.mux = NewMux(func(to lockd.NodeID, frame []byte) error { return n.tr.Send(to, frame) }, n.log)
 	n.courier = NewCourier(cfg.Name, n.mux.SendMessenger, n.log)
 	n.mux.SetCourier(n.courier)
+	n.courier.Handle(TypeLockDump, func(context.Context, lockd.NodeID, Message) ([]byte, error) {
+		return json.Marshal(n.locks.Dump())
+	})
 	return n, nil
+}
+
+// TypeLockDump is the message a node answers with its lock dump (JSON
+// lockd.Dump); ClusterDump sends it.
+const TypeLockDump = "cluster.lock-dump"
+
+// ClusterDump returns the lock dumps of this node and of every live peer,
+// sorted by node. When peers fail to answer, the dumps that came are
+// returned with an error naming the others.
+func (n *Node) ClusterDump(ctx context.Context) ([]lockd.Dump, error) {
+	dumps := []lockd.Dump{n.locks.Dump()}
+	replies, err := n.courier.Broadcast(ctx, Message{Type: TypeLockDump})
+	var errs []error
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for from, b := range replies {
+		var d lockd.Dump
+		if err := json.Unmarshal(b, &d); err != nil {
+			errs = append(errs, fmt.Errorf("lock dump of %s: %w", from, err))
+			continue
+		}
+		dumps = append(dumps, d)
+	}
+	slices.SortFunc(dumps, func(a, b lockd.Dump) int { return strings.Compare(string(a.Node), string(b.Node)) })
+	return dumps, errors.Join(errs...)
 }
 
 // Messenger returns the node's messenger. Register handlers before Start.

@@ -173,6 +173,12 @@ func TestNodeRealCluster(t *testing.T) {
 		t.Errorf("n2's metrics do not count the unknown type:\n%s", m)
 	}
 
+	// The whole cluster's lock dumps, one per node.
+	dumps, err := nodes[1].ClusterDump(ctx)
+	if err != nil || len(dumps) != 3 || dumps[0].Node != "n0" || dumps[1].Node != "n1" || dumps[2].Node != "n2" {
+		t.Fatalf("ClusterDump = %+v, %v", dumps, err)
+	}
+
 	// n2 holds EX; n0 cannot get it at once.
 	held, err := nodes[2].Locks().Lockspace("test").Lock(ctx, "r", lockd.EX, 0)
 	if err != nil {

@@ -209,17 +209,23 @@ func waitFormed(t *testing.T, nodes []*clusterNode) {
 	}
 }
 
-// queued reports whether some node masters r with holder granted EX and
-// waiter waiting for EX, and returns that node's text lock dump.
-func queued(t *testing.T, nodes []*clusterNode, holder, waiter string) (string, bool) {
-	for _, n := range nodes {
-		for _, r := range n.locks(t).Resources {
+// queued reports whether `ddraid locks --all` through node from shows a
+// master of r with holder granted EX and waiter waiting for EX; it also
+// returns the text of `ddraid locks --all`.
+func queued(t *testing.T, from *clusterNode, holder, waiter string) (string, bool) {
+	var cd cluster.ClusterDump
+	out := run(t, ddraidBin, "locks", "--all", "--json", "--control="+from.control())
+	if err := json.Unmarshal([]byte(out), &cd); err != nil {
+		t.Fatalf("locks --all: %v\n%s", err, out)
+	}
+	for _, d := range cd.Dumps {
+		for _, r := range d.Resources {
 			if r.Name != "r" || len(r.Granted) != 1 || len(r.Waiting) != 1 {
 				continue
 			}
 			if string(r.Granted[0].Node) == holder && r.Granted[0].Granted == lockd.EX &&
 				string(r.Waiting[0].Node) == waiter && r.Waiting[0].Requested == lockd.EX {
-				return run(t, ddraidBin, "locks", "--control="+n.control()), true
+				return run(t, ddraidBin, "locks", "--all", "--control="+from.control()), true
 			}
 		}
 	}
@@ -263,12 +269,12 @@ func TestClusterLoopback(t *testing.T) {
 	var dump string
 	waitFor(t, "a master shows n1 granted and n2 waiting", func() bool {
 		var ok bool
-		dump, ok = queued(t, nodes, "n1", "n2")
+		dump, ok = queued(t, nodes[0], "n1", "n2")
 		return ok
 	})
-	for _, want := range []string{"granted", "waiting", "n1", "n2", "EX"} {
+	for _, want := range []string{"granted", "waiting", "node n0", "node n1", "node n2", "node n3", "node n4", "EX"} {
 		if !strings.Contains(dump, want) {
-			t.Errorf("ddraid locks at the master lacks %q:\n%s", want, dump)
+			t.Errorf("ddraid locks --all lacks %q:\n%s", want, dump)
 		}
 	}
 	select {

@@ -182,6 +182,7 @@ type LocksCmd struct {
 // LocksShowCmd is `ddraid locks [show]`.
 type LocksShowCmd struct {
 	Control string        `type:"path" help:"The agent's control socket (default STATE_DIR/agent/agent.sock)." placeholder:"SOCKET"`
+	All     bool          `name:"all" help:"Every live node's dump (through the agent), not only the agent's own."`
 	JSON    bool          `name:"json" help:"Print JSON."`
 	Timeout time.Duration `help:"How long to wait for the agent." default:"10s"`
 }
@@ -190,7 +191,32 @@ type LocksShowCmd struct {
 func (c *LocksShowCmd) Run(g *Globals) error {
 	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
 	defer cancel()
-	d, err := cluster.DialControl(agentControl(g, c.Control)).Locks(ctx)
+	cc := cluster.DialControl(agentControl(g, c.Control))
+	if c.All {
+		cd, err := cc.AllLocks(ctx)
+		if err != nil {
+			return fmt.Errorf("locks: %w", err)
+		}
+		if c.JSON {
+			if err := printJSON(cd); err != nil {
+				return err
+			}
+		} else {
+			for i, d := range cd.Dumps {
+				if i > 0 {
+					fmt.Println()
+				}
+				if err := cluster.WriteDump(os.Stdout, d); err != nil {
+					return err
+				}
+			}
+		}
+		if cd.Error != "" {
+			return fmt.Errorf("locks: some nodes did not answer: %s", cd.Error)
+		}
+		return nil
+	}
+	d, err := cc.Locks(ctx)
 	if err != nil {
 		return fmt.Errorf("locks: %w", err)
 	}
