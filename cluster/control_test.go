@@ -94,6 +94,10 @@ func TestControl(t *testing.T) {
 		d.Resources[0].Granted[0].Requested != lockd.Mode(255) || len(d.Locks) != 1 || d.Locks[0].Token != rep.Token {
 		t.Fatalf("dump %+v", d)
 	}
+	all, err := c.AllLocks(ctx)
+	if err != nil || all.Error != "" || len(all.Dumps) != 1 || all.Dumps[0].Node != "n0" || len(all.Dumps[0].Resources) != 1 {
+		t.Fatalf("AllLocks = %+v, %v", all, err)
+	}
 	var out bytes.Buffer
 	if err := WriteDump(&out, d); err != nil {
 		t.Fatal(err)
