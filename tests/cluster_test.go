@@ -317,7 +317,7 @@ func TestClusterLoopback(t *testing.T) {
 		t.Fatalf("restarted n1 holds locks: %+v", d.Locks)
 	}
 
-	// SIGTERM: n4 leaves cleanly (exit 0); the other three keep quorum.
+	// SIGTERM: n4 leaves cleanly (exit 0); the other four keep quorum.
 	nodes[4].cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-nodes[4].done:
