@@ -619,6 +619,7 @@ func (b *Bitmap) clear(cands []candidate) (int, error) {
 		regs = append(regs, c.r)
 	}
 	b.mu.Unlock()
+	slices.Sort(regs) // the store and OnClear see regions in order
 	if len(keep) == 0 {
 		return 0, nil
 	}
