@@ -106,6 +106,16 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// Halt reasons of the write gate.
+const (
+	haltQuorum = "quorum"
+	haltLost   = "slot-lost"
+)
+
+// haltMember is the halt reason of a member failure not yet recorded
+// cluster-wide.
+func haltMember(role int) string { return fmt.Sprintf("member-%d-failed", role) }
+
 // Lock resources of an array's lockspace.
 const (
 	resToken = "token"
@@ -136,18 +146,19 @@ type Coordinator struct {
 	uuid string
 	ls   *lockd.Lockspace
 
-	mu        sync.Mutex
-	slot      *lockd.Lock
-	writer    raid.Writer
-	lost      error
-	lastErr   error
-	live      []lockd.NodeID
-	mine      map[uint32]Window // windows this node announced, by slot
-	seq       uint64            // of this node's announcements
-	takeovers map[uint32]bool   // slots this node is taking over
-	scanning  bool
-	dirtySlot bool // our slot's previous holder did not leave it clean
-	started   bool
+	mu          sync.Mutex
+	slot        *lockd.Lock
+	writer      raid.Writer
+	lost        error
+	lastErr     error
+	live        []lockd.NodeID
+	mine        map[uint32]Window // windows this node announced, by slot
+	seq         uint64            // of this node's announcements
+	takeovers   map[uint32]bool   // slots this node is taking over
+	scanning    bool
+	pendingFail map[int]string // member failures not yet recorded cluster-wide
+	dirtySlot   bool           // our slot's previous holder did not leave it clean
+	started     bool
 
 	stop chan struct{}
 	done chan struct{}
@@ -165,7 +176,7 @@ func New(cfg Config) (*Coordinator, error) {
 	sb := cfg.Local.Superblock()
 	c := &Coordinator{
 		cfg: cfg, uuid: sb.UUID.String(),
-		mine: map[uint32]Window{}, takeovers: map[uint32]bool{},
+		mine: map[uint32]Window{}, takeovers: map[uint32]bool{}, pendingFail: map[int]string{},
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	c.log = cfg.Logger.With("array", sb.Name, "node", cfg.Node)
@@ -217,6 +228,10 @@ func (c *Coordinator) Join(ctx context.Context) (raid.Writer, error) {
 			l, err := c.ls.Lock(ctx, slotResource(n), lockd.EX, lockd.NoQueue|lockd.ValBlk)
 			if errors.Is(err, lockd.ErrAgain) {
 				continue
+			}
+			if err != nil && ctx.Err() != nil && !errors.Is(err, lockd.ErrNoQuorum) {
+				// The time ran out while asking: every slot tried so far was held.
+				return raid.Writer{}, fmt.Errorf("join %s: %w: all %d held by live writers (%w)", c.uuid, ErrNoSlot, c.cfg.Slots, context.Cause(ctx))
 			}
 			if err != nil {
 				return raid.Writer{}, fmt.Errorf("join %s: take slot %d: %w", c.uuid, n, err)
@@ -341,7 +356,7 @@ func (c *Coordinator) run() {
 			rescan = c.cfg.RescanPolls
 		}
 		polls++
-		if rescan > 0 || polls%c.cfg.ScanPolls == 0 {
+		if rescan > 0 || polls%c.cfg.ScanPolls == 0 || c.failuresPending() {
 			if rescan > 0 {
 				rescan--
 			}
@@ -363,23 +378,23 @@ func (c *Coordinator) watchSlot() bool {
 	_, err := l.Token()
 	switch {
 	case err == nil:
-		if c.cfg.Gate.Halted() != nil {
+		if c.cfg.Gate.HaltedBy(haltQuorum) {
 			c.log.Info("quorum regained; writes resume")
-			c.cfg.Gate.Resume()
+			c.cfg.Gate.Resume(haltQuorum)
 		}
 		return true
 	case errors.Is(err, lockd.ErrNoQuorum):
-		if c.cfg.Gate.Halted() == nil {
+		if !c.cfg.Gate.HaltedBy(haltQuorum) {
 			c.log.Warn("no quorum: writes halt until it returns", "err", err)
 		}
-		c.cfg.Gate.Halt(fmt.Errorf("no quorum: %w", err))
+		c.cfg.Gate.Halt(haltQuorum, fmt.Errorf("no quorum: %w", err))
 		return false
 	default:
 		err = fmt.Errorf("%w: %w", ErrSlotLost, err)
 		c.mu.Lock()
 		c.lost = err
 		c.mu.Unlock()
-		c.cfg.Gate.Halt(err)
+		c.cfg.Gate.Halt(haltLost, err)
 		c.log.Error("this node's writer slot was taken from it: the array stops writing", "err", err)
 		if c.cfg.OnSlotLost != nil {
 			c.cfg.OnSlotLost(err)
@@ -420,7 +435,13 @@ func (c *Coordinator) startScan() {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		err := c.Scan(context.Background())
+		var err error
+		if c.failuresPending() {
+			ctx, cancel := c.waitCtx(context.Background())
+			err = c.recordFailures(ctx)
+			cancel()
+		}
+		err = errors.Join(err, c.Scan(context.Background()))
 		c.mu.Lock()
 		c.scanning = false
 		c.lastErr = err // a later scan that succeeds clears it

@@ -42,7 +42,8 @@ func TestMetadataUpdateAcknowledgedByAll(t *testing.T) {
 				t.Errorf("%s holds events %d, member 1 %s; want 8, failed", id, got.Events, got.Members[1].State)
 			}
 		}
-		// Failing it again changes nothing and broadcasts nothing.
+		// Failing it again changes nothing (the superblock is confirmed
+		// with every node again).
 		sb, err = c.nodes["n1"].co.FailMember(context.Background(), 1, "again")
 		if err != nil || sb.Events != 8 {
 			t.Errorf("second fail: events %d, %v", sb.Events, err)
@@ -694,6 +695,57 @@ func TestRouterUnservedArray(t *testing.T) {
 		}
 		if !bytes.Equal(got, sbBody) {
 			t.Error("the superblock of an unserved array did not reach Unserved")
+		}
+	})
+}
+
+// A member failure seen by one writer halts its writes, and fails those in
+// flight, until every live writer has recorded it; a refusal keeps them
+// halted and the loop retries.
+func TestMemberFailedHaltsUntilRecorded(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	synctest.Test(t, func(t *testing.T) {
+		c := newTCluster(t, "n1", "n2", "n3")
+		c.join("n1", "n2", "n3")
+		ctx := context.Background()
+		n1 := c.nodes["n1"]
+		c.nodes["n3"].local.mu.Lock()
+		c.nodes["n3"].local.refuse = errors.New("pebble: disk full")
+		c.nodes["n3"].local.mu.Unlock()
+
+		inFlight, err := n1.gate.Enter(ctx, 0, tBlock) // a write admitted before the failure
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n1.co.MemberFailed(ctx, 1, errors.New("EIO")); err == nil || !strings.Contains(err.Error(), "n3") {
+			t.Fatalf("member failure refused by n3: %v", err)
+		}
+		if err := n1.gate.Leave(inFlight); !errors.Is(err, ErrHalted) {
+			t.Errorf("a write in flight during an unrecorded member failure left with %v, want ErrHalted", err)
+		}
+		if err := n1.write(ctx, pattern(1, 3, 1), 3*tBlock); !errors.Is(err, ErrHalted) || !strings.Contains(err.Error(), "member 1 failed") {
+			t.Errorf("write while the failure is unrecorded: %v", err)
+		}
+		c.nodes["n3"].local.mu.Lock()
+		c.nodes["n3"].local.refuse = nil
+		c.nodes["n3"].local.mu.Unlock()
+		c.waitFor("the failure recorded everywhere", func() bool {
+			for _, id := range c.ids {
+				if c.nodes[id].local.Superblock().Members[1].State != meta.StateFailed {
+					return false
+				}
+			}
+			return n1.gate.Halted() == nil
+		})
+		if err := n1.write(ctx, pattern(1, 3, 2), 3*tBlock); err != nil {
+			t.Errorf("write after the failure was recorded: %v", err)
+		}
+		// Recorded at once: no halt remains.
+		if err := n1.co.MemberFailed(ctx, 2, errors.New("EIO")); err != nil {
+			t.Fatal(err)
+		}
+		if h := n1.gate.Halted(); h != nil {
+			t.Errorf("halted after a recorded failure: %v", h)
 		}
 	})
 }

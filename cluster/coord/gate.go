@@ -43,6 +43,8 @@ var ErrGateTimeout = errors.New("coord: write waited too long for a resync windo
 type gateState struct {
 	windows []Window
 	halted  error // non-nil: every write waits
+	// noAck, if non-nil, fails every write that leaves (see HaltAcks).
+	noAck error
 	// changed is closed when this state is replaced.
 	changed chan struct{}
 }
@@ -79,8 +81,9 @@ type WriteGate struct {
 	drained  chan struct{} // a token whenever a count may have reached zero
 	timeout  time.Duration
 
-	mu   sync.Mutex              // serialises changes of state and phase
-	seen map[lockd.NodeID]uint64 // newest Seq installed per owner; guarded by mu
+	mu    sync.Mutex              // serialises changes of state and phase
+	seen  map[lockd.NodeID]uint64 // newest Seq installed per owner; guarded by mu
+	halts map[string]haltReason   // halt reasons by key; guarded by mu
 }
 
 type paddedCount struct {
@@ -97,7 +100,7 @@ func NewWriteGate(timeout time.Duration) *WriteGate {
 	if timeout <= 0 {
 		timeout = DefaultGateTimeout
 	}
-	g := &WriteGate{drained: make(chan struct{}, 1), timeout: timeout, seen: map[lockd.NodeID]uint64{}}
+	g := &WriteGate{drained: make(chan struct{}, 1), timeout: timeout, seen: map[lockd.NodeID]uint64{}, halts: map[string]haltReason{}}
 	g.state.Store(&gateState{changed: make(chan struct{})})
 	return g
 }
@@ -139,8 +142,15 @@ func (g *WriteGate) Enter(ctx context.Context, off, length int64) (ticket uint32
 	}
 }
 
-// Leave ends a write admitted by Enter.
-func (g *WriteGate) Leave(ticket uint32) { g.leave(ticket & 1) }
+// Leave ends a write admitted by Enter. An error means the write must not
+// be acknowledged (fail it): a halt set with HaltAcks is in force.
+func (g *WriteGate) Leave(ticket uint32) error {
+	g.leave(ticket & 1)
+	if err := g.state.Load().noAck; err != nil {
+		return fmt.Errorf("%w: %w", ErrHalted, err)
+	}
+	return nil
+}
 
 func (g *WriteGate) leave(p uint32) {
 	if g.inflight[p].n.Add(-1) == 0 && g.draining.Load() {
@@ -152,9 +162,10 @@ func (g *WriteGate) leave(p uint32) {
 }
 
 // setLocked replaces the state and wakes every waiting write. g.mu is held.
-func (g *WriteGate) setLocked(windows []Window, halted error) {
+func (g *WriteGate) setLocked(windows []Window) {
 	old := g.state.Load()
-	g.state.Store(&gateState{windows: windows, halted: halted, changed: make(chan struct{})})
+	halted, noAck := g.haltedLocked()
+	g.state.Store(&gateState{windows: windows, halted: halted, noAck: noAck, changed: make(chan struct{})})
 	close(old.changed)
 }
 
@@ -176,10 +187,10 @@ func (g *WriteGate) Install(ctx context.Context, w Window) error {
 	st := g.state.Load()
 	ws := slices.DeleteFunc(slices.Clone(st.windows), func(x Window) bool { return x.Owner == w.Owner && x.Slot == w.Slot })
 	if w.Empty() {
-		g.setLocked(ws, st.halted)
+		g.setLocked(ws)
 		return nil
 	}
-	g.setLocked(append(ws, w), st.halted)
+	g.setLocked(append(ws, w))
 	return g.drainLocked(ctx)
 }
 
@@ -210,32 +221,77 @@ func (g *WriteGate) DropOwner(owner lockd.NodeID) {
 	if !slices.ContainsFunc(st.windows, func(x Window) bool { return x.Owner == owner }) {
 		return
 	}
-	g.setLocked(slices.DeleteFunc(slices.Clone(st.windows), func(x Window) bool { return x.Owner == owner }), st.halted)
+	g.setLocked(slices.DeleteFunc(slices.Clone(st.windows), func(x Window) bool { return x.Owner == owner }))
 }
 
 // Halt makes every new write wait (and fail after the timeout with
-// ErrHalted and why); writes already admitted go on. Resume ends it.
-func (g *WriteGate) Halt(why error) {
-	if why == nil {
-		why = errors.New("halted")
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	st := g.state.Load()
-	if st.halted != nil && st.halted.Error() == why.Error() {
-		return
-	}
-	g.setLocked(st.windows, why)
+// ErrHalted and why) until every reason given is lifted with Resume; key
+// names the reason (a second Halt with the same key replaces it). Writes
+// already admitted go on.
+func (g *WriteGate) Halt(key string, why error) { g.halt(key, why, false) }
+
+// HaltAcks is Halt that also fails the writes already admitted when they
+// leave: none of them may be acknowledged until the reason is lifted (a
+// member failure not yet known to every writer: they may have written
+// without the member).
+func (g *WriteGate) HaltAcks(key string, why error) { g.halt(key, why, true) }
+
+type haltReason struct {
+	err  error
+	acks bool
 }
 
-// Resume lets writes through again after Halt.
-func (g *WriteGate) Resume() {
+func (g *WriteGate) halt(key string, why error, acks bool) {
+	if why == nil {
+		why = errors.New(key)
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	st := g.state.Load()
-	if st.halted != nil {
-		g.setLocked(st.windows, nil)
+	if old, ok := g.halts[key]; ok && old.acks == acks && old.err.Error() == why.Error() {
+		return
 	}
+	g.halts[key] = haltReason{why, acks}
+	g.setLocked(g.state.Load().windows)
+}
+
+// Resume lifts the halt reason key.
+func (g *WriteGate) Resume(key string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.halts[key]; !ok {
+		return
+	}
+	delete(g.halts, key)
+	g.setLocked(g.state.Load().windows)
+}
+
+// haltedLocked combines the halt reasons (in key order): all of them, and
+// those that also fail acknowledgements; nil if none.
+func (g *WriteGate) haltedLocked() (halted, noAck error) {
+	if len(g.halts) == 0 {
+		return nil, nil
+	}
+	keys := make([]string, 0, len(g.halts))
+	for k := range g.halts {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var all, acks []error
+	for _, k := range keys {
+		all = append(all, g.halts[k].err)
+		if g.halts[k].acks {
+			acks = append(acks, g.halts[k].err)
+		}
+	}
+	return errors.Join(all...), errors.Join(acks...)
+}
+
+// HaltedBy reports whether the reason key halts the gate.
+func (g *WriteGate) HaltedBy(key string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	_, ok := g.halts[key]
+	return ok
 }
 
 // Halted returns why the gate is halted, or nil.

@@ -3,6 +3,7 @@ package coord
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -116,7 +117,8 @@ func TestGateHaltAndTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		g := NewWriteGate(time.Second)
 		ctx := context.Background()
-		g.Halt(errors.New("no quorum"))
+		g.Halt("quorum", errors.New("no quorum"))
+		g.Halt("member", errors.New("member 2 failed, not yet recorded"))
 		start := time.Now()
 		if _, err := g.Enter(ctx, 0, 1); !errors.Is(err, ErrHalted) {
 			t.Errorf("write while halted: %v, want ErrHalted", err)
@@ -124,7 +126,11 @@ func TestGateHaltAndTimeout(t *testing.T) {
 		if d := time.Since(start); d != time.Second {
 			t.Errorf("halted write failed after %v, want the gate's timeout", d)
 		}
-		g.Resume()
+		g.Resume("quorum")
+		if _, err := g.Enter(ctx, 0, 1); !errors.Is(err, ErrHalted) || !strings.Contains(err.Error(), "member 2") {
+			t.Errorf("write with one of two halt reasons lifted: %v, want the other", err)
+		}
+		g.Resume("member")
 		tk, err := g.Enter(ctx, 0, 1)
 		if err != nil {
 			t.Fatalf("write after resume: %v", err)

@@ -300,8 +300,10 @@ func (n *tnode) write(ctx context.Context, p []byte, off int64) error {
 	if err != nil {
 		return err
 	}
-	defer n.gate.Leave(tk)
 	_, err = n.eng.WriteAt(p, off)
+	if lerr := n.gate.Leave(tk); err == nil {
+		err = lerr
+	}
 	if n.fenced.Load() {
 		return errModelFenced // fenced meanwhile: it may not have reached every member
 	}

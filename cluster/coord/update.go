@@ -42,13 +42,21 @@ func (c *Coordinator) updateHeld(ctx context.Context, tok *lockd.Lock, what stri
 	if err != nil {
 		return nil, fmt.Errorf("metadata update (%s): %w", what, err)
 	}
+	// Unchanged here (this node already has it, e.g. an earlier attempt
+	// that some node refused): no new event, but the superblock is still
+	// broadcast, so every live node is known to have it when this returns.
+	unchanged := false
 	if err := fn(sb); err != nil {
-		if errors.Is(err, errUnchanged) {
-			return sb, nil
+		if !errors.Is(err, errUnchanged) {
+			return nil, fmt.Errorf("metadata update (%s): %w", what, err)
 		}
-		return nil, fmt.Errorf("metadata update (%s): %w", what, err)
+		if sb, err = cloneSuperblock(c.cfg.Local.Superblock()); err != nil {
+			return nil, fmt.Errorf("metadata update (%s): %w", what, err)
+		}
+		unchanged = true
+	} else {
+		sb.Events++
 	}
-	sb.Events++
 	body, err := EncodeSuperblock(sb)
 	if err != nil {
 		return nil, fmt.Errorf("metadata update (%s): %w", what, err)
@@ -56,8 +64,10 @@ func (c *Coordinator) updateHeld(ctx context.Context, tok *lockd.Lock, what stri
 	if err := checkHeld(tok); err != nil {
 		return nil, fmt.Errorf("metadata update (%s): token: %w", what, err)
 	}
-	if err := c.cfg.Local.ApplySuperblock(sb); err != nil {
-		return nil, fmt.Errorf("metadata update (%s), event %d: store here: %w", what, sb.Events, err)
+	if !unchanged {
+		if err := c.cfg.Local.ApplySuperblock(sb); err != nil {
+			return nil, fmt.Errorf("metadata update (%s), event %d: store here: %w", what, sb.Events, err)
+		}
 	}
 	if _, err := c.cfg.Router.m.Broadcast(ctx, cluster.Message{Type: TypeMetadataUpdated, Array: c.uuid, Body: body}); err != nil {
 		return nil, fmt.Errorf("metadata update (%s), event %d: not acknowledged by every live node: %w", what, sb.Events, err)
@@ -81,7 +91,8 @@ func cloneSuperblock(sb meta.Array) (*meta.Array, error) {
 
 // FailMember records member role as failed cluster-wide; only once every
 // live node acknowledged may anyone write the array degraded. A member
-// already failed is left as it is.
+// already failed here keeps its event counter, and the superblock is
+// broadcast again (a node that missed it gets it).
 func (c *Coordinator) FailMember(ctx context.Context, role int, reason string) (*meta.Array, error) {
 	return c.Update(ctx, fmt.Sprintf("fail member %d: %s", role, reason), func(sb *meta.Array) error {
 		if role < 0 || role >= len(sb.Members) {
@@ -163,4 +174,56 @@ func (c *Coordinator) handleNewDisk(ctx context.Context, body []byte) ([]byte, e
 		return nil, fmt.Errorf("cannot open %s: %w", spec, err)
 	}
 	return nil, nil
+}
+
+// MemberFailed is how the array reports, in cluster mode, that a member
+// failed on this node (synchronously, from the IO that saw the error).
+// Writes halt here, and the writes already in flight are not acknowledged
+// (WriteGate.HaltAcks), until every live writer has recorded the failure
+// (FailMember): nobody's write completes without the member before the
+// others know it is gone. If it cannot be recorded now (no quorum, a node
+// refused), writes stay halted, the coordinator's loop retries, and the
+// error says why.
+func (c *Coordinator) MemberFailed(ctx context.Context, role int, cause error) error {
+	reason := "IO error"
+	if cause != nil {
+		reason = cause.Error()
+	}
+	c.cfg.Gate.HaltAcks(haltMember(role), fmt.Errorf("member %d failed (%s); waiting until every writer has recorded it", role, reason))
+	c.mu.Lock()
+	if _, ok := c.pendingFail[role]; !ok {
+		c.pendingFail[role] = reason
+	}
+	c.mu.Unlock()
+	return c.recordFailures(ctx)
+}
+
+// recordFailures records the pending member failures cluster-wide and
+// lifts their halts.
+func (c *Coordinator) recordFailures(ctx context.Context) error {
+	c.mu.Lock()
+	pending := make(map[int]string, len(c.pendingFail))
+	for r, why := range c.pendingFail {
+		pending[r] = why
+	}
+	c.mu.Unlock()
+	var errs []error
+	for role, why := range pending {
+		if _, err := c.FailMember(ctx, role, why); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		c.mu.Lock()
+		delete(c.pendingFail, role)
+		c.mu.Unlock()
+		c.cfg.Gate.Resume(haltMember(role))
+	}
+	return errors.Join(errs...)
+}
+
+// failuresPending reports whether member failures wait to be recorded.
+func (c *Coordinator) failuresPending() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pendingFail) > 0
 }

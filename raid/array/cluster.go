@@ -23,10 +23,11 @@ import (
 
 // WriteGate admits writes (cluster/coord.WriteGate implements it). Enter
 // may wait; every admitted write calls Leave with Enter's ticket when it
-// is done.
+// is done, and fails if Leave returns an error (the write must not be
+// acknowledged, e.g. a member failure is not yet known to every writer).
 type WriteGate interface {
 	Enter(ctx context.Context, off, length int64) (ticket uint32, err error)
-	Leave(ticket uint32)
+	Leave(ticket uint32) error
 }
 
 // gatedDevice asks the array's write gate before each write-type request.
@@ -56,8 +57,11 @@ func (g *gatedDevice) through(off, length int64, fn func() error) error {
 	if err != nil {
 		return err
 	}
-	defer g.gate.Leave(t)
-	return fn()
+	err = fn()
+	if lerr := g.gate.Leave(t); err == nil {
+		err = lerr
+	}
+	return err
 }
 
 func (g *gatedDevice) ReadAt(p []byte, off int64) (int, error) { return g.dev.ReadAt(p, off) }

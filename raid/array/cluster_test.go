@@ -108,12 +108,13 @@ func TestResyncRange(t *testing.T) {
 
 // rangeGate blocks writes overlapping [lo, hi) until opened.
 type rangeGate struct {
-	lo, hi  int64
-	open    chan struct{}
-	mu      sync.Mutex
-	waiting int
-	entered int
-	left    int
+	lo, hi   int64
+	open     chan struct{}
+	mu       sync.Mutex
+	waiting  int
+	entered  int
+	left     int
+	leaveErr error // Leave's answer
 }
 
 func (g *rangeGate) Enter(ctx context.Context, off, length int64) (uint32, error) {
@@ -133,12 +134,13 @@ func (g *rangeGate) Enter(ctx context.Context, off, length int64) (uint32, error
 	return 7, nil
 }
 
-func (g *rangeGate) Leave(ticket uint32) {
+func (g *rangeGate) Leave(ticket uint32) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if ticket == 7 {
 		g.left++
 	}
+	return g.leaveErr
 }
 
 func TestGatedDevice(t *testing.T) {
@@ -195,8 +197,13 @@ func TestGatedDevice(t *testing.T) {
 		<-done
 	}
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	if g.entered != 2*len(ops) || g.left != g.entered {
 		t.Errorf("entered %d, left %d; want %d each", g.entered, g.left, 2*len(ops))
+	}
+	// A write the gate says must not be acknowledged fails.
+	g.leaveErr = errors.New("member 1 failed, not yet recorded")
+	g.mu.Unlock()
+	if _, err := dev.WriteAt(make([]byte, 512), 0); err == nil || !strings.Contains(err.Error(), "not yet recorded") {
+		t.Errorf("write refused at Leave: %v", err)
 	}
 }
