@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Plot the results of bench/members.sh (its BENCH_RESULTS file) as a PNG:
 # left, 1M sequential throughput against the member count with the
-# (M-1) x one-disk and M x one-disk lines; right, 4k random IOPS against
-# one disk. Needs gnuplot (Debian package gnuplot-nox; installed with
+# (M-1) x one-disk and M x one-disk lines; right, 4k random IOPS as a ratio
+# to one disk (each row against its own baseline median). Needs gnuplot (Debian package gnuplot-nox; installed with
 # apt-get when missing and running as root).
 # Usage: bench/plot-members.sh RESULTS.tsv OUT.png
 set -euo pipefail
@@ -38,25 +38,25 @@ def write(name, rows):
 for (case, layout), rows in series.items():
     key = case.replace(" ", "_") + "--" + layout.replace(":", "-")
     write(key, [(m, v) for m, v, _ in rows])
-    write(key + ".one", [(m, o) for m, _, o in rows])
+    write(key + ".ratio", [(m, v / o) for m, v, o in rows])
 disk = {m: sum(v) / len(v) for m, v in one.items()}
 write("limit-m1", [(m, (m - 1) * d) for m, d in disk.items()])
 write("limit-m", [(m, m * d) for m, d in disk.items()])
 PY
 
-plots=()
+# label FILE: the series name of a data file ("1M seq read, rotating-256").
+label() { local n; n=$(basename "$1" .ratio); n=${n//_/ }; echo "${n/--/, }"; }
+plots=() rplots=() pt=4
 for f in "$T"/1M_seq_*--*; do
-	case $f in *.one) continue;; esac
-	name=$(basename "$f"); name=${name//_/ }; name=${name/--/, }
-	plots+=("'$f' using 1:2 with linespoints lw 2 title '$name'")
+	case $f in *.ratio) continue;; esac
+	plots+=("'$f' using 1:2 with linespoints lw 1 pt $pt ps 1.6 title '$(label "$f")'")
+	pt=$((pt + 2))
 done
-rplots=()
-for f in "$T"/4k_rand*--*; do
-	case $f in *.one) continue;; esac
-	name=$(basename "$f"); name=${name//_/ }; name=${name/--/, }
-	rplots+=("'$f' using 1:2 with linespoints lw 2 title '$name'")
+pt=4
+for f in "$T"/4k_rand*--*.ratio; do
+	rplots+=("'$f' using 1:2 with linespoints lw 1 pt $pt ps 1.6 title '$(label "$f")'")
+	pt=$((pt + 2))
 done
-first=$(ls "$T"/4k_rand*--*.one | head -1)
 
 join() { local IFS=,; echo "$*"; }
 gnuplot <<EOF
@@ -69,14 +69,16 @@ set xrange [2:10]
 set xtics (3, 5, 9)
 set xlabel "members M"
 set ylabel "MiB/s"
-set title "1M sequential throughput"
-plot '$T/limit-m1' using 1:2 with lines dt 2 lc rgb "black" title "(M-1) x one disk", \
-     '$T/limit-m' using 1:2 with lines dt 3 lc rgb "gray40" title "M x one disk", \
-     $(join "${plots[@]}")
-set title "4k random IOPS"
-set ylabel "IOPS"
 set yrange [0:*]
-plot '$first' using 1:2 with lines dt 2 lc rgb "black" title "one disk", \
+set title "1M sequential throughput (one disk: the baseline's median)"
+plot '$T/limit-m1' using 1:2 with lines lw 6 lc rgb "#c0c0c0" title "(M-1) x one disk", \
+     '$T/limit-m' using 1:2 with lines lw 6 lc rgb "#f0c8a0" title "M x one disk", \
+     $(join "${plots[@]}")
+set title "4k random IOPS, ratio to one disk"
+set ylabel "array / one disk"
+set yrange [0:2]
+set key bottom right
+plot 1 with lines lw 6 lc rgb "#c0c0c0" title "one disk", \
      $(join "${rplots[@]}")
 unset multiplot
 EOF
