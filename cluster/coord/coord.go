@@ -403,8 +403,9 @@ func (c *Coordinator) watchSlot() bool {
 	}
 }
 
-// followMembers drops the windows of nodes that left and reports whether
-// the membership changed.
+// followMembers reports whether the membership changed since the last
+// poll; when it did, the windows of every node no longer live are dropped
+// (a resyncer that died: its windows would block writes for ever).
 func (c *Coordinator) followMembers() bool {
 	live := c.cfg.Router.m.Live()
 	c.mu.Lock()
@@ -414,9 +415,10 @@ func (c *Coordinator) followMembers() bool {
 	if slices.Equal(old, live) {
 		return false
 	}
-	for _, n := range old {
-		if !slices.Contains(live, n) {
-			c.cfg.Gate.DropOwner(n)
+	for _, w := range c.cfg.Gate.Windows() {
+		if !slices.Contains(live, w.Owner) {
+			c.log.Info("dropping the resync windows of a node that left", "owner", w.Owner)
+			c.cfg.Gate.DropOwner(w.Owner)
 		}
 	}
 	return true

@@ -749,3 +749,33 @@ func TestMemberFailedHaltsUntilRecorded(t *testing.T) {
 		}
 	})
 }
+
+// The windows of a resyncer that dies are dropped when the membership
+// drops it: the writes they held go on.
+func TestDeadResyncerWindowsDropped(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	synctest.Test(t, func(t *testing.T) {
+		c := newTCluster(t, "n1", "n2", "n3")
+		c.join("n1", "n2", "n3")
+		ctx := context.Background()
+		if err := c.nodes["n3"].co.announce(ctx, Window{Owner: "n3", Slot: 7, Lo: 0, Hi: tRegion}); err != nil {
+			t.Fatal(err)
+		}
+		var done atomic.Bool
+		go func() {
+			if err := c.nodes["n1"].write(ctx, pattern(1, 0, 1), 0); err != nil {
+				t.Error(err)
+			}
+			done.Store(true)
+		}()
+		synctest.Wait()
+		if done.Load() {
+			t.Fatal("a write went through another node's window")
+		}
+		c.crash("n3")
+		c.waitFor("the held write to go on", done.Load)
+		if ws := c.nodes["n1"].gate.Windows(); len(ws) != 0 {
+			t.Errorf("windows left: %+v; status %+v; live %v", ws, c.nodes["n1"].co.Status(), c.nodes["n1"].msg.Live())
+		}
+	})
+}
