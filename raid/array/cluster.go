@@ -188,3 +188,9 @@ func (a *Array) ResyncRange(ctx context.Context, off, length int64) error {
 	}
 	return nil
 }
+
+// FenceWriter puts the array in its fenced state (fence.go) for a reason
+// other than a member host's refusal: in cluster mode, this node's writer
+// slot was taken from it (the majority purged its lock and fences its
+// epoch at the member hosts). IO stops at once; no member is failed.
+func (a *Array) FenceWriter(err error) { a.setFenced(err) }

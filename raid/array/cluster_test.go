@@ -207,3 +207,20 @@ func TestGatedDevice(t *testing.T) {
 		t.Errorf("write refused at Leave: %v", err)
 	}
 }
+
+func TestFenceWriter(t *testing.T) {
+	f := newFixture(t, raid.LevelMirror, 2, false, nil)
+	a := f.openArray()
+	a.FenceWriter(errors.New("writer slot lost"))
+	if !a.Fenced() {
+		t.Fatal("not fenced")
+	}
+	if _, err := a.Device().WriteAt(make([]byte, 4096), 0); err == nil || !strings.Contains(err.Error(), "fenced") {
+		t.Errorf("write after FenceWriter: %v", err)
+	}
+	if got := memberStates(a.Superblock()); got != "active active" {
+		t.Errorf("members %s: fencing failed a member", got)
+	}
+	delete(f.open, a)
+	a.Close()
+}
