@@ -40,6 +40,9 @@ type Options struct {
 	// Writer is this node's slot and fencing epoch, sent to agent members
 	// (HOST:/PATH).
 	Writer raid.Writer
+	// Gate, if set, admits every write, trim and zero before the bitmap
+	// (cluster mode: cluster/coord.WriteGate; see cluster.go).
+	Gate   WriteGate
 	Logger *slog.Logger
 }
 
@@ -128,6 +131,7 @@ func Open(o Options) (*Array, error) {
 		asm.Close()
 		return nil, err
 	}
+	a.front = gateWrap(a.front, o.Gate)
 	// Foreground IO is counted where it enters: the member counters also
 	// see the jobs' own IO, which is not a reason for a job to yield.
 	a.front = &frontGate{dev: a.front, a: a}
