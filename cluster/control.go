@@ -1,13 +1,9 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -16,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/ddraid/ddraid/internal/ctlsock"
 	"github.com/ddraid/ddraid/lockd"
 )
 
@@ -81,10 +78,10 @@ func NewControl(n *Node) *Control { return &Control{n: n, stop: make(chan struct
 func (c *Control) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, c.n.Status())
+		ctlsock.WriteJSON(w, http.StatusOK, c.n.Status())
 	})
 	mux.HandleFunc("GET /v1/locks", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, c.n.Locks().Dump())
+		ctlsock.WriteJSON(w, http.StatusOK, c.n.Locks().Dump())
 	})
 	mux.HandleFunc("GET /v1/locks/all", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), DefaultTimeout)
@@ -94,7 +91,7 @@ func (c *Control) Handler() http.Handler {
 		if err != nil {
 			cd.Error = err.Error()
 		}
-		writeJSON(w, http.StatusOK, cd)
+		ctlsock.WriteJSON(w, http.StatusOK, cd)
 	})
 	mux.HandleFunc("POST /v1/locks/acquire", c.acquire)
 	reg := prometheus.NewRegistry()
@@ -105,13 +102,13 @@ func (c *Control) Handler() http.Handler {
 
 func (c *Control) acquire(w http.ResponseWriter, r *http.Request) {
 	var req AcquireRequest
-	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, "bad request: "+err.Error())
+	if err := ctlsock.DecodeRequest(r, &req); err != nil {
+		ctlsock.WriteError(w, http.StatusBadRequest, "bad request: "+err.Error())
 		return
 	}
 	mode, err := lockd.ParseMode(req.Mode)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		ctlsock.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	wait, hold := time.Duration(req.WaitMS)*time.Millisecond, time.Duration(req.HoldMS)*time.Millisecond
@@ -119,7 +116,7 @@ func (c *Control) acquire(w http.ResponseWriter, r *http.Request) {
 		wait = DefaultAcquireWait
 	}
 	if wait < 0 || wait > MaxAcquireTime || hold <= 0 || hold > MaxAcquireTime || req.Lockspace == "" || req.Resource == "" {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("want a lockspace, a resource, a wait up to %v and a positive hold up to %v", MaxAcquireTime, MaxAcquireTime))
+		ctlsock.WriteError(w, http.StatusBadRequest, fmt.Sprintf("want a lockspace, a resource, a wait up to %v and a positive hold up to %v", MaxAcquireTime, MaxAcquireTime))
 		return
 	}
 	var flags lockd.Flags
@@ -134,12 +131,12 @@ func (c *Control) acquire(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, lockd.ErrAgain) || errors.Is(err, context.DeadlineExceeded) {
 			code = http.StatusConflict
 		}
-		writeError(w, code, err.Error())
+		ctlsock.WriteError(w, code, err.Error())
 		return
 	}
 	tok, err := l.Token()
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, err.Error())
+		ctlsock.WriteError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
 	c.holds.Add(1)
@@ -159,7 +156,7 @@ func (c *Control) acquire(w http.ResponseWriter, r *http.Request) {
 	}()
 	c.n.log.Info("cluster: debugging lock granted", "lockspace", req.Lockspace, "resource", req.Resource, "mode", mode.String(),
 		"token", tok.String(), "hold", hold)
-	writeJSON(w, http.StatusOK, AcquireReply{Node: c.n.Name(), Mode: mode, Token: tok})
+	ctlsock.WriteJSON(w, http.StatusOK, AcquireReply{Node: c.n.Name(), Mode: mode, Token: tok})
 }
 
 // Close unlocks the debugging locks and waits for that.
@@ -168,31 +165,13 @@ func (c *Control) Close() {
 	c.holds.Wait()
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
-
-func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, map[string]string{"error": msg})
-}
-
 // ControlClient talks to the cluster part of an agent's control socket.
 type ControlClient struct {
-	path string
-	hc   *http.Client
+	cs *ctlsock.Client
 }
 
 // DialControl returns a client for the agent control socket at path.
-func DialControl(path string) *ControlClient {
-	return &ControlClient{path: path, hc: &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-	}}}
-}
+func DialControl(path string) *ControlClient { return &ControlClient{cs: ctlsock.Dial(path)} }
 
 // Status fetches the agent's cluster status.
 func (c *ControlClient) Status(ctx context.Context) (Status, error) {
@@ -220,41 +199,15 @@ func (c *ControlClient) Acquire(ctx context.Context, req AcquireRequest) (Acquir
 }
 
 func (c *ControlClient) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, rd)
-	if err != nil {
+	err := c.cs.Do(ctx, method, path, body, out)
+	var se *ctlsock.StatusError
+	switch {
+	case err == nil:
+		return nil
+	case ctlsock.IsStatus(err, http.StatusNotFound):
+		return fmt.Errorf("agent at %s does not run in cluster mode (start it with --nodes)", c.cs.Path())
+	case errors.As(err, &se):
 		return err
 	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("agent control socket %s: %w", c.path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("agent control socket %s: %w", c.path, err)
-	}
-	if resp.StatusCode == http.StatusNotFound {
-		return fmt.Errorf("agent at %s does not run in cluster mode (start it with --nodes)", c.path)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e struct {
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(b, &e) != nil || e.Error == "" {
-			e.Error = resp.Status
-		}
-		return errors.New(e.Error)
-	}
-	if err := json.Unmarshal(b, out); err != nil {
-		return fmt.Errorf("agent control socket %s: reply: %w", c.path, err)
-	}
-	return nil
+	return fmt.Errorf("agent %w", err)
 }

@@ -132,7 +132,7 @@ func TestControl(t *testing.T) {
 // scrape fetches /metrics through the control socket.
 func scrape(t *testing.T, c *ControlClient) string {
 	t.Helper()
-	resp, err := c.hc.Get("http://agent/metrics")
+	resp, err := c.cs.HTTP().Get("http://agent/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

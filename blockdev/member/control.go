@@ -1,17 +1,13 @@
 package member
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"os"
 	"time"
+
+	"github.com/ddraid/ddraid/internal/ctlsock"
 )
 
 // The agent's control API, HTTP on a unix socket readable by its owner
@@ -48,8 +44,7 @@ func (h *Host) Status() Status {
 
 // Control serves a Host's control API.
 type Control struct {
-	srv *http.Server
-	ln  net.Listener
+	sock *ctlsock.Server
 }
 
 // Route is a further endpoint of the control API: a net/http ServeMux
@@ -66,62 +61,44 @@ func ListenControl(path string, h *Host, log *slog.Logger, extra ...Route) (*Con
 	if log == nil {
 		log = h.log
 	}
-	os.Remove(path)
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, h.Status())
+		ctlsock.WriteJSON(w, http.StatusOK, h.Status())
 	})
 	mux.HandleFunc("POST /v1/fence", func(w http.ResponseWriter, r *http.Request) {
 		var req FenceRequest
-		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad request: " + err.Error()})
+		if err := ctlsock.DecodeRequest(r, &req); err != nil {
+			ctlsock.WriteError(w, http.StatusBadRequest, "bad request: "+err.Error())
 			return
 		}
 		array, err := parseUUID(req.Array)
 		if err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+			ctlsock.WriteError(w, http.StatusBadRequest, err.Error())
 			return
 		}
 		if req.Epoch == 0 {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "epoch must be positive"})
+			ctlsock.WriteError(w, http.StatusBadRequest, "epoch must be positive")
 			return
 		}
 		if err := h.Fence(array, req.Slot, req.Epoch); err != nil {
-			writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+			ctlsock.WriteError(w, http.StatusInternalServerError, err.Error())
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"message": fmt.Sprintf(
+		ctlsock.WriteJSON(w, http.StatusOK, map[string]string{"message": fmt.Sprintf(
 			"slot %d of array %s: writers with an epoch below %d are fenced", req.Slot, req.Array, h.MinEpoch(array, req.Slot))})
 	})
 	for _, r := range extra {
 		mux.Handle(r.Pattern, r.Handler)
 	}
-	c := &Control{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}}
-	go c.srv.Serve(ln)
-	return c, nil
+	sock, err := ctlsock.Listen(path, mux, log)
+	if err != nil {
+		return nil, err
+	}
+	return &Control{sock: sock}, nil
 }
 
-// Close stops the control server.
-func (c *Control) Close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return c.srv.Shutdown(ctx)
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
+// Close stops the control server and removes its socket.
+func (c *Control) Close() error { return c.sock.Close() }
 
 // parseUUID parses 8-4-4-4-12 hex digits.
 func parseUUID(s string) ([16]byte, error) {
@@ -151,36 +128,21 @@ func parseUUID(s string) ([16]byte, error) {
 
 // ControlClient talks to an agent's control socket.
 type ControlClient struct {
-	hc *http.Client
+	cs *ctlsock.Client
 }
 
 // DialControl returns a client for the control socket at path.
-func DialControl(path string) *ControlClient {
-	return &ControlClient{hc: &http.Client{Timeout: time.Minute, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-	}}}
-}
+func DialControl(path string) *ControlClient { return &ControlClient{cs: ctlsock.Dial(path)} }
 
 // Fence asks the agent to fence and returns its message.
 func (c *ControlClient) Fence(req FenceRequest) (string, error) {
-	body, _ := json.Marshal(req)
-	resp, err := c.hc.Post("http://agent/v1/fence", "application/json", bytes.NewReader(body))
-	if err != nil {
-		return "", fmt.Errorf("agent control socket: %w", err)
-	}
-	defer resp.Body.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	var out struct {
 		Message string `json:"message"`
-		Error   string `json:"error"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		return "", fmt.Errorf("agent control socket: reply: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", errors.New(out.Error)
+	if err := c.cs.Do(ctx, http.MethodPost, "/v1/fence", req, &out); err != nil {
+		return "", err
 	}
 	return out.Message, nil
 }

@@ -377,7 +377,7 @@ func TestControl(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := DialControl(sock)
-	defer c.hc.CloseIdleConnections()
+	defer c.cs.CloseIdle()
 	cases := []struct {
 		req FenceRequest
 		err string

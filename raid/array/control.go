@@ -1,23 +1,19 @@
 package array
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"log"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/ddraid/ddraid/internal/ctlsock"
 	"github.com/ddraid/ddraid/resync"
 )
 
@@ -39,12 +35,10 @@ import (
 type Control struct {
 	arrays map[string]*Array
 	order  []string
-	srv    *http.Server
-	ln     net.Listener
-	path   string
+	sock   *ctlsock.Server
 
 	registry *prometheus.Registry
-	log      *log.Logger
+	log      *slog.Logger
 	extra    []*http.Server // read-only listeners
 }
 
@@ -64,12 +58,12 @@ func (c *Control) readOnlyMux() *http.ServeMux {
 		return out
 	}
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, status())
+		ctlsock.WriteJSON(w, http.StatusOK, status())
 	})
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		renderPage(w, status(), time.Now())
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(c.registry, promhttp.HandlerOpts{ErrorLog: c.log}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(c.registry, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelWarn)}))
 	return mux
 }
 
@@ -77,7 +71,7 @@ func (c *Control) readOnlyMux() *http.ServeMux {
 // (a TCP listener for browsers and Prometheus) until Close. Nothing on it
 // changes the arrays.
 func (c *Control) ServeReadOnly(ln net.Listener) {
-	srv := &http.Server{Handler: c.readOnlyMux(), ErrorLog: c.log, ReadHeaderTimeout: 10 * time.Second}
+	srv := ctlsock.NewHTTPServer(c.readOnlyMux(), c.log)
 	c.extra = append(c.extra, srv)
 	go srv.Serve(ln)
 }
@@ -106,55 +100,46 @@ type Reply struct {
 
 // ListenControl starts the control server on a unix socket at path.
 func ListenControl(path string, arrays []*Array, log *slog.Logger) (*Control, error) {
-	os.Remove(path)
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
-	c := &Control{arrays: map[string]*Array{}, ln: ln, path: path}
+	c := &Control{arrays: map[string]*Array{}, log: log}
 	for _, a := range arrays {
 		c.arrays[a.Name()] = a
 		c.order = append(c.order, a.Name())
 	}
-	c.log = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	c.registry = prometheus.NewRegistry()
 	c.registry.MustRegister(NewCollector(c.list), collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := c.readOnlyMux()
 	mux.HandleFunc("POST /v1/arrays/{name}/{action}", c.action)
-	c.srv = &http.Server{Handler: mux, ErrorLog: c.log, ReadHeaderTimeout: 10 * time.Second}
-	go c.srv.Serve(ln)
+	sock, err := ctlsock.Listen(path, mux, log)
+	if err != nil {
+		return nil, err
+	}
+	c.sock = sock
 	return c, nil
 }
 
 // Path returns the socket path.
-func (c *Control) Path() string { return c.path }
+func (c *Control) Path() string { return c.sock.Path() }
 
 // Close stops the server and removes the socket.
 func (c *Control) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	err := c.srv.Shutdown(ctx)
 	for _, srv := range c.extra {
 		srv.Shutdown(ctx)
 	}
-	os.Remove(c.path)
-	return err
+	return c.sock.Close()
 }
 
 func (c *Control) action(w http.ResponseWriter, r *http.Request) {
 	a, ok := c.arrays[r.PathValue("name")]
 	if !ok {
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("array %q is not served by this process", r.PathValue("name"))})
+		ctlsock.WriteError(w, http.StatusNotFound, fmt.Sprintf("array %q is not served by this process", r.PathValue("name")))
 		return
 	}
 	var req Request
-	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad request body: " + err.Error()})
+	if err := ctlsock.DecodeRequest(r, &req); err != nil {
+		ctlsock.WriteError(w, http.StatusBadRequest, "bad request body: "+err.Error())
 		return
 	}
 	var rep Reply
@@ -175,7 +160,7 @@ func (c *Control) action(w http.ResponseWriter, r *http.Request) {
 		p, err = a.Check(r.Context(), req.Repair)
 		rep.Progress = &p
 	default:
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "unknown action " + r.PathValue("action")})
+		ctlsock.WriteError(w, http.StatusNotFound, "unknown action "+r.PathValue("action"))
 		return
 	}
 	if err != nil {
@@ -183,67 +168,28 @@ func (c *Control) action(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, ErrRefused) {
 			code = http.StatusConflict
 		}
-		writeJSON(w, code, map[string]string{"error": err.Error()})
+		ctlsock.WriteError(w, code, err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, rep)
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
+	ctlsock.WriteJSON(w, http.StatusOK, rep)
 }
 
 // Client talks to a Control server.
 type Client struct {
-	hc *http.Client
+	cs *ctlsock.Client
 }
 
 // NewClient returns a client for the control socket at path.
-func NewClient(path string) *Client {
-	return &Client{hc: &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-	}}}
-}
+func NewClient(path string) *Client { return &Client{cs: ctlsock.Dial(path)} }
 
 // Status returns the status of every array the server runs.
 func (c *Client) Status(ctx context.Context) ([]Status, error) {
 	var out []Status
-	return out, c.do(ctx, http.MethodGet, "/v1/status", nil, &out)
+	return out, c.cs.Do(ctx, http.MethodGet, "/v1/status", nil, &out)
 }
 
 // Do runs an action on an array.
 func (c *Client) Do(ctx context.Context, name, action string, req Request) (Reply, error) {
 	var rep Reply
-	return rep, c.do(ctx, http.MethodPost, "/v1/arrays/"+name+"/"+action, req, &rep)
-}
-
-func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://ddraid"+path, rd)
-	if err != nil {
-		return err
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("control socket: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var e struct{ Error string }
-		json.NewDecoder(resp.Body).Decode(&e)
-		if resp.StatusCode == http.StatusConflict {
-			return fmt.Errorf("%s", e.Error)
-		}
-		return errors.New(e.Error)
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
+	return rep, c.cs.Do(ctx, http.MethodPost, "/v1/arrays/"+name+"/"+action, req, &rep)
 }

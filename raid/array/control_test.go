@@ -26,7 +26,7 @@ func listen(t *testing.T, f *fixture, arrays ...*Array) (*Control, *Client) {
 	}
 	cl := NewClient(sock)
 	t.Cleanup(func() {
-		cl.hc.CloseIdleConnections()
+		cl.cs.CloseIdle()
 		ctl.Close()
 	})
 	return ctl, cl

@@ -14,7 +14,7 @@ import (
 // samples by their name and labels as printed.
 func scrape(t *testing.T, cl *Client) map[string]float64 {
 	t.Helper()
-	resp, err := cl.hc.Get("http://ddraid/metrics")
+	resp, err := cl.cs.HTTP().Get("http://ddraid/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,7 +45,7 @@ func TestStatusPage(t *testing.T) {
 		name string
 		hc   *http.Client
 		base string
-	}{{"control socket", cl.hc, "http://ddraid"}, {"read-only listener", hc, base}} {
+	}{{"control socket", cl.cs.HTTP(), "http://ddraid"}, {"read-only listener", hc, base}} {
 		code, page := get(t, via.hc, via.base+"/")
 		if code != 200 {
 			t.Fatalf("%s: GET / = %d\n%s", via.name, code, page)
