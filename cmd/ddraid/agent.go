@@ -15,13 +15,14 @@ import (
 	"github.com/ddraid/ddraid/blockdev/member"
 	"github.com/ddraid/ddraid/blockdev/nbd"
 	"github.com/ddraid/ddraid/cluster"
+	"github.com/ddraid/ddraid/cluster/serve"
 	"github.com/ddraid/ddraid/raid"
 )
 
 // AgentCmd is `ddraid agent`: serve the disks this node hosts as members.
 type AgentCmd struct {
 	ListenMember []string      `name:"listen-member" help:"Address for member exports: HOST:PORT or unix:/PATH (repeatable)." default:"127.0.0.1:10810"`
-	HostDisk     []string      `name:"host-disk" required:"" type:"path" help:"Disk (block device or file) to serve; writers name it HOST[:PORT]:/PATH (repeatable)." placeholder:"PATH"`
+	HostDisk     []string      `name:"host-disk" type:"path" help:"Disk (block device or file) to serve; writers name it HOST[:PORT]:/PATH (repeatable). Required unless in cluster mode (a writer-only node hosts none)." placeholder:"PATH"`
 	Direct       bool          `help:"Open the disks with O_DIRECT."`
 	Control      string        `type:"path" help:"Control socket (default STATE_DIR/agent/agent.sock)." placeholder:"PATH"`
 	TLSCert      string        `name:"tls-cert" type:"path" help:"Agent certificate (PEM); with --tls-key and --tls-ca, every client must use TLS and present a certificate signed by the CA." placeholder:"FILE"`
@@ -36,6 +37,9 @@ func agentDir(stateDir string) string { return filepath.Join(stateDir, "agent") 
 
 // Run serves until SIGTERM or SIGINT.
 func (c *AgentCmd) Run(g *Globals) error {
+	if len(c.HostDisk) == 0 && len(c.Cluster.Nodes) == 0 {
+		return errors.New("--host-disk is required (only a cluster-mode agent, with --nodes, may host no disk)")
+	}
 	cfg := nbd.DefaultConfig()
 	cfg.Logger = slog.Default()
 	switch {
@@ -75,17 +79,39 @@ func (c *AgentCmd) Run(g *Globals) error {
 	if ctlPath == "" {
 		ctlPath = filepath.Join(agentDir(g.StateDir), "agent.sock")
 	}
-	node, err := c.Cluster.startCluster(g.StateDir, c.TLSCert, c.TLSKey, c.TLSCA)
+	node, tc, err := c.Cluster.newCluster(g.StateDir, c.TLSCert, c.TLSKey, c.TLSCA)
 	if err != nil {
 		return err
 	}
 	var clusterCtl *cluster.Control
+	var arrays *serve.Server
 	if node != nil {
 		defer node.Close()
+		var specs []serve.Spec
+		if arrays, specs, err = c.Cluster.newArrays(g.StateDir, node, tc); err != nil {
+			return err
+		}
+		if err := startCluster(node, c.Cluster.RPC); err != nil {
+			return err
+		}
 		clusterCtl = cluster.NewControl(node)
 		defer clusterCtl.Close()
+		if arrays != nil {
+			// Closed before the node (deferred after it): leaving the
+			// slots needs lockd.
+			defer func() {
+				ctx, cancel := context.WithTimeout(context.Background(), c.ShutdownWait)
+				defer cancel()
+				if err := arrays.Close(ctx); err != nil {
+					slog.Error("stop serving arrays", "err", err)
+				}
+			}()
+			if err := arrays.Start(specs); err != nil {
+				return err
+			}
+		}
 	}
-	ctl, err := member.ListenControl(ctlPath, host, slog.Default(), controlRoutes(clusterCtl)...)
+	ctl, err := member.ListenControl(ctlPath, host, slog.Default(), controlRoutes(clusterCtl, arrays)...)
 	if err != nil {
 		return err
 	}
@@ -126,6 +152,12 @@ func (c *AgentCmd) Run(g *Globals) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.ShutdownWait)
 	defer cancel()
+	if arrays != nil {
+		// Before the member exports stop: the arrays may use this node's disks.
+		if err := arrays.Close(ctx); err != nil && runErr == nil {
+			runErr = fmt.Errorf("stop serving arrays: %w", err)
+		}
+	}
 	if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) && runErr == nil {
 		runErr = fmt.Errorf("shutdown: %w", err)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -15,7 +16,9 @@ import (
 
 	"github.com/ddraid/ddraid/blockdev/member"
 	"github.com/ddraid/ddraid/blockdev/nbd"
+	"github.com/ddraid/ddraid/blockdev/remote"
 	"github.com/ddraid/ddraid/cluster"
+	"github.com/ddraid/ddraid/cluster/serve"
 	"github.com/ddraid/ddraid/lockd"
 	"github.com/ddraid/ddraid/lockd/membership"
 )
@@ -34,35 +37,38 @@ type ClusterFlags struct {
 	ProbeTimeout   time.Duration `name:"gossip-probe-timeout" help:"Failure detection: how long a probe waits for an answer (about the network's 99th percentile round trip); at most the probe interval." default:"500ms"`
 	SuspicionMult  int           `name:"gossip-suspicion-mult" help:"Failure detection: how many probe intervals a suspected node has to refute the suspicion (at least 1)." default:"4"`
 	GossipTuning   string        `name:"gossip-tuning" hidden:"" enum:"flags,fast-local" default:"flags" help:"fast-local: serf's test settings (detection well under a second; loopback only), overriding the gossip-probe flags."`
+	Serve          []string      `name:"serve" help:"Cluster mode: assemble array NAME as one of its writers and export it over NBD at LISTEN (HOST:PORT or unix:/PATH; default 127.0.0.1:10809); repeatable, one listener per array." placeholder:"NAME[=LISTEN]"`
+	ServeTimeout   time.Duration `name:"serve-timeout" help:"Cluster mode: bound on every wait of a served array's coordination (superblock fetch, slot, metadata update, takeover step, resync window)." default:"30s"`
 }
 
-// startCluster starts the cluster runtime when --nodes is given (nil, nil
-// otherwise). TLS files are the agent's.
-func (c *ClusterFlags) startCluster(stateDir, certFile, keyFile, caFile string) (*cluster.Node, error) {
+// newCluster makes the cluster runtime when --nodes is given (nil, nil, nil
+// otherwise), not started yet: message handlers are registered before
+// Start. TLS files are the agent's; tc is their TLS configuration.
+func (c *ClusterFlags) newCluster(stateDir, certFile, keyFile, caFile string) (n *cluster.Node, tc *tls.Config, err error) {
 	if len(c.Nodes) == 0 {
-		if len(c.Join) > 0 || c.NodeName != "" || c.EncryptKeyFile != "" {
-			return nil, errors.New("--join, --node-name and --encrypt-key-file need --nodes (cluster mode)")
+		if len(c.Join) > 0 || c.NodeName != "" || c.EncryptKeyFile != "" || len(c.Serve) > 0 {
+			return nil, nil, errors.New("--join, --node-name, --encrypt-key-file and --serve need --nodes (cluster mode)")
 		}
-		return nil, nil
+		return nil, nil, nil
 	}
 	if certFile == "" || keyFile == "" || caFile == "" {
-		return nil, errors.New("cluster mode needs --tls-cert, --tls-key and --tls-ca (agents talk mutual TLS)")
+		return nil, nil, errors.New("cluster mode needs --tls-cert, --tls-key and --tls-ca (agents talk mutual TLS)")
 	}
 	if c.EncryptKeyFile == "" {
-		return nil, errors.New("cluster mode needs --encrypt-key-file (gossip is always encrypted; make a key with `ddraid cluster keygen`)")
+		return nil, nil, errors.New("cluster mode needs --encrypt-key-file (gossip is always encrypted; make a key with `ddraid cluster keygen`)")
 	}
 	key, err := readKeyFile(c.EncryptKeyFile)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	tc, err := nbd.LoadTLSConfig(certFile, keyFile, caFile)
+	tc, err = nbd.LoadTLSConfig(certFile, keyFile, caFile)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	name := c.NodeName
 	if name == "" {
 		if name, err = os.Hostname(); err != nil {
-			return nil, fmt.Errorf("--node-name not given and no host name: %w", err)
+			return nil, nil, fmt.Errorf("--node-name not given and no host name: %w", err)
 		}
 	}
 	var voters []lockd.NodeID
@@ -78,21 +84,26 @@ func (c *ClusterFlags) startCluster(stateDir, certFile, keyFile, caFile string) 
 	if c.GossipTuning == "fast-local" {
 		tu = membership.FastLocal()
 	}
-	n, err := cluster.New(cluster.Config{Name: lockd.NodeID(name), Voters: voters, Bind: c.Bind, Advertise: c.Advertise, RPC: c.RPC,
+	n, err = cluster.New(cluster.Config{Name: lockd.NodeID(name), Voters: voters, Bind: c.Bind, Advertise: c.Advertise, RPC: c.RPC,
 		Join: c.Join, Key: key, Certificate: tc.Certificates[0], CA: tc.ClientCAs, Tunables: tu,
 		StatePath: filepath.Join(agentDir(stateDir), "lockd.state"), Logger: slog.Default()})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	return n, tc, nil
+}
+
+// startCluster starts n and says so.
+func startCluster(n *cluster.Node, rpc string) error {
 	if err := n.Start(); err != nil {
-		return nil, err
+		return err
 	}
-	fmt.Printf("cluster node %s: gossip %s, rpc %s, nodes %v\n", name, n.GossipAddr(), c.RPC, voters)
-	return n, nil
+	fmt.Printf("cluster node %s: gossip %s, rpc %s\n", n.Name(), n.GossipAddr(), rpc)
+	return nil
 }
 
 // controlRoutes are the cluster endpoints of the agent's control socket.
-func controlRoutes(ctl *cluster.Control) []member.Route {
+func controlRoutes(ctl *cluster.Control, arrays *serve.Server) []member.Route {
 	if ctl == nil {
 		return nil
 	}
@@ -101,7 +112,33 @@ func controlRoutes(ctl *cluster.Control) []member.Route {
 	for _, p := range cluster.ControlPatterns {
 		rs = append(rs, member.Route{Pattern: p, Handler: h})
 	}
+	if arrays != nil {
+		rs = append(rs, member.Route{Pattern: serve.ControlPattern, Handler: arrays.Handler()})
+	}
 	return rs
+}
+
+// newArrays makes the server of the --serve arrays (nil without any) on
+// node n, whose TLS configuration tc also reaches the agent members.
+func (c *ClusterFlags) newArrays(stateDir string, n *cluster.Node, tc *tls.Config) (*serve.Server, []serve.Spec, error) {
+	if len(c.Serve) == 0 {
+		return nil, nil, nil
+	}
+	var specs []serve.Spec
+	for _, s := range c.Serve {
+		sp, err := serve.ParseSpec(s)
+		if err != nil {
+			return nil, nil, err
+		}
+		specs = append(specs, sp)
+	}
+	client := &tls.Config{Certificates: tc.Certificates, RootCAs: tc.ClientCAs, MinVersion: tls.VersionTLS12}
+	srv, err := serve.New(serve.Config{StateDir: stateDir, Node: n.Name(), Lockd: n.Locks(), Messenger: n.Messenger(),
+		Remote: remote.Config{TLS: client, Logger: slog.Default()}, Timeout: c.ServeTimeout, Logger: slog.Default()})
+	if err != nil {
+		return nil, nil, err
+	}
+	return srv, specs, nil
 }
 
 func readKeyFile(path string) ([]byte, error) {
@@ -129,7 +166,8 @@ func agentControl(g *Globals, flag string) string {
 
 // ClusterCmd is `ddraid cluster`.
 type ClusterCmd struct {
-	Status ClusterStatusCmd `cmd:"" help:"Show the cluster as the local agent sees it: nodes, quorum, epoch."`
+	Status ClusterStatusCmd `cmd:"" help:"Show the cluster as the local agent sees it: nodes, quorum, epoch, and the arrays it serves."`
+	Arrays ClusterArraysCmd `cmd:"" help:"Show the arrays the local agent serves (--serve): writer slot, epoch, resync windows, takeovers."`
 	Keygen ClusterKeygenCmd `cmd:"" help:"Print a new gossip encryption key (base64, 32 bytes) for --encrypt-key-file."`
 }
 
@@ -151,7 +189,41 @@ func (c *ClusterStatusCmd) Run(g *Globals) error {
 	if c.JSON {
 		return printJSON(st)
 	}
-	return cluster.WriteStatus(os.Stdout, st)
+	if err := cluster.WriteStatus(os.Stdout, st); err != nil {
+		return err
+	}
+	arrays, err := serve.Arrays(ctx, agentControl(g, c.Control))
+	if err != nil {
+		return fmt.Errorf("cluster status: served arrays: %w", err)
+	}
+	if len(arrays) > 0 {
+		fmt.Println()
+	}
+	return serve.WriteStatus(os.Stdout, arrays)
+}
+
+// ClusterArraysCmd is `ddraid cluster arrays`.
+type ClusterArraysCmd struct {
+	Control string        `type:"path" help:"The agent's control socket (default STATE_DIR/agent/agent.sock)." placeholder:"SOCKET"`
+	JSON    bool          `name:"json" help:"Print JSON."`
+	Timeout time.Duration `help:"How long to wait for the agent." default:"10s"`
+}
+
+// Run prints the served arrays.
+func (c *ClusterArraysCmd) Run(g *Globals) error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
+	defer cancel()
+	arrays, err := serve.Arrays(ctx, agentControl(g, c.Control))
+	if err != nil {
+		return fmt.Errorf("cluster arrays: %w", err)
+	}
+	if c.JSON {
+		if arrays == nil {
+			arrays = []serve.ArrayStatus{}
+		}
+		return printJSON(arrays)
+	}
+	return serve.WriteStatus(os.Stdout, arrays)
 }
 
 func printJSON(v any) error {

@@ -1,0 +1,417 @@
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ddraid/ddraid/blockdev/nbd"
+	"github.com/ddraid/ddraid/blockdev/remote"
+	"github.com/ddraid/ddraid/cluster"
+	"github.com/ddraid/ddraid/cluster/coord"
+	"github.com/ddraid/ddraid/lockd"
+	"github.com/ddraid/ddraid/raid"
+	"github.com/ddraid/ddraid/raid/array"
+	"github.com/ddraid/ddraid/raid/meta"
+	"github.com/ddraid/ddraid/resync"
+)
+
+// TypeGetSuperblock asks a node for the superblock of the array named in
+// the body; the reply is coord.EncodeSuperblock's JSON, or an error when
+// the node does not have it.
+const TypeGetSuperblock = "get-superblock"
+
+// DefaultListen is where an array is exported when its spec names no
+// address.
+const DefaultListen = "127.0.0.1:10809"
+
+// Spec is one array to serve: its name and its NBD listener.
+type Spec struct {
+	Name string
+	// Listen is HOST:PORT or unix:/PATH.
+	Listen string
+}
+
+// ParseSpec reads NAME=LISTEN (NAME alone: DefaultListen).
+func ParseSpec(s string) (Spec, error) {
+	name, listen, ok := strings.Cut(s, "=")
+	if !ok {
+		listen = DefaultListen
+	}
+	if err := meta.ValidateName(name); err != nil {
+		return Spec{}, fmt.Errorf("--serve %q: %w", s, err)
+	}
+	if listen == "" {
+		return Spec{}, fmt.Errorf("--serve %q: empty listen address (want HOST:PORT or unix:/PATH)", s)
+	}
+	return Spec{Name: name, Listen: listen}, nil
+}
+
+// URL is the NBD URI of the spec's export.
+func (s Spec) URL() string {
+	if path, ok := strings.CutPrefix(s.Listen, "unix:"); ok {
+		return fmt.Sprintf("nbd+unix:///%s?socket=%s", s.Name, path)
+	}
+	return fmt.Sprintf("nbd://%s/%s", s.Listen, s.Name)
+}
+
+// Config configures a Server. Zero fields take the defaults named.
+type Config struct {
+	// StateDir is the node's state directory: superblocks (pebble), the
+	// arrays' bitmaps, run info and the arrays' control sockets. Required.
+	StateDir string
+	// Node is this node's name, Lockd its lock service and Messenger its
+	// transport to the other agents. Required.
+	Node      lockd.NodeID
+	Lockd     *lockd.Node
+	Messenger cluster.Messenger
+	// Remote reaches the agent members (TLS, timeouts).
+	Remote remote.Config
+	// Throttle bounds resync and recovery (zero: resync.DefaultThrottle).
+	Throttle resync.Throttle
+	// ClearDelay is how long a bitmap region stays marked after its last
+	// write (0: the array's default, 5 s).
+	ClearDelay time.Duration
+	// Timeout bounds every wait: fetching a superblock, joining, each
+	// coordinator wait, the coordinator's write gate (default 30 s).
+	Timeout time.Duration
+	// Retry is the pause before an array whose assembly failed is tried
+	// again (default 2 s).
+	Retry time.Duration
+	// Poll is the coordinator's poll interval (0: coord's default).
+	Poll time.Duration
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+}
+
+func (c *Config) validate() error {
+	if c.StateDir == "" || c.Node == "" || c.Lockd == nil || c.Messenger == nil {
+		return errors.New("serve: StateDir, Node, Lockd and Messenger are required")
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 30 * time.Second
+	}
+	if c.Retry <= 0 {
+		c.Retry = 2 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Server runs the arrays this agent serves in cluster mode: per array a
+// coordinator (cluster/coord) on the node's lockd and Messenger, the array
+// assembled with the writer identity its slot gives, and an NBD export on
+// the array's own listener. Methods are safe for concurrent use.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	router *coord.Router
+
+	mu     sync.Mutex
+	arrays []*served
+	closed bool
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// New registers the coordination message types and get-superblock on the
+// Messenger: call it before the node starts.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, stop: make(chan struct{})}
+	s.router = coord.NewRouter(cfg.Messenger)
+	s.router.Unserved = s.storeUnserved
+	cfg.Messenger.Handle(TypeGetSuperblock, s.handleGetSuperblock)
+	return s, nil
+}
+
+// Start assembles and serves each spec on its own goroutine: an array
+// that cannot be assembled yet (no quorum, no peer with its superblock, no
+// free slot) is retried until Close; Status says where each one is.
+func (s *Server) Start(specs []Spec) error {
+	seen := map[string]bool{}
+	for _, sp := range specs {
+		if seen[sp.Name] {
+			return fmt.Errorf("serve: array %s named twice", sp.Name)
+		}
+		seen[sp.Name] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, sp := range specs {
+		sv := &served{s: s, spec: sp, state: StateAssembling}
+		s.arrays = append(s.arrays, sv)
+		s.wg.Add(1)
+		go sv.run()
+	}
+	return nil
+}
+
+// Close stops serving every array: NBD clients are cut off after their
+// requests in flight finished (bounded by ctx), each array is closed and
+// its writer slot released (clean when the array closed with nothing left
+// to resync).
+func (s *Server) Close(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	arrays := s.arrays
+	s.mu.Unlock()
+	close(s.stop)
+	s.wg.Wait()
+	var errs []error
+	for _, sv := range arrays {
+		if err := sv.close(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// States of a served array.
+const (
+	StateAssembling = "assembling"
+	StateServing    = "serving"
+	StateFenced     = "fenced"
+	StateStopped    = "stopped"
+)
+
+// served is one array of the Server.
+type served struct {
+	s    *Server
+	spec Spec
+
+	mu      sync.Mutex
+	state   string
+	lastErr error
+	co      *coord.Coordinator
+	local   *countingLocal
+	a       *array.Array
+	srv     *nbd.Server
+	ctl     *array.Control
+	running atomic.Pointer[array.Array] // for OnSlotLost
+}
+
+// run assembles the array, retrying until it serves or the server stops.
+func (sv *served) run() {
+	defer sv.s.wg.Done()
+	for {
+		err := sv.assemble()
+		if err == nil {
+			return
+		}
+		sv.mu.Lock()
+		sv.lastErr = err
+		sv.mu.Unlock()
+		sv.s.log.Warn("cannot serve the array yet; retrying", "array", sv.spec.Name, "err", err, "retry", sv.s.cfg.Retry)
+		select {
+		case <-sv.s.stop:
+			return
+		case <-time.After(sv.s.cfg.Retry):
+		}
+	}
+}
+
+// assemble does one attempt: superblock, coordinator, join, open, start,
+// export. On failure everything it made is undone.
+func (sv *served) assemble() (err error) {
+	cfg := sv.s.cfg
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-sv.s.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	sb, err := sv.s.superblock(ctx, sv.spec.Name)
+	if err != nil {
+		return err
+	}
+	gate := coord.NewWriteGate(cfg.Timeout)
+	local := &countingLocal{ArrayLocal: coord.NewArrayLocal(cfg.StateDir, *sb, cfg.Remote)}
+	co, err := coord.New(coord.Config{Node: cfg.Node, Lockd: cfg.Lockd, Router: sv.s.router, Local: local, Gate: gate,
+		Timeout: cfg.Timeout, Poll: cfg.Poll, Logger: cfg.Logger, OnSlotLost: sv.slotLost})
+	if err != nil {
+		return fmt.Errorf("array %s: %w", sv.spec.Name, err)
+	}
+	var a *array.Array
+	defer func() {
+		if err == nil {
+			return
+		}
+		if a != nil {
+			sv.running.Store(nil)
+			if cerr := a.Close(); cerr != nil {
+				sv.s.log.Warn("close array after a failed assembly", "array", sv.spec.Name, "err", cerr)
+			}
+		}
+		lctx, lcancel := context.WithTimeout(context.Background(), cfg.Timeout)
+		defer lcancel()
+		if lerr := co.Leave(lctx, false); lerr != nil {
+			sv.s.log.Warn("leave after a failed assembly", "array", sv.spec.Name, "err", lerr)
+		}
+	}()
+	w, err := co.Join(ctx)
+	if err != nil {
+		return err
+	}
+	a, err = array.Open(array.Options{StateDir: cfg.StateDir, Name: sv.spec.Name, Throttle: cfg.Throttle,
+		ClearDelay: cfg.ClearDelay, Remote: cfg.Remote, Writer: w, Gate: gate, Logger: cfg.Logger})
+	if err != nil {
+		return fmt.Errorf("array %s: open as writer slot %d epoch %d: %w", sv.spec.Name, w.Slot, w.Epoch, err)
+	}
+	sv.running.Store(a)
+	if st := co.Status(); st.Lost != "" {
+		return fmt.Errorf("array %s: writer slot lost while assembling: %s", sv.spec.Name, st.Lost)
+	}
+	if err := local.Attach(a); err != nil {
+		return fmt.Errorf("array %s: %w", sv.spec.Name, err)
+	}
+	if err := co.Start(ctx); err != nil {
+		return err
+	}
+	srv, ctl, err := sv.export(a)
+	if err != nil {
+		return err
+	}
+	sv.mu.Lock()
+	sv.co, sv.local, sv.a, sv.srv, sv.ctl = co, local, a, srv, ctl
+	sv.state, sv.lastErr = StateServing, nil
+	sv.mu.Unlock()
+	sv.s.log.Info("serving array", "array", sv.spec.Name, "slot", w.Slot, "epoch", w.Epoch, "url", sv.spec.URL())
+	fmt.Printf("serving %s as writer slot %d epoch %d at %s\n", sv.spec.Name, w.Slot, w.Epoch, sv.spec.URL())
+	return nil
+}
+
+// export serves a over NBD on the spec's listener and opens the array's
+// control socket (check, status and the other array actions), recorded in
+// the run info so `ddraid check NAME` finds it.
+func (sv *served) export(a *array.Array) (*nbd.Server, *array.Control, error) {
+	cfg := sv.s.cfg
+	ncfg := nbd.DefaultConfig()
+	ncfg.Logger = cfg.Logger
+	srv, err := nbd.NewServer(ncfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	sb := a.Superblock()
+	if err := srv.AddExport(nbd.Export{Name: sv.spec.Name, Device: a.Device(), MinBlockSize: 512,
+		Description: fmt.Sprintf("ddraid %s array %s (cluster writer %s)", sb.Level, sb.Name, cfg.Node)}); err != nil {
+		return nil, nil, err
+	}
+	ctlPath := filepath.Join(cfg.StateDir, "run", "agent-"+sv.spec.Name+".sock")
+	if err := os.MkdirAll(filepath.Dir(ctlPath), 0o750); err != nil {
+		return nil, nil, fmt.Errorf("array %s: control socket: %w", sv.spec.Name, err)
+	}
+	ctl, err := array.ListenControl(ctlPath, []*array.Array{a}, cfg.Logger)
+	if err != nil {
+		return nil, nil, fmt.Errorf("array %s: %w", sv.spec.Name, err)
+	}
+	ln, err := nbd.Listen(sv.spec.Listen)
+	if err != nil {
+		ctl.Close()
+		return nil, nil, fmt.Errorf("array %s: listen %s: %w", sv.spec.Name, sv.spec.Listen, err)
+	}
+	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
+		cfg.Logger.Warn("the array is exported beyond loopback without TLS", "array", sv.spec.Name, "listen", sv.spec.Listen)
+	}
+	if err := raid.WriteRunInfo(cfg.StateDir, sv.spec.Name, raid.RunInfo{PID: os.Getpid(), Listen: []string{sv.spec.Listen}, Control: ctlPath}); err != nil {
+		cfg.Logger.Warn("cannot record run info", "array", sv.spec.Name, "err", err)
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, nbd.ErrServerClosed) {
+			cfg.Logger.Error("NBD export stopped", "array", sv.spec.Name, "err", err)
+		}
+	}()
+	return srv, ctl, nil
+}
+
+// slotLost is the coordinator's OnSlotLost: the majority took this node's
+// slot, so the array stops writing for good (its fenced state).
+func (sv *served) slotLost(err error) {
+	if a := sv.running.Load(); a != nil {
+		a.FenceWriter(err)
+	}
+	sv.mu.Lock()
+	if sv.state == StateServing {
+		sv.state = StateFenced
+	}
+	sv.lastErr = err
+	sv.mu.Unlock()
+	sv.s.log.Error("writer slot lost: the array is fenced on this node; restart the agent to rejoin", "array", sv.spec.Name, "err", err)
+}
+
+// close stops the export, closes the array and leaves the slot.
+func (sv *served) close(ctx context.Context) error {
+	sv.mu.Lock()
+	co, a, srv, ctl := sv.co, sv.a, sv.srv, sv.ctl
+	sv.state = StateStopped
+	sv.mu.Unlock()
+	if co == nil {
+		return nil
+	}
+	var errs []error
+	if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		errs = append(errs, fmt.Errorf("array %s: NBD shutdown: %w", sv.spec.Name, err))
+	}
+	ctl.Close()
+	raid.RemoveRunInfo(sv.s.cfg.StateDir, sv.spec.Name)
+	sv.running.Store(nil)
+	closeErr := a.Close()
+	if closeErr != nil {
+		errs = append(errs, fmt.Errorf("array %s: close: %w", sv.spec.Name, closeErr))
+	}
+	clean := closeErr == nil && !a.Fenced() && healthy(a.Superblock())
+	if err := co.Leave(ctx, clean); err != nil {
+		errs = append(errs, err)
+	}
+	sv.s.log.Info("stopped serving array", "array", sv.spec.Name, "clean", clean)
+	return errors.Join(errs...)
+}
+
+// healthy reports whether every member of sb is active (a degraded array
+// keeps its marks at Close).
+func healthy(sb meta.Array) bool {
+	for _, m := range sb.Members {
+		if m.State != meta.StateActive {
+			return false
+		}
+	}
+	return true
+}
+
+// countingLocal counts the resyncs the coordinator runs (one per dirty
+// region it took over) for status.
+type countingLocal struct {
+	*coord.ArrayLocal
+	regions atomic.Int64
+	bytes   atomic.Int64
+}
+
+// Resync implements coord.Local.
+func (l *countingLocal) Resync(ctx context.Context, off, length int64) error {
+	if err := l.ArrayLocal.Resync(ctx, off, length); err != nil {
+		return err
+	}
+	l.regions.Add(1)
+	l.bytes.Add(length)
+	return nil
+}
