@@ -74,8 +74,11 @@ func startAgents(t *testing.T, dir string, n int, size string, extra ...string) 
 // start runs the agent and waits until it serves.
 func (g *agent) start(t *testing.T) {
 	t.Helper()
-	args := append([]string{ddraidBin, "agent", "--state-dir=" + g.stateDir, "--listen-member=" + net.JoinHostPort(g.ip, g.port),
-		"--host-disk=" + g.disk}, g.extra...)
+	args := []string{ddraidBin, "agent", "--state-dir=" + g.stateDir, "--listen-member=" + net.JoinHostPort(g.ip, g.port)}
+	if g.disk != "" { // none: a writer-only cluster node
+		args = append(args, "--host-disk="+g.disk)
+	}
+	args = append(args, g.extra...)
 	args = append(append([]string(nil), g.prefix...), args...)
 	g.cmd = exec.Command(args[0], args[1:]...)
 	stdout, err := g.cmd.StdoutPipe()

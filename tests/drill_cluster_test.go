@@ -1,0 +1,349 @@
+package tests
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	blockmember "github.com/ddraid/ddraid/blockdev/member"
+	"github.com/ddraid/ddraid/cluster/serve"
+	"github.com/ddraid/ddraid/internal/ctlsock"
+	"github.com/ddraid/ddraid/raid/meta"
+)
+
+// Cluster drills: several agents serve one array at once (docs/drills.md).
+
+// drillCluster is three cluster agents n0, n1, n2 on 127.0.0.11–13: n0
+// hosts two member disks and n2 one (a raid35 of three created on n0); n1
+// hosts none. n0 and n1 serve the array, each on its own unix socket.
+type drillCluster struct {
+	nodes   []*clusterNode
+	members []string // HOST:PORT:/PATH in role order
+	disks   []string // the member files, in role order
+	hosts   []*clusterNode
+	sockets []string // NBD socket of each node ("" if it does not serve)
+	pki     string
+	certDir string // nbdinfo's tls-certificates directory (client n0)
+}
+
+const (
+	drillDisk   = "40M"
+	drillRegion = 1 << 20
+)
+
+// startDrillCluster starts the agents (n0 and n1 with --serve) and creates
+// the array on n0; it returns once both writers serve it.
+func startDrillCluster(t *testing.T, dir string) *drillCluster {
+	t.Helper()
+	ips := []string{"127.0.0.11", "127.0.0.12", "127.0.0.13"}
+	names := []string{"n0", "n1", "n2"}
+	pkiDir, keyFile := clusterPKI(t, dir, names, ips)
+	dc := &drillCluster{pki: pkiDir, sockets: make([]string, 3)}
+	hostDisks := [][]string{{"d0", "d1"}, nil, {"d2"}}
+	for i, ip := range ips {
+		n := &clusterNode{name: names[i], gossip: net.JoinHostPort(ip, freePortOn(t, ip))}
+		extra := []string{"--nodes=" + strings.Join(names, ","), "--node-name=" + n.name, "--bind=" + n.gossip,
+			"--rpc=" + net.JoinHostPort(ip, freePortOn(t, ip)), "--encrypt-key-file=" + keyFile, "--gossip-tuning=fast-local",
+			"--tls-cert=" + filepath.Join(pkiDir, n.name+".crt"), "--tls-key=" + filepath.Join(pkiDir, n.name+".key"),
+			"--tls-ca=" + filepath.Join(pkiDir, "ca.crt")}
+		if i > 0 {
+			extra = append(extra, "--join="+dc.nodes[0].gossip)
+		}
+		if i < 2 {
+			dc.sockets[i] = filepath.Join(dir, n.name+".nbd")
+			extra = append(extra, "--serve=data=unix:"+dc.sockets[i])
+		}
+		g := &agent{stateDir: filepath.Join(dir, n.name), ip: ip, port: freePortOn(t, ip)}
+		for j, d := range hostDisks[i] {
+			path := filepath.Join(dir, d)
+			run(t, "truncate", "-s", drillDisk, path)
+			if j == 0 {
+				g.disk = path
+			} else {
+				extra = append(extra, "--host-disk="+path)
+			}
+			dc.members = append(dc.members, net.JoinHostPort(ip, g.port)+":"+path)
+			dc.disks = append(dc.disks, path)
+			dc.hosts = append(dc.hosts, n)
+		}
+		g.extra = extra
+		g.start(t)
+		t.Cleanup(func() {
+			g.kill9(t)
+			if t.Failed() {
+				t.Logf("agent %s:\n%s", n.name, g.output())
+			}
+		})
+		n.agent = g
+		dc.nodes = append(dc.nodes, n)
+	}
+	waitFormed(t, dc.nodes)
+	n0 := dc.nodes[0]
+	out := ddraid(t, n0.stateDir, append([]string{"create", "data", "--level=raid35", "--assume-clean", "--region-size=1M",
+		"--member-tls-cert=" + filepath.Join(pkiDir, "n0.crt"), "--member-tls-key=" + filepath.Join(pkiDir, "n0.key"),
+		"--member-tls-ca=" + filepath.Join(pkiDir, "ca.crt")}, dc.members...)...)
+	if !strings.Contains(out, "3 members") {
+		t.Fatalf("create: %s", out)
+	}
+	dc.certDir = filepath.Join(dir, "nbdinfo-certs")
+	if err := os.MkdirAll(dc.certDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "cp", filepath.Join(pkiDir, "ca.crt"), filepath.Join(dc.certDir, "ca-cert.pem"))
+	run(t, "cp", filepath.Join(pkiDir, "n0.crt"), filepath.Join(dc.certDir, "client-cert.pem"))
+	run(t, "cp", filepath.Join(pkiDir, "n0.key"), filepath.Join(dc.certDir, "client-key.pem"))
+	for _, n := range dc.nodes[:2] {
+		waitFor(t, n.name+" serves the array", func() bool {
+			st, ok := served(t, n)
+			return ok && st.State == serve.StateServing
+		})
+	}
+	return dc
+}
+
+// served returns the node's status of the array "data".
+func served(t *testing.T, n *clusterNode) (serve.ArrayStatus, bool) {
+	t.Helper()
+	out := run(t, ddraidBin, "cluster", "arrays", "--json", "--control="+n.control())
+	var arrays []serve.ArrayStatus
+	if err := json.Unmarshal([]byte(out), &arrays); err != nil {
+		t.Fatalf("cluster arrays of %s: %v\n%s", n.name, err, out)
+	}
+	for _, a := range arrays {
+		if a.Name == "data" {
+			return a, true
+		}
+	}
+	return serve.ArrayStatus{}, false
+}
+
+// uri is the NBD URI of node i's front end.
+func (dc *drillCluster) uri(i int) string {
+	return fmt.Sprintf("nbd+unix:///data?socket=%s", dc.sockets[i])
+}
+
+// dirtyRegions returns the array regions marked for slot at every member
+// host (the union), read with nbdinfo --map over TLS.
+func (dc *drillCluster) dirtyRegions(t *testing.T, slot int) map[int64]bool {
+	t.Helper()
+	// raid35 of 3 members: each member holds half of every array region.
+	memberRegion := int64(drillRegion / 2)
+	regions := map[int64]bool{}
+	for _, m := range dc.members {
+		hostPort, path, _ := strings.Cut(m, ":/") // the export is named by the absolute path
+		uri := fmt.Sprintf("nbds://%s//%s?tls-certificates=%s", hostPort, path, dc.certDir)
+		out := run(t, "nbdinfo", fmt.Sprintf("--map=ddraid:dirty/%d", slot), uri)
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			var off, n, flags int64
+			if _, err := fmt.Sscan(line, &off, &n, &flags); err != nil {
+				t.Fatalf("nbdinfo --map line %q: %v\n%s", line, err, out)
+			}
+			if flags&1 == 0 {
+				continue
+			}
+			for o := max(off, meta.DataOffset); o < off+n; o += memberRegion {
+				regions[(o-meta.DataOffset)/memberRegion] = true
+			}
+		}
+	}
+	return regions
+}
+
+// halfArgs are fio's arguments for a random write with a verify pattern
+// over [off, off+size) of the array at uri, saving its verify state in dir.
+func halfArgs(uri, dir string, seed int, off, size string, extra ...string) []string {
+	return append([]string{"--name=drill", "--ioengine=nbd", "--uri=" + uri, "--rw=randwrite", "--bs=4k",
+		"--offset=" + off, "--size=" + size, "--iodepth=" + fmt.Sprint(fioDepth), "--verify=crc32c",
+		"--randseed=" + fmt.Sprint(seed), "--directory=" + dir, "--verify_state_save=1", "--fsync=16"}, extra...)
+}
+
+// TestDrillClusterKillWriter: two writers (n0, n1) serve one raid35 array
+// through their own NBD front ends, each holding its own writer slot; fio
+// writes and verifies disjoint halves through both at once. Then n1's
+// agent is killed with SIGKILL during writes on both: n0's writes go on
+// and verify; n0 takes n1's slot over (its epoch fenced at the member
+// hosts, its marks cleared, only regions of n1's half resynced); the
+// array checks clean; every write n1 acknowledged verifies through n0.
+func TestDrillClusterKillWriter(t *testing.T) {
+	needTools(t, "fio", "nbdinfo", "truncate")
+	dir := t.TempDir()
+	dc := startDrillCluster(t, dir)
+	n0, n1 := dc.nodes[0], dc.nodes[1]
+	s0, _ := served(t, n0)
+	s1, _ := served(t, n1)
+	if s0.Coord == nil || s1.Coord == nil || s0.Coord.Slot < 0 || s1.Coord.Slot < 0 || s0.Coord.Slot == s1.Coord.Slot {
+		t.Fatalf("writers need distinct slots: n0 %+v, n1 %+v", s0.Coord, s1.Coord)
+	}
+	if s0.UUID != s1.UUID {
+		t.Fatalf("n1 fetched another array: %s vs %s", s1.UUID, s0.UUID)
+	}
+	const half = int64(32 << 20) // n0 writes [0, 32M), n1 [32M, 64M) of the 79M array
+
+	// Both front ends at once, disjoint halves, verified inline.
+	errs := make(chan string, 2)
+	for i := range 2 {
+		d := filepath.Join(dir, fmt.Sprintf("fio%d-a", i))
+		os.MkdirAll(d, 0o700)
+		args := halfArgs(dc.uri(i), d, 10+i, fmt.Sprint(int64(i)*half), "16M", "--do_verify=1")
+		go func() {
+			cmd := exec.Command("fio", args...)
+			cmd.Dir = d
+			out, err := cmd.CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "err= 0") {
+				errs <- fmt.Sprintf("fio through n%d: %v\n%s", i, err, out)
+				return
+			}
+			errs <- ""
+		}()
+	}
+	for range 2 {
+		if e := <-errs; e != "" {
+			t.Fatal(e)
+		}
+	}
+
+	// Writes on both; n1 is killed under them.
+	d0, d1 := filepath.Join(dir, "fio0-b"), filepath.Join(dir, "fio1-b")
+	os.MkdirAll(d0, 0o700)
+	os.MkdirAll(d1, 0o700)
+	w0 := exec.Command("fio", halfArgs(dc.uri(0), d0, 20, "0", "24M", "--do_verify=1", "--rate=4m")...)
+	w0.Dir = d0
+	var w0mu sync.Mutex
+	var w0buf bytes.Buffer
+	w0out := &lockedWriter{mu: &w0mu, w: &w0buf}
+	w0.Stdout, w0.Stderr = w0out, w0out
+	if err := w0.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w0done := make(chan error, 1)
+	go func() { w0done <- w0.Wait() }()
+	w1 := exec.Command("fio", halfArgs(dc.uri(1), d1, 21, fmt.Sprint(half), "24M", "--do_verify=0", "--rate=8m")...)
+	w1.Dir = d1
+	pr, pw := io.Pipe()
+	w1.Stdout, w1.Stderr = pw, pw
+	if err := w1.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var w1out strings.Builder
+	connected, copied := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(copied)
+		sc := bufio.NewScanner(pr)
+		once := false
+		for sc.Scan() {
+			w1out.WriteString(sc.Text() + "\n")
+			if !once && strings.Contains(sc.Text(), "connected to NBD server") {
+				once = true
+				close(connected)
+			}
+		}
+	}()
+	select {
+	case <-connected:
+	case <-time.After(30 * time.Second):
+		t.Fatal("fio through n1 did not connect")
+	}
+	time.Sleep(1500 * time.Millisecond) // the kill lands in the middle of n1's writes
+	before := dc.dirtyRegions(t, s1.Coord.Slot)
+	if len(before) == 0 {
+		t.Fatal("n1 writes but the member hosts hold no marks for its slot")
+	}
+	killed := time.Now()
+	n1.kill9(t)
+	w1.Wait() // fio fails with its server; the saved state is what counts
+	pw.Close()
+	<-copied
+	failed := map[string]bool{}
+	for _, m := range failedWriteRE.FindAllStringSubmatch(w1out.String(), -1) {
+		failed[m[1]] = true
+	}
+
+	// n0 takes n1's slot over: its marks are resynced and cleared, its
+	// epoch fenced at every member host.
+	var took serve.ArrayStatus
+	waitFor(t, "n0 to take n1's slot over", func() bool {
+		st, _ := served(t, n0)
+		took = st
+		return st.ResyncedRegions > 0 && st.Coord != nil && len(st.Coord.Takeovers) == 0 && len(dc.dirtyRegions(t, s1.Coord.Slot)) == 0
+	})
+	took0 := time.Since(killed)
+	for _, h := range dc.hosts {
+		fences := agentFences(t, h)
+		if e := fences[strings.ReplaceAll(s1.UUID, "-", "")+"/"+fmt.Sprint(s1.Coord.Slot)]; e <= s1.Coord.Epoch {
+			t.Errorf("member host %s: slot %d fenced at epoch %d, want above n1's %d (fences %v)", h.name, s1.Coord.Slot, e, s1.Coord.Epoch, fences)
+		}
+	}
+	for _, r := range took.Resynced {
+		if r.Off < half || r.Off+r.Length > half+24<<20 {
+			t.Errorf("takeover resynced [%d, +%d), outside n1's half [%d, %d)", r.Off, r.Length, half, half+24<<20)
+		}
+	}
+	resynced := map[int64]bool{}
+	for _, r := range took.Resynced {
+		resynced[r.Off/drillRegion] = true
+	}
+	for r := range before {
+		if !resynced[r] {
+			t.Errorf("region %d was marked for n1's slot before the kill but not resynced (resynced %v)", r, took.Resynced)
+		}
+	}
+	if took.ResyncedRegions != int64(len(took.Resynced)) {
+		t.Errorf("status counts %d resynced regions but lists %d", took.ResyncedRegions, len(took.Resynced))
+	}
+
+	// n0's writes went on through the kill and verify.
+	select {
+	case err := <-w0done:
+		if err != nil || !strings.Contains(w0buf.String(), "err= 0") {
+			t.Fatalf("fio through n0 across n1's death: %v\n%s", err, w0buf.String())
+		}
+	case <-time.After(clusterWait):
+		t.Fatalf("fio through n0 did not finish within %v", clusterWait)
+	}
+
+	// Parity is consistent and every write n1 acknowledged is there.
+	out, err := runErr(ddraidBin, "check", "data", "--state-dir="+n0.stateDir)
+	if err != nil || !strings.Contains(out, " 0 mismatched") {
+		t.Fatalf("check: %v\n%s", err, out)
+	}
+	vargs := halfArgs(dc.uri(0), d1, 21, fmt.Sprint(half), "24M", "--do_verify=1", "--verify_only", "--verify_state_load=1")
+	cmd := exec.Command("fio", vargs...)
+	cmd.Dir = d1
+	vout, err := cmd.CombinedOutput()
+	bad := badBlockRE.FindAllStringSubmatch(string(vout), -1)
+	for _, m := range bad {
+		failed[m[1]] = true
+	}
+	if len(failed) > fioDepth {
+		t.Fatalf("%d of n1's blocks fail verification or failed to write, more than the %d writes in flight at the kill:\n%s", len(failed), fioDepth, vout)
+	}
+	if len(bad) == 0 && (err != nil || !strings.Contains(string(vout), "err= 0")) {
+		t.Fatalf("fio verify of n1's half through n0: %v\n%s", err, vout)
+	}
+	fmt.Printf("drill kill-writer: ok, takeover resynced %d regions in %v\n", took.ResyncedRegions, took0.Round(10*time.Millisecond))
+}
+
+// agentFences returns the member host's fences ("ARRAYHEX/SLOT" → minimum
+// epoch) from its control API.
+func agentFences(t *testing.T, n *clusterNode) map[string]uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var st blockmember.Status
+	if err := ctlsock.Dial(n.control()).Do(ctx, http.MethodGet, "/v1/status", nil, &st); err != nil {
+		t.Fatalf("agent status of %s: %v", n.name, err)
+	}
+	return st.Fences
+}
