@@ -68,10 +68,11 @@ type Config struct {
 	// StateDir is the node's state directory: superblocks (pebble), the
 	// arrays' bitmaps, run info and the arrays' control sockets. Required.
 	StateDir string
-	// Node is this node's name, Lockd its lock service and Messenger its
-	// transport to the other agents. Required.
+	// Node is this node's name and Messenger its transport to the other
+	// agents. Required. (The lock service is given to Start: a
+	// cluster.Node has it only once started, and handlers are registered
+	// before.)
 	Node      lockd.NodeID
-	Lockd     *lockd.Node
 	Messenger cluster.Messenger
 	// Remote reaches the agent members (TLS, timeouts).
 	Remote remote.Config
@@ -93,8 +94,8 @@ type Config struct {
 }
 
 func (c *Config) validate() error {
-	if c.StateDir == "" || c.Node == "" || c.Lockd == nil || c.Messenger == nil {
-		return errors.New("serve: StateDir, Node, Lockd and Messenger are required")
+	if c.StateDir == "" || c.Node == "" || c.Messenger == nil {
+		return errors.New("serve: StateDir, Node and Messenger are required")
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = 30 * time.Second
@@ -116,6 +117,7 @@ type Server struct {
 	cfg    Config
 	log    *slog.Logger
 	router *coord.Router
+	locks  *lockd.Node
 
 	mu     sync.Mutex
 	arrays []*served
@@ -138,10 +140,14 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Start assembles and serves each spec on its own goroutine: an array
-// that cannot be assembled yet (no quorum, no peer with its superblock, no
-// free slot) is retried until Close; Status says where each one is.
-func (s *Server) Start(specs []Spec) error {
+// Start assembles and serves each spec on its own goroutine, with the
+// node's lock service locks: an array that cannot be assembled yet (no
+// quorum, no peer with its superblock, no free slot) is retried until
+// Close; Status says where each one is.
+func (s *Server) Start(locks *lockd.Node, specs []Spec) error {
+	if locks == nil {
+		return errors.New("serve: Start needs the node's lock service")
+	}
 	seen := map[string]bool{}
 	for _, sp := range specs {
 		if seen[sp.Name] {
@@ -151,6 +157,7 @@ func (s *Server) Start(specs []Spec) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.locks = locks
 	for _, sp := range specs {
 		sv := &served{s: s, spec: sp, state: StateAssembling}
 		s.arrays = append(s.arrays, sv)
@@ -247,7 +254,7 @@ func (sv *served) assemble() (err error) {
 	}
 	gate := coord.NewWriteGate(cfg.Timeout)
 	local := &countingLocal{ArrayLocal: coord.NewArrayLocal(cfg.StateDir, *sb, cfg.Remote)}
-	co, err := coord.New(coord.Config{Node: cfg.Node, Lockd: cfg.Lockd, Router: sv.s.router, Local: local, Gate: gate,
+	co, err := coord.New(coord.Config{Node: cfg.Node, Lockd: sv.s.locks, Router: sv.s.router, Local: local, Gate: gate,
 		Timeout: cfg.Timeout, Poll: cfg.Poll, Logger: cfg.Logger, OnSlotLost: sv.slotLost})
 	if err != nil {
 		return fmt.Errorf("array %s: %w", sv.spec.Name, err)
@@ -398,12 +405,24 @@ func healthy(sb meta.Array) bool {
 	return true
 }
 
+// Range is a byte range of the array.
+type Range struct {
+	Off    int64 `json:"off"`
+	Length int64 `json:"length"`
+}
+
+// maxRanges bounds the resynced ranges status keeps (the first ones).
+const maxRanges = 4096
+
 // countingLocal counts the resyncs the coordinator runs (one per dirty
-// region it took over) for status.
+// region it took over) and keeps their ranges, for status.
 type countingLocal struct {
 	*coord.ArrayLocal
 	regions atomic.Int64
 	bytes   atomic.Int64
+
+	mu     sync.Mutex
+	ranges []Range
 }
 
 // Resync implements coord.Local.
@@ -413,5 +432,17 @@ func (l *countingLocal) Resync(ctx context.Context, off, length int64) error {
 	}
 	l.regions.Add(1)
 	l.bytes.Add(length)
+	l.mu.Lock()
+	if len(l.ranges) < maxRanges {
+		l.ranges = append(l.ranges, Range{Off: off, Length: length})
+	}
+	l.mu.Unlock()
 	return nil
+}
+
+// resynced returns a copy of the ranges resynced so far.
+func (l *countingLocal) resynced() []Range {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]Range(nil), l.ranges...)
 }

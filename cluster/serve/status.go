@@ -23,9 +23,11 @@ type ArrayStatus struct {
 	Coord *coord.Status `json:"coord,omitempty"`
 	// ResyncedRegions and ResyncedBytes count what this node resynced
 	// for slots it took over (its own slot's leftovers at join included).
-	ResyncedRegions int64  `json:"resynced_regions"`
-	ResyncedBytes   int64  `json:"resynced_bytes"`
-	Error           string `json:"error,omitempty"`
+	ResyncedRegions int64 `json:"resynced_regions"`
+	ResyncedBytes   int64 `json:"resynced_bytes"`
+	// Resynced are the ranges resynced (the first 4096).
+	Resynced []Range `json:"resynced,omitempty"`
+	Error    string  `json:"error,omitempty"`
 }
 
 // Status returns the served arrays in the order they were given.
@@ -46,6 +48,7 @@ func (s *Server) Status() []ArrayStatus {
 			cs := co.Status()
 			st.Coord = &cs
 			st.ResyncedRegions, st.ResyncedBytes = local.regions.Load(), local.bytes.Load()
+			st.Resynced = local.resynced()
 			sb := a.Superblock()
 			st.UUID, st.Events = sb.UUID.String(), sb.Events
 		}

@@ -106,7 +106,7 @@ func (c *AgentCmd) Run(g *Globals) error {
 					slog.Error("stop serving arrays", "err", err)
 				}
 			}()
-			if err := arrays.Start(specs); err != nil {
+			if err := arrays.Start(node.Locks(), specs); err != nil {
 				return err
 			}
 		}

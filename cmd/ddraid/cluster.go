@@ -118,12 +118,11 @@ func controlRoutes(ctl *cluster.Control, arrays *serve.Server) []member.Route {
 	return rs
 }
 
-// newArrays makes the server of the --serve arrays (nil without any) on
-// node n, whose TLS configuration tc also reaches the agent members.
+// newArrays makes the server of the --serve arrays on node n, whose TLS
+// configuration tc also reaches the agent members. Every cluster node has
+// one, serving arrays or not: it answers the coordination messages of the
+// arrays whose members it hosts.
 func (c *ClusterFlags) newArrays(stateDir string, n *cluster.Node, tc *tls.Config) (*serve.Server, []serve.Spec, error) {
-	if len(c.Serve) == 0 {
-		return nil, nil, nil
-	}
 	var specs []serve.Spec
 	for _, s := range c.Serve {
 		sp, err := serve.ParseSpec(s)
@@ -133,7 +132,7 @@ func (c *ClusterFlags) newArrays(stateDir string, n *cluster.Node, tc *tls.Confi
 		specs = append(specs, sp)
 	}
 	client := &tls.Config{Certificates: tc.Certificates, RootCAs: tc.ClientCAs, MinVersion: tls.VersionTLS12}
-	srv, err := serve.New(serve.Config{StateDir: stateDir, Node: n.Name(), Lockd: n.Locks(), Messenger: n.Messenger(),
+	srv, err := serve.New(serve.Config{StateDir: stateDir, Node: n.Name(), Messenger: n.Messenger(),
 		Remote: remote.Config{TLS: client, Logger: slog.Default()}, Timeout: c.ServeTimeout, Logger: slog.Default()})
 	if err != nil {
 		return nil, nil, err
