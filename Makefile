@@ -18,7 +18,7 @@ PKG_VERSION ?= $(shell sh packaging/version.sh 2>/dev/null || echo 0.0.0)
 PKG_BUILD   := dist/build
 PKG_DATE    := $(shell git log -1 --format=%cs 2>/dev/null)
 
-.PHONY: all build demo test test-deps test-ui unit e2e bench fuzz vet clean package packaging/ddraid.toml
+.PHONY: all build demo test test-deps test-ui unit e2e bench fuzz vet clean package packaging/ddraid.toml drills
 
 all: build
 
@@ -87,6 +87,11 @@ test-ui:
 		echo "installing chromium"; $$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; }
 	$(GO) test -tags ui -count=1 -run '^TestUI' ./tests/
+
+# drills runs the cluster recovery drills (tests/drill_cluster_test.go;
+# docs/drills.md) with their one-line summaries. make test runs them too.
+drills: test-deps
+	$(GO) test -count=1 -v -timeout 20m -run '^TestDrillCluster' ./tests/
 
 # bench compares ddraid with nbdkit and qemu-nbd (fio, same run), measures
 # rebuild speed and foreground IO during a rebuild, then raid35 over slow
