@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -176,6 +177,7 @@ func halfArgs(uri, dir string, seed int, off, size string, extra ...string) []st
 // and verify; n0 takes n1's slot over (its epoch fenced at the member
 // hosts, its marks cleared, only regions of n1's half resynced); the
 // array checks clean; every write n1 acknowledged verifies through n0.
+// Last, SIGTERM: n0 stops serving and leaves its slot clean.
 func TestDrillClusterKillWriter(t *testing.T) {
 	needTools(t, "fio", "nbdinfo", "truncate")
 	dir := t.TempDir()
@@ -331,6 +333,22 @@ func TestDrillClusterKillWriter(t *testing.T) {
 	}
 	if len(bad) == 0 && (err != nil || !strings.Contains(string(vout), "err= 0")) {
 		t.Fatalf("fio verify of n1's half through n0: %v\n%s", err, vout)
+	}
+
+	// SIGTERM: n0 stops serving, closes the array and leaves its slot
+	// clean (nothing left to resync), then exits 0.
+	n0.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-n0.done:
+		n0.done = nil
+		if err != nil {
+			t.Fatalf("agent n0 after SIGTERM: %v\n%s", err, n0.output())
+		}
+	case <-time.After(clusterWait):
+		t.Fatalf("agent n0 still running %v after SIGTERM", clusterWait)
+	}
+	if !strings.Contains(n0.output(), `msg="stopped serving array" array=data clean=true`) {
+		t.Fatalf("n0 did not leave its slot clean:\n%s", n0.output())
 	}
 	fmt.Printf("drill kill-writer: ok, takeover resynced %d regions in %v\n", took.ResyncedRegions, took0.Round(10*time.Millisecond))
 }
