@@ -42,8 +42,13 @@ type Options struct {
 	Writer raid.Writer
 	// Gate, if set, admits every write, trim and zero before the bitmap
 	// (cluster mode: cluster/coord.WriteGate; see cluster.go).
-	Gate   WriteGate
-	Logger *slog.Logger
+	Gate WriteGate
+	// MemberFailed, if set, records a member failure instead of the local
+	// superblock update (cluster mode: cluster/coord's
+	// Coordinator.MemberFailed records it with every writer). It is called
+	// synchronously from the IO that saw the error; no spare is taken.
+	MemberFailed func(role int, err error) error
+	Logger       *slog.Logger
 }
 
 // Array is an assembled, running array.
@@ -448,6 +453,17 @@ func (a *Array) onFail(member int, err error) {
 	a.log.Warn("member failed; array continues degraded", "member", member, "err", err)
 	if a.bm != nil {
 		a.bm.SetDegraded(true)
+	}
+	if a.opts.MemberFailed != nil {
+		// Cluster mode: recorded with every writer before this IO returns
+		// (the gate holds writes meanwhile). A failure another writer
+		// recorded (ApplySuperblock) is recorded already.
+		if !errors.Is(err, errFailedElsewhere) {
+			if rerr := a.opts.MemberFailed(member, err); rerr != nil {
+				a.log.Error("member failure not yet recorded by every writer; writes wait until it is", "member", member, "err", rerr)
+			}
+		}
+		return
 	}
 	// Recording opens the metadata store; do it off the IO path. Close
 	// waits for it.
