@@ -78,6 +78,13 @@ func (a *Array) Fail(ref string, force bool) error {
 		return err
 	}
 	a.sync.Fail(role, errOperator)
+	if a.opts.MemberFailed != nil {
+		// Cluster mode: onFail recorded it with every writer, or could not.
+		if a.Superblock().Members[role].State != meta.StateFailed {
+			return fmt.Errorf("member %d is failed here, but not yet recorded by every writer of the cluster; writes wait until it is (see the log)", role)
+		}
+		return nil
+	}
 	// onFail records it asynchronously; record synchronously too so the
 	// caller sees the new state when we return.
 	return a.recordFailure(role)
