@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 
 // startAgent serves n disk files of size bytes from an in-process member
 // host on loopback and returns them as agent members.
-func startAgent(t *testing.T, dir string, n int, size int64) []string {
+func startAgent(t *testing.T, dir string, n int, size int64) (*member.Host, []string) {
 	t.Helper()
 	h, err := member.Open(member.Config{StateDir: filepath.Join(dir, "agent"), Logger: quiet})
 	if err != nil {
@@ -76,7 +76,7 @@ func startAgent(t *testing.T, dir string, n int, size int64) []string {
 		<-done
 		h.Close()
 	})
-	return members
+	return h, members
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -90,59 +90,81 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// Two nodes serve one raid35 array over an agent's disks. A member failed
-// by the operator on one is recorded by both before either goes on, with
-// one event counter; both keep writing degraded.
-func TestTwoWritersAndAFailedMember(t *testing.T) {
+// testCluster is three lockd voters over memnet and cluster.MemNet; n1
+// and n2 serve one raid35 array over an in-process agent's disks.
+type testCluster struct {
+	host   *member.Host
+	sb     *meta.Array
+	lnet   *memnet.Network
+	mnet   *cluster.MemNet
+	lks    map[lockd.NodeID]*lockd.Node
+	ids    []lockd.NodeID
+	served []*Served
+}
+
+func newTestCluster(t *testing.T, timeout time.Duration) *testCluster {
+	t.Helper()
 	dir := t.TempDir()
-	members := startAgent(t, dir, 3, 8<<20)
+	c := &testCluster{ids: []lockd.NodeID{"n1", "n2", "n3"}, lks: map[lockd.NodeID]*lockd.Node{}}
+	var members []string
+	c.host, members = startAgent(t, dir, 3, 8<<20)
 	stateDirs := []string{filepath.Join(dir, "n1"), filepath.Join(dir, "n2")}
-	var sb *meta.Array
 	if err := meta.View(stateDirs[0], func(s *meta.Store) error {
 		var err error
-		sb, err = raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: members, RegionSize: 128 << 10, AssumeClean: true})
+		c.sb, err = raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: members, RegionSize: 128 << 10, AssumeClean: true})
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := meta.View(stateDirs[1], func(s *meta.Store) error { return s.Put(sb) }); err != nil {
+	if err := meta.View(stateDirs[1], func(s *meta.Store) error { return s.Put(c.sb) }); err != nil {
 		t.Fatal(err)
 	}
-
-	ids := []lockd.NodeID{"n1", "n2", "n3"}
-	lnet := memnet.New(1)
-	mnet := cluster.NewMemNet(quiet)
-	defer mnet.Close()
-	defer lnet.Stop()
-	lks := map[lockd.NodeID]*lockd.Node{}
+	c.lnet = memnet.New(1)
+	c.mnet = cluster.NewMemNet(quiet)
 	routers := map[lockd.NodeID]*coord.Router{}
-	for i, id := range ids {
-		lk, err := lockd.StartNode(lockd.NodeConfig{Config: lockd.Config{ID: id, Incarnation: uint64(i + 1), Voters: ids},
-			Transport: lnet.Endpoint(id), TickInterval: 5 * time.Millisecond, Logger: quiet})
+	for i, id := range c.ids {
+		lk, err := lockd.StartNode(lockd.NodeConfig{Config: lockd.Config{ID: id, Incarnation: uint64(i + 1), Voters: c.ids},
+			Transport: c.lnet.Endpoint(id), TickInterval: 5 * time.Millisecond, Logger: quiet})
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer lk.Close()
-		lks[id] = lk
-		routers[id] = coord.NewRouter(mnet.Messenger(id))
+		c.lks[id] = lk
+		routers[id] = coord.NewRouter(c.mnet.Messenger(id))
 	}
-	lnet.Start(time.Millisecond)
-	for _, lk := range lks {
-		lk.SetMembers(ids)
+	t.Cleanup(func() {
+		for _, s := range c.served {
+			s.Close(context.Background())
+		}
+		for _, lk := range c.lks {
+			lk.Close()
+		}
+		c.lnet.Stop()
+		c.mnet.Close()
+	})
+	c.lnet.Start(time.Millisecond)
+	for _, lk := range c.lks {
+		lk.SetMembers(c.ids)
 	}
-	waitFor(t, "lockd quorum", func() bool { return lks["n1"].HasQuorum() && lks["n2"].HasQuorum() && lks["n3"].HasQuorum() })
-
-	ctx := context.Background()
-	var served []*Served
-	for i, id := range ids[:2] {
-		s, err := Array(ctx, Config{Node: id, Lockd: lks[id], Router: routers[id], Timeout: 10 * time.Second, Poll: 20 * time.Millisecond, Logger: quiet,
+	waitFor(t, "lockd quorum", func() bool { return c.lks["n1"].HasQuorum() && c.lks["n2"].HasQuorum() && c.lks["n3"].HasQuorum() })
+	for i, id := range c.ids[:2] {
+		s, err := Array(context.Background(), Config{Node: id, Lockd: c.lks[id], Router: routers[id], Timeout: timeout, Poll: 20 * time.Millisecond, Logger: quiet,
 			Array: array.Options{StateDir: stateDirs[i], Name: "a", Throttle: resync.Throttle{Min: 1 << 40}, ClearDelay: time.Hour,
 				Logger: quiet, Remote: remote.Config{Logger: quiet}}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		served = append(served, s)
+		c.served = append(c.served, s)
 	}
+	return c
+}
+
+// Two nodes serve one raid35 array over an agent's disks. A member failed
+// by the operator on one is recorded by both before either goes on, with
+// one event counter; both keep writing degraded.
+func TestTwoWritersAndAFailedMember(t *testing.T) {
+	c := newTestCluster(t, 10*time.Second)
+	ctx := context.Background()
+	sb, served := c.sb, c.served
 	s1, s2 := served[0], served[1]
 	w1, _ := s1.Coordinator.Writer()
 	w2, _ := s2.Coordinator.Writer()
@@ -176,9 +198,53 @@ func TestTwoWritersAndAFailedMember(t *testing.T) {
 	if _, err := s2.Array.Device().ReadAt(buf, 0); err != nil || !bytes.Equal(buf, data) {
 		t.Errorf("n2 reads n1's write back: %v, equal %v", err, bytes.Equal(buf, data))
 	}
+	c.served = nil
 	for _, s := range served {
 		if err := s.Close(ctx); err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// n2 is cut off from the other nodes (not from the agent). The majority
+// takes its slot over and fences it at the agent; n2's writes stop; no
+// acknowledged write is lost; after the heal n2 learns its slot is gone
+// and its array is fenced.
+func TestCutOffWriterIsFenced(t *testing.T) {
+	c := newTestCluster(t, 2*time.Second)
+	ctx := context.Background()
+	s1, s2 := c.served[0], c.served[1]
+	w2, _ := s2.Coordinator.Writer()
+	data := bytes.Repeat([]byte{0x42}, 64<<10)
+	if _, err := s2.Array.Device().WriteAt(data, 3<<20); err != nil {
+		t.Fatal(err)
+	}
+	c.lnet.Partition([]lockd.NodeID{"n2"}, []lockd.NodeID{"n1", "n3"})
+	c.mnet.Partition([]lockd.NodeID{"n2"}, []lockd.NodeID{"n1", "n3"})
+	c.lks["n2"].SetMembers([]lockd.NodeID{"n2"})
+	c.lks["n1"].SetMembers([]lockd.NodeID{"n1", "n3"})
+	c.lks["n3"].SetMembers([]lockd.NodeID{"n1", "n3"})
+	waitFor(t, "the majority to fence n2's slot at the agent", func() bool { return c.host.MinEpoch(c.sb.UUID, w2.Slot) > w2.Epoch })
+	if _, err := s2.Array.Device().WriteAt(data, 4<<20); err == nil {
+		t.Error("the cut-off writer's write was acknowledged after its slot was taken over")
+	}
+	buf := make([]byte, len(data))
+	if _, err := s1.Array.Device().ReadAt(buf, 3<<20); err != nil || !bytes.Equal(buf, data) {
+		t.Errorf("n2's acknowledged write read by n1: %v, equal %v", err, bytes.Equal(buf, data))
+	}
+	if n, err := s1.Array.Check(ctx, false); err != nil || n.Mismatches != 0 {
+		t.Errorf("check after the takeover: %d mismatches, %v", n.Mismatches, err)
+	}
+	c.lnet.Heal()
+	c.mnet.Heal()
+	for _, lk := range c.lks {
+		lk.SetMembers(c.ids)
+	}
+	waitFor(t, "n2's array to be fenced", s2.Array.Fenced)
+	if st := s2.Coordinator.Status(); st.Lost == "" {
+		t.Errorf("n2's coordinator does not report its slot lost: %+v", st)
+	}
+	if _, err := s2.Array.Device().WriteAt(data, 4<<20); err == nil {
+		t.Error("the fenced writer's write was acknowledged")
 	}
 }
