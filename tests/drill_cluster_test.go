@@ -36,7 +36,23 @@ type drillCluster struct {
 	hosts   []*clusterNode
 	sockets []string // NBD socket of each node ("" if it does not serve)
 	pki     string
-	certDir string // nbdinfo's tls-certificates directory (client n0)
+	certDir string   // nbdinfo's tls-certificates directory (client n0)
+	via     []string // runs a client that reaches the members (ip netns exec NS)
+}
+
+// drillNet places the drill's agents: their addresses, ports, and the
+// command prefix each runs under.
+type drillNet struct {
+	ips    []string
+	ports  func(ip string) (mem, gossip, rpc string)
+	prefix func(i int) []string
+}
+
+// loopbackNet is 127.0.0.11–13 with free ports.
+func loopbackNet(t *testing.T) drillNet {
+	return drillNet{ips: []string{"127.0.0.11", "127.0.0.12", "127.0.0.13"}, ports: func(ip string) (string, string, string) {
+		return freePortOn(t, ip), freePortOn(t, ip), freePortOn(t, ip)
+	}, prefix: func(int) []string { return nil }}
 }
 
 const (
@@ -46,17 +62,18 @@ const (
 
 // startDrillCluster starts the agents (n0 and n1 with --serve) and creates
 // the array on n0; it returns once both writers serve it.
-func startDrillCluster(t *testing.T, dir string) *drillCluster {
+func startDrillCluster(t *testing.T, dir string, dn drillNet) *drillCluster {
 	t.Helper()
-	ips := []string{"127.0.0.11", "127.0.0.12", "127.0.0.13"}
+	ips := dn.ips
 	names := []string{"n0", "n1", "n2"}
 	pkiDir, keyFile := clusterPKI(t, dir, names, ips)
 	dc := &drillCluster{pki: pkiDir, sockets: make([]string, 3)}
 	hostDisks := [][]string{{"d0", "d1"}, nil, {"d2"}}
 	for i, ip := range ips {
-		n := &clusterNode{name: names[i], gossip: net.JoinHostPort(ip, freePortOn(t, ip))}
+		memPort, gossipPort, rpcPort := dn.ports(ip)
+		n := &clusterNode{name: names[i], gossip: net.JoinHostPort(ip, gossipPort)}
 		extra := []string{"--nodes=" + strings.Join(names, ","), "--node-name=" + n.name, "--bind=" + n.gossip,
-			"--rpc=" + net.JoinHostPort(ip, freePortOn(t, ip)), "--encrypt-key-file=" + keyFile, "--gossip-tuning=fast-local",
+			"--rpc=" + net.JoinHostPort(ip, rpcPort), "--encrypt-key-file=" + keyFile, "--gossip-tuning=fast-local",
 			"--tls-cert=" + filepath.Join(pkiDir, n.name+".crt"), "--tls-key=" + filepath.Join(pkiDir, n.name+".key"),
 			"--tls-ca=" + filepath.Join(pkiDir, "ca.crt")}
 		if i > 0 {
@@ -66,7 +83,7 @@ func startDrillCluster(t *testing.T, dir string) *drillCluster {
 			dc.sockets[i] = filepath.Join(dir, n.name+".nbd")
 			extra = append(extra, "--serve=data=unix:"+dc.sockets[i])
 		}
-		g := &agent{stateDir: filepath.Join(dir, n.name), ip: ip, port: freePortOn(t, ip)}
+		g := &agent{stateDir: filepath.Join(dir, n.name), ip: ip, port: memPort, prefix: dn.prefix(i)}
 		for j, d := range hostDisks[i] {
 			path := filepath.Join(dir, d)
 			run(t, "truncate", "-s", drillDisk, path)
@@ -92,9 +109,11 @@ func startDrillCluster(t *testing.T, dir string) *drillCluster {
 	}
 	waitFormed(t, dc.nodes)
 	n0 := dc.nodes[0]
-	out := ddraid(t, n0.stateDir, append([]string{"create", "data", "--level=raid35", "--assume-clean", "--region-size=1M",
-		"--member-tls-cert=" + filepath.Join(pkiDir, "n0.crt"), "--member-tls-key=" + filepath.Join(pkiDir, "n0.key"),
-		"--member-tls-ca=" + filepath.Join(pkiDir, "ca.crt")}, dc.members...)...)
+	dc.via = dn.prefix(0)
+	args := append(append(append([]string(nil), dc.via...), ddraidBin, "create", "data", "--state-dir="+n0.stateDir, "--level=raid35",
+		"--assume-clean", "--region-size=1M", "--member-tls-cert="+filepath.Join(pkiDir, "n0.crt"),
+		"--member-tls-key="+filepath.Join(pkiDir, "n0.key"), "--member-tls-ca="+filepath.Join(pkiDir, "ca.crt")), dc.members...)
+	out := run(t, args[0], args[1:]...)
 	if !strings.Contains(out, "3 members") {
 		t.Fatalf("create: %s", out)
 	}
@@ -145,7 +164,8 @@ func (dc *drillCluster) dirtyRegions(t *testing.T, slot int) map[int64]bool {
 	for _, m := range dc.members {
 		hostPort, path, _ := strings.Cut(m, ":/") // the export is named by the absolute path
 		uri := fmt.Sprintf("nbds://%s//%s?tls-certificates=%s", hostPort, path, dc.certDir)
-		out := run(t, "nbdinfo", fmt.Sprintf("--map=ddraid:dirty/%d", slot), uri)
+		args := append(append([]string(nil), dc.via...), "nbdinfo", fmt.Sprintf("--map=ddraid:dirty/%d", slot), uri)
+		out := run(t, args[0], args[1:]...)
 		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 			var off, n, flags int64
 			if _, err := fmt.Sscan(line, &off, &n, &flags); err != nil {
@@ -181,7 +201,7 @@ func halfArgs(uri, dir string, seed int, off, size string, extra ...string) []st
 func TestDrillClusterKillWriter(t *testing.T) {
 	needTools(t, "fio", "nbdinfo", "truncate")
 	dir := t.TempDir()
-	dc := startDrillCluster(t, dir)
+	dc := startDrillCluster(t, dir, loopbackNet(t))
 	n0, n1 := dc.nodes[0], dc.nodes[1]
 	s0, _ := served(t, n0)
 	s1, _ := served(t, n1)
@@ -364,4 +384,151 @@ func agentFences(t *testing.T, n *clusterNode) map[string]uint64 {
 		t.Fatalf("agent status of %s: %v", n.name, err)
 	}
 	return st.Fences
+}
+
+// startWrites starts fio writes (no verify) over [off, off+24M) of the
+// front end at uri, rate-limited, saving the verify state in dir; it
+// returns once fio is connected. wait ends fio's run and returns the
+// offsets of the writes fio saw fail.
+func startWrites(t *testing.T, uri, dir string, seed int, off int64) (wait func() map[string]bool) {
+	t.Helper()
+	os.MkdirAll(dir, 0o700)
+	cmd := exec.Command("fio", halfArgs(uri, dir, seed, fmt.Sprint(off), "24M", "--do_verify=0", "--rate=8m")...)
+	cmd.Dir = dir
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	connected, copied := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(copied)
+		sc := bufio.NewScanner(pr)
+		once := false
+		for sc.Scan() {
+			out.WriteString(sc.Text() + "\n")
+			if !once && strings.Contains(sc.Text(), "connected to NBD server") {
+				once = true
+				close(connected)
+			}
+		}
+	}()
+	select {
+	case <-connected:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("fio through %s did not connect", uri)
+	}
+	return func() map[string]bool {
+		done := make(chan struct{})
+		go func() { cmd.Wait(); pw.Close(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(clusterWait):
+			cmd.Process.Kill()
+			t.Fatalf("fio through %s still running after %v", uri, clusterWait)
+		}
+		<-copied
+		if _, err := os.Stat(filepath.Join(dir, "local-drill-0-verify.state")); err != nil {
+			t.Fatalf("fio saved no verify state: %v\n%s", err, out.String())
+		}
+		failed := map[string]bool{}
+		for _, m := range failedWriteRE.FindAllStringSubmatch(out.String(), -1) {
+			failed[m[1]] = true
+		}
+		return failed
+	}
+}
+
+// verifyHalf checks, through the front end at uri, every write of the fio
+// run saved in dir: only the writes in flight when its writer was cut off
+// (suspects, at most the queue depth) may fail.
+func verifyHalf(t *testing.T, uri, dir string, seed int, off int64, suspects map[string]bool) {
+	t.Helper()
+	cmd := exec.Command("fio", halfArgs(uri, dir, seed, fmt.Sprint(off), "24M", "--do_verify=1", "--verify_only", "--verify_state_load=1")...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	bad := badBlockRE.FindAllStringSubmatch(string(out), -1)
+	for _, m := range bad {
+		suspects[m[1]] = true
+	}
+	if len(suspects) > fioDepth {
+		t.Fatalf("%d blocks fail verification or failed to write, more than the %d writes in flight at the cut:\n%s", len(suspects), fioDepth, out)
+	}
+	if len(bad) == 0 && (err != nil || !strings.Contains(string(out), "err= 0")) {
+		t.Fatalf("fio verify through %s: %v\n%s", uri, err, out)
+	}
+}
+
+// TestDrillClusterPartition: the three agents in network namespaces on
+// one bridge; n0 and n1 write their halves; n1's link goes down. n1 loses
+// quorum (its writes halt); the majority (n0, n2) takes n1's slot over and
+// fences it at the member hosts while n0's writes go on. After the link
+// comes back n1 finds its slot gone and stays fenced: its front end fails
+// every write, the member hosts refuse its epoch. No divergence: the array
+// checks clean through n0 and every write either writer acknowledged
+// verifies through n0.
+func TestDrillClusterPartition(t *testing.T) {
+	needTools(t, "ip", "fio", "nbdinfo", "qemu-io", "truncate")
+	dir := t.TempDir()
+	h := newHubNet(t, 3)
+	dc := startDrillCluster(t, dir, drillNet{ips: h.ips,
+		ports:  func(string) (string, string, string) { return "10810", "7946", "7947" },
+		prefix: func(i int) []string { return []string{"ip", "netns", "exec", h.nodes[i]} }})
+	n0, n1 := dc.nodes[0], dc.nodes[1]
+	s1, _ := served(t, n1)
+	const half = int64(32 << 20)
+	d0, d1 := filepath.Join(dir, "fio0"), filepath.Join(dir, "fio1")
+	wait0 := startWrites(t, dc.uri(0), d0, 30, 0)
+	wait1 := startWrites(t, dc.uri(1), d1, 31, half)
+	time.Sleep(1500 * time.Millisecond) // the cut lands in the middle of both writers' runs
+	cut := time.Now()
+	h.setLink(t, 1, "down")
+
+	var took serve.ArrayStatus
+	waitFor(t, "n0 to take the cut-off n1's slot over", func() bool {
+		st, _ := served(t, n0)
+		took = st
+		return st.ResyncedRegions > 0 && st.Coord != nil && len(st.Coord.Takeovers) == 0 && len(dc.dirtyRegions(t, s1.Coord.Slot)) == 0
+	})
+	tookAfter := time.Since(cut)
+	if st := n1.status(t); st.Quorum {
+		t.Fatalf("n0 took n1's slot over while the cut-off n1 claims quorum: %+v", st)
+	}
+	for _, hn := range dc.hosts {
+		if e := agentFences(t, hn)[strings.ReplaceAll(s1.UUID, "-", "")+"/"+fmt.Sprint(s1.Coord.Slot)]; e <= s1.Coord.Epoch {
+			t.Errorf("member host %s: n1's slot %d fenced at epoch %d, want above %d", hn.name, s1.Coord.Slot, e, s1.Coord.Epoch)
+		}
+	}
+	for _, r := range took.Resynced {
+		if r.Off < half || r.Off+r.Length > half+24<<20 {
+			t.Errorf("takeover resynced [%d, +%d), outside n1's half", r.Off, r.Length)
+		}
+	}
+	failed0 := wait0()
+	if len(failed0) != 0 {
+		t.Fatalf("writes through n0 failed while n1 was cut off: %v", failed0)
+	}
+
+	h.setLink(t, 1, "up")
+	waitFormed(t, dc.nodes)
+	waitFor(t, "n1 to find its slot lost and fence its array", func() bool {
+		st, _ := served(t, n1)
+		return st.State == serve.StateFenced
+	})
+	failed1 := wait1()
+	// Past both halves: the same write works through n0, fails through n1.
+	qemuIO(t, dc.uri(0), "write -P 0x5a 70M 64k", "read -P 0x5a 70M 64k")
+	if out, _ := runErr("qemu-io", "-f", "raw", "-c", "write -P 0x5a 70M 64k", dc.uri(1)); !strings.Contains(out, "write failed") {
+		t.Fatalf("a write through the fenced n1 did not fail:\n%s", out)
+	}
+
+	out, err := runErr(ddraidBin, "check", "data", "--state-dir="+n0.stateDir)
+	if err != nil || !strings.Contains(out, " 0 mismatched") {
+		t.Fatalf("check after heal: %v\n%s", err, out)
+	}
+	verifyHalf(t, dc.uri(0), d0, 30, 0, map[string]bool{})
+	verifyHalf(t, dc.uri(0), d1, 31, half, failed1)
+	fmt.Printf("drill partition: ok, majority took the cut-off writer's slot over (%d regions resynced) in %v; it stays fenced after heal\n",
+		took.ResyncedRegions, tookAfter.Round(10*time.Millisecond))
 }
