@@ -27,6 +27,9 @@ type Config struct {
 	Slots, GroupRegions int
 	Timeout, Poll       time.Duration
 	Logger              *slog.Logger
+	// WrapLocal, if set, wraps the array's Local as the coordinator sees
+	// it (the agent counts the regions its takeovers resync).
+	WrapLocal func(coord.Local) coord.Local
 }
 
 // Served is an array this node serves in cluster mode.
@@ -59,7 +62,11 @@ func Array(ctx context.Context, cfg Config) (*Served, error) {
 	}
 	s := &Served{Gate: coord.NewWriteGate(cfg.Timeout), timeout: cfg.Timeout}
 	local := coord.NewArrayLocal(cfg.Array.StateDir, *sb, cfg.Array.Remote)
-	co, err := coord.New(coord.Config{Node: cfg.Node, Lockd: cfg.Lockd, Router: cfg.Router, Local: local, Gate: s.Gate,
+	var seen coord.Local = local
+	if cfg.WrapLocal != nil {
+		seen = cfg.WrapLocal(local)
+	}
+	co, err := coord.New(coord.Config{Node: cfg.Node, Lockd: cfg.Lockd, Router: cfg.Router, Local: seen, Gate: s.Gate,
 		Slots: cfg.Slots, GroupRegions: cfg.GroupRegions, Timeout: cfg.Timeout, Poll: cfg.Poll, Logger: cfg.Logger,
 		OnSlotLost: func(err error) {
 			if s.Array != nil {
