@@ -1,12 +1,12 @@
 // Package serve runs the arrays an agent serves in cluster mode
-// (`ddraid agent --serve NAME=LISTEN`): for each array a
-// [cluster/coord.Coordinator] on the node's lockd and Messenger, a writer
-// slot taken with Join, the array assembled with that writer identity (its
-// member connections carry slot and epoch) behind the coordinator's write
-// gate, the coordinator's loop started (takeover scans), and an NBD export
-// on the array's own listener. When the majority takes this node's slot,
-// the array is put in its fenced state; Close leaves the slot (clean when
-// nothing is left to resync).
+// (`ddraid agent --serve NAME=LISTEN`): the node's one coordination
+// router (cluster/coord.Router, on every cluster node, serving or not), and
+// per array cluster/coord/serve.Array (coordinator, writer slot, the array
+// opened with that writer identity behind the write gate, member failures
+// recorded through the coordinator, a lost slot fencing the array), an NBD
+// export on the array's own listener and the array's control socket (so
+// `ddraid check NAME` works). Close stops the exports and leaves the slots
+// (clean when the array closed healthy and idle).
 //
 // A node that does not hold the array's superblock in its state directory
 // asks the live peers for it (message type get-superblock) and stores the

@@ -17,6 +17,7 @@ import (
 	"github.com/ddraid/ddraid/blockdev/remote"
 	"github.com/ddraid/ddraid/cluster"
 	"github.com/ddraid/ddraid/cluster/coord"
+	coordserve "github.com/ddraid/ddraid/cluster/coord/serve"
 	"github.com/ddraid/ddraid/lockd"
 	"github.com/ddraid/ddraid/raid"
 	"github.com/ddraid/ddraid/raid/array"
@@ -207,12 +208,10 @@ type served struct {
 	mu      sync.Mutex
 	state   string
 	lastErr error
-	co      *coord.Coordinator
+	asm    *coordserve.Served
 	local   *countingLocal
-	a       *array.Array
 	srv     *nbd.Server
 	ctl     *array.Control
-	running atomic.Pointer[array.Array] // for OnSlotLost
 }
 
 // run assembles the array, retrying until it serves or the server stops.
@@ -235,9 +234,11 @@ func (sv *served) run() {
 	}
 }
 
-// assemble does one attempt: superblock, coordinator, join, open, start,
+// assemble does one attempt: the superblock (fetched from a peer if this
+// node has none), then cluster/coord/serve.Array (coordinator, slot, array
+// with the writer identity, gate and member-failure hook), then the
 // export. On failure everything it made is undone.
-func (sv *served) assemble() (err error) {
+func (sv *served) assemble() error {
 	cfg := sv.s.cfg
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -248,59 +249,33 @@ func (sv *served) assemble() (err error) {
 		case <-ctx.Done():
 		}
 	}()
-	sb, err := sv.s.superblock(ctx, sv.spec.Name)
+	if _, err := sv.s.superblock(ctx, sv.spec.Name); err != nil {
+		return err
+	}
+	var local *countingLocal
+	run, err := coordserve.Array(ctx, coordserve.Config{Node: cfg.Node, Lockd: sv.s.locks, Router: sv.s.router,
+		Array: array.Options{StateDir: cfg.StateDir, Name: sv.spec.Name, Throttle: cfg.Throttle, ClearDelay: cfg.ClearDelay,
+			Remote: cfg.Remote, Logger: cfg.Logger},
+		Timeout: cfg.Timeout, Poll: cfg.Poll, Logger: cfg.Logger,
+		WrapLocal: func(l coord.Local) coord.Local {
+			local = &countingLocal{Local: l}
+			return local
+		}})
 	if err != nil {
 		return err
 	}
-	gate := coord.NewWriteGate(cfg.Timeout)
-	local := &countingLocal{ArrayLocal: coord.NewArrayLocal(cfg.StateDir, *sb, cfg.Remote)}
-	co, err := coord.New(coord.Config{Node: cfg.Node, Lockd: sv.s.locks, Router: sv.s.router, Local: local, Gate: gate,
-		Timeout: cfg.Timeout, Poll: cfg.Poll, Logger: cfg.Logger, OnSlotLost: sv.slotLost})
+	srv, ctl, err := sv.export(run.Array)
 	if err != nil {
-		return fmt.Errorf("array %s: %w", sv.spec.Name, err)
-	}
-	var a *array.Array
-	defer func() {
-		if err == nil {
-			return
-		}
-		if a != nil {
-			sv.running.Store(nil)
-			if cerr := a.Close(); cerr != nil {
-				sv.s.log.Warn("close array after a failed assembly", "array", sv.spec.Name, "err", cerr)
-			}
-		}
 		lctx, lcancel := context.WithTimeout(context.Background(), cfg.Timeout)
 		defer lcancel()
-		if lerr := co.Leave(lctx, false); lerr != nil {
-			sv.s.log.Warn("leave after a failed assembly", "array", sv.spec.Name, "err", lerr)
+		if cerr := run.Close(lctx); cerr != nil {
+			sv.s.log.Warn("close the array after a failed export", "array", sv.spec.Name, "err", cerr)
 		}
-	}()
-	w, err := co.Join(ctx)
-	if err != nil {
 		return err
 	}
-	a, err = array.Open(array.Options{StateDir: cfg.StateDir, Name: sv.spec.Name, Throttle: cfg.Throttle,
-		ClearDelay: cfg.ClearDelay, Remote: cfg.Remote, Writer: w, Gate: gate, Logger: cfg.Logger})
-	if err != nil {
-		return fmt.Errorf("array %s: open as writer slot %d epoch %d: %w", sv.spec.Name, w.Slot, w.Epoch, err)
-	}
-	sv.running.Store(a)
-	if st := co.Status(); st.Lost != "" {
-		return fmt.Errorf("array %s: writer slot lost while assembling: %s", sv.spec.Name, st.Lost)
-	}
-	if err := local.Attach(a); err != nil {
-		return fmt.Errorf("array %s: %w", sv.spec.Name, err)
-	}
-	if err := co.Start(ctx); err != nil {
-		return err
-	}
-	srv, ctl, err := sv.export(a)
-	if err != nil {
-		return err
-	}
+	w, _ := run.Coordinator.Writer()
 	sv.mu.Lock()
-	sv.co, sv.local, sv.a, sv.srv, sv.ctl = co, local, a, srv, ctl
+	sv.asm, sv.local, sv.srv, sv.ctl = run, local, srv, ctl
 	sv.state, sv.lastErr = StateServing, nil
 	sv.mu.Unlock()
 	sv.s.log.Info("serving array", "array", sv.spec.Name, "slot", w.Slot, "epoch", w.Epoch, "url", sv.spec.URL())
@@ -351,28 +326,14 @@ func (sv *served) export(a *array.Array) (*nbd.Server, *array.Control, error) {
 	return srv, ctl, nil
 }
 
-// slotLost is the coordinator's OnSlotLost: the majority took this node's
-// slot, so the array stops writing for good (its fenced state).
-func (sv *served) slotLost(err error) {
-	if a := sv.running.Load(); a != nil {
-		a.FenceWriter(err)
-	}
-	sv.mu.Lock()
-	if sv.state == StateServing {
-		sv.state = StateFenced
-	}
-	sv.lastErr = err
-	sv.mu.Unlock()
-	sv.s.log.Error("writer slot lost: the array is fenced on this node; restart the agent to rejoin", "array", sv.spec.Name, "err", err)
-}
-
-// close stops the export, closes the array and leaves the slot.
+// close stops the export, closes the array and leaves the slot (clean
+// when the array closed healthy and idle: coordserve.Served.Close).
 func (sv *served) close(ctx context.Context) error {
 	sv.mu.Lock()
-	co, a, srv, ctl := sv.co, sv.a, sv.srv, sv.ctl
+	run, srv, ctl := sv.asm, sv.srv, sv.ctl
 	sv.state = StateStopped
 	sv.mu.Unlock()
-	if co == nil {
+	if run == nil {
 		return nil
 	}
 	var errs []error
@@ -381,28 +342,13 @@ func (sv *served) close(ctx context.Context) error {
 	}
 	ctl.Close()
 	raid.RemoveRunInfo(sv.s.cfg.StateDir, sv.spec.Name)
-	sv.running.Store(nil)
-	closeErr := a.Close()
-	if closeErr != nil {
-		errs = append(errs, fmt.Errorf("array %s: close: %w", sv.spec.Name, closeErr))
+	if err := run.Close(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("array %s: stop: %w", sv.spec.Name, err))
 	}
-	clean := closeErr == nil && !a.Fenced() && healthy(a.Superblock())
-	if err := co.Leave(ctx, clean); err != nil {
-		errs = append(errs, err)
+	if len(errs) == 0 {
+		sv.s.log.Info("stopped serving array; writer slot released", "array", sv.spec.Name)
 	}
-	sv.s.log.Info("stopped serving array", "array", sv.spec.Name, "clean", clean)
 	return errors.Join(errs...)
-}
-
-// healthy reports whether every member of sb is active (a degraded array
-// keeps its marks at Close).
-func healthy(sb meta.Array) bool {
-	for _, m := range sb.Members {
-		if m.State != meta.StateActive {
-			return false
-		}
-	}
-	return true
 }
 
 // Range is a byte range of the array.
@@ -417,7 +363,7 @@ const maxRanges = 4096
 // countingLocal counts the resyncs the coordinator runs (one per dirty
 // region it took over) and keeps their ranges, for status.
 type countingLocal struct {
-	*coord.ArrayLocal
+	coord.Local
 	regions atomic.Int64
 	bytes   atomic.Int64
 
@@ -427,7 +373,7 @@ type countingLocal struct {
 
 // Resync implements coord.Local.
 func (l *countingLocal) Resync(ctx context.Context, off, length int64) error {
-	if err := l.ArrayLocal.Resync(ctx, off, length); err != nil {
+	if err := l.Local.Resync(ctx, off, length); err != nil {
 		return err
 	}
 	l.regions.Add(1)

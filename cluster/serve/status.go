@@ -42,15 +42,23 @@ func (s *Server) Status() []ArrayStatus {
 		if sv.lastErr != nil {
 			st.Error = sv.lastErr.Error()
 		}
-		co, local, a := sv.co, sv.local, sv.a
+		run, local := sv.asm, sv.local
 		sv.mu.Unlock()
-		if co != nil {
-			cs := co.Status()
+		if run != nil {
+			cs := run.Coordinator.Status()
 			st.Coord = &cs
-			st.ResyncedRegions, st.ResyncedBytes = local.regions.Load(), local.bytes.Load()
-			st.Resynced = local.resynced()
-			sb := a.Superblock()
+			if local != nil {
+				st.ResyncedRegions, st.ResyncedBytes = local.regions.Load(), local.bytes.Load()
+				st.Resynced = local.resynced()
+			}
+			sb := run.Array.Superblock()
 			st.UUID, st.Events = sb.UUID.String(), sb.Events
+			if st.State == StateServing && (run.Array.Fenced() || cs.Lost != "") {
+				st.State = StateFenced
+				if cs.Lost != "" {
+					st.Error = cs.Lost
+				}
+			}
 		}
 		out = append(out, st)
 	}
