@@ -18,13 +18,17 @@
 //     halt writes; lost: Config.OnSlotLost) and takes over the slots of
 //     failed writers ([Coordinator.Scan]); [Coordinator.Update],
 //     [Coordinator.FailMember] and [Coordinator.AddMember] change the
-//     superblock under the "token" lock, acknowledged by every live node.
+//     superblock under the "token" lock, acknowledged by every live node;
+//     [Coordinator.MemberFailed] is the array's hook for a member failure
+//     it saw (writes halt, and those in flight are not acknowledged, until
+//     every writer recorded it).
 //   - [Router]: the node's one set of handlers on the Messenger, which
 //     hands each message to the coordinator of its array.
 //   - [MemberHost]: fence, dirty query and clear at one member host;
 //     [AgentHosts] reaches ddraid agents over their member export.
-//   - [Local]: the array on this node; [ArrayLocal] adapts a running
-//     raid/array.Array.
+//   - [Local]: the array on this node; [ArrayLocal] adapts raid/array
+//     from before it is assembled. Package cluster/coord/serve puts it all
+//     together for the agent (serve.Array).
 //
 // # Determinism
 //
