@@ -532,3 +532,38 @@ func TestDrillClusterPartition(t *testing.T) {
 	fmt.Printf("drill partition: ok, majority took the cut-off writer's slot over (%d regions resynced) in %v; it stays fenced after heal\n",
 		took.ResyncedRegions, tookAfter.Round(10*time.Millisecond))
 }
+
+// TestClusterServeRefusals: --serve needs cluster mode and a valid spec;
+// only a cluster-mode agent may host no disk; `ddraid cluster arrays`
+// says when the agent is not in cluster mode.
+func TestClusterServeRefusals(t *testing.T) {
+	needTools(t, "truncate")
+	dir := t.TempDir()
+	pkiDir, keyFile := clusterPKI(t, dir, []string{"a"}, []string{"127.0.0.11"})
+	disk := filepath.Join(dir, "disk")
+	run(t, "truncate", "-s", "16M", disk)
+	base := []string{"agent", "--state-dir=" + filepath.Join(dir, "s"),
+		"--listen-member=127.0.0.11:" + freePortOn(t, "127.0.0.11"), "--bind=127.0.0.11:" + freePortOn(t, "127.0.0.11"),
+		"--rpc=127.0.0.11:" + freePortOn(t, "127.0.0.11")}
+	clusterFlags := []string{"--nodes=a", "--node-name=a", "--encrypt-key-file=" + keyFile, "--gossip-tuning=fast-local",
+		"--tls-cert=" + filepath.Join(pkiDir, "a.crt"), "--tls-key=" + filepath.Join(pkiDir, "a.key"), "--tls-ca=" + filepath.Join(pkiDir, "ca.crt")}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--host-disk=" + disk, "--serve=data=unix:" + filepath.Join(dir, "d.nbd")}, "need --nodes"},
+		{nil, "--host-disk is required"},
+		{append([]string{"--serve=data="}, clusterFlags...), "empty listen address"},
+		{append([]string{"--serve=a/b=unix:/x"}, clusterFlags...), "--serve \"a/b=unix:/x\""},
+		{append([]string{"--serve=data=unix:/x", "--serve=data=unix:/y"}, clusterFlags...), "named twice"},
+	} {
+		out, err := runErr(ddraidBin, append(base, c.args...)...)
+		if err == nil || !strings.Contains(out, c.want) {
+			t.Errorf("ddraid agent %v: %v, want an error with %q\n%s", c.args, err, c.want, out)
+		}
+	}
+	plain := startAgents(t, dir, 1, "16M")[0]
+	if out, err := runErr(ddraidBin, "cluster", "arrays", "--control="+plain.control()); err == nil || !strings.Contains(out, "does not run in cluster mode") {
+		t.Errorf("cluster arrays against an agent not in cluster mode: %v\n%s", err, out)
+	}
+}

@@ -76,14 +76,13 @@ func (s *Server) Handler() http.Handler {
 	})
 }
 
-// Arrays asks the agent at the control socket path for its served arrays.
-// An agent that serves none (not in cluster mode, or without --serve)
-// answers with an empty list.
+// Arrays asks the agent at the control socket path for its served arrays
+// (empty without --serve); an agent not in cluster mode is an error.
 func Arrays(ctx context.Context, path string) ([]ArrayStatus, error) {
 	var out []ArrayStatus
 	err := ctlsock.Dial(path).Do(ctx, http.MethodGet, "/v1/arrays", nil, &out)
 	if ctlsock.IsStatus(err, http.StatusNotFound) {
-		return nil, nil
+		return nil, fmt.Errorf("agent at %s does not run in cluster mode (start it with --nodes)", path)
 	}
 	return out, err
 }
