@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -40,17 +41,26 @@ type drillCluster struct {
 	via     []string // runs a client that reaches the members (ip netns exec NS)
 }
 
-// drillNet places the drill's agents: their addresses, ports, and the
-// command prefix each runs under.
+// drillNet places the drill's agents: their addresses, ports, the
+// command prefix each runs under, the member disks each hosts (nil: by
+// default n0 hosts two and n2 one), which serve the array (default n0 and
+// n1) and extra flags for the serving agents.
 type drillNet struct {
-	ips    []string
-	ports  func(ip string) (mem, gossip, rpc string)
-	prefix func(i int) []string
+	ips         []string
+	ports       func(ip string) (mem, gossip, rpc string)
+	prefix      func(i int) []string
+	disks       [][]string
+	serving     []bool
+	writerFlags []string
 }
 
-// loopbackNet is 127.0.0.11–13 with free ports.
-func loopbackNet(t *testing.T) drillNet {
-	return drillNet{ips: []string{"127.0.0.11", "127.0.0.12", "127.0.0.13"}, ports: func(ip string) (string, string, string) {
+// loopbackNet is n agents on 127.0.0.11… with free ports.
+func loopbackNet(t *testing.T, n int) drillNet {
+	var ips []string
+	for i := range n {
+		ips = append(ips, fmt.Sprintf("127.0.0.%d", 11+i))
+	}
+	return drillNet{ips: ips, ports: func(ip string) (string, string, string) {
 		return freePortOn(t, ip), freePortOn(t, ip), freePortOn(t, ip)
 	}, prefix: func(int) []string { return nil }}
 }
@@ -65,10 +75,16 @@ const (
 func startDrillCluster(t *testing.T, dir string, dn drillNet) *drillCluster {
 	t.Helper()
 	ips := dn.ips
-	names := []string{"n0", "n1", "n2"}
+	var names []string
+	for i := range ips {
+		names = append(names, fmt.Sprintf("n%d", i))
+	}
 	pkiDir, keyFile := clusterPKI(t, dir, names, ips)
-	dc := &drillCluster{pki: pkiDir, sockets: make([]string, 3)}
-	hostDisks := [][]string{{"d0", "d1"}, nil, {"d2"}}
+	dc := &drillCluster{pki: pkiDir, sockets: make([]string, len(ips))}
+	hostDisks, serving := dn.disks, dn.serving
+	if hostDisks == nil {
+		hostDisks, serving = [][]string{{"d0", "d1"}, nil, {"d2"}}, []bool{true, true, false}
+	}
 	for i, ip := range ips {
 		memPort, gossipPort, rpcPort := dn.ports(ip)
 		n := &clusterNode{name: names[i], gossip: net.JoinHostPort(ip, gossipPort)}
@@ -79,9 +95,9 @@ func startDrillCluster(t *testing.T, dir string, dn drillNet) *drillCluster {
 		if i > 0 {
 			extra = append(extra, "--join="+dc.nodes[0].gossip)
 		}
-		if i < 2 {
+		if serving[i] {
 			dc.sockets[i] = filepath.Join(dir, n.name+".nbd")
-			extra = append(extra, "--serve=data=unix:"+dc.sockets[i])
+			extra = append(append(extra, "--serve=data=unix:"+dc.sockets[i]), dn.writerFlags...)
 		}
 		g := &agent{stateDir: filepath.Join(dir, n.name), ip: ip, port: memPort, prefix: dn.prefix(i)}
 		for j, d := range hostDisks[i] {
@@ -124,7 +140,10 @@ func startDrillCluster(t *testing.T, dir string, dn drillNet) *drillCluster {
 	run(t, "cp", filepath.Join(pkiDir, "ca.crt"), filepath.Join(dc.certDir, "ca-cert.pem"))
 	run(t, "cp", filepath.Join(pkiDir, "n0.crt"), filepath.Join(dc.certDir, "client-cert.pem"))
 	run(t, "cp", filepath.Join(pkiDir, "n0.key"), filepath.Join(dc.certDir, "client-key.pem"))
-	for _, n := range dc.nodes[:2] {
+	for i, n := range dc.nodes {
+		if !serving[i] {
+			continue
+		}
 		waitFor(t, n.name+" serves the array", func() bool {
 			st, ok := served(t, n)
 			return ok && st.State == serve.StateServing
@@ -201,7 +220,7 @@ func halfArgs(uri, dir string, seed int, off, size string, extra ...string) []st
 func TestDrillClusterKillWriter(t *testing.T) {
 	needTools(t, "fio", "nbdinfo", "truncate")
 	dir := t.TempDir()
-	dc := startDrillCluster(t, dir, loopbackNet(t))
+	dc := startDrillCluster(t, dir, loopbackNet(t, 3))
 	n0, n1 := dc.nodes[0], dc.nodes[1]
 	s0, _ := served(t, n0)
 	s1, _ := served(t, n1)
@@ -566,4 +585,75 @@ func TestClusterServeRefusals(t *testing.T) {
 	if out, err := runErr(ddraidBin, "cluster", "arrays", "--control="+plain.control()); err == nil || !strings.Contains(out, "does not run in cluster mode") {
 		t.Errorf("cluster arrays against an agent not in cluster mode: %v\n%s", err, out)
 	}
+}
+
+// TestDrillClusterSwitchResync: five agents; n3 and n4 host the members,
+// n0, n1 and n2 serve the array (their member IO slowed by 50 ms, so a
+// takeover resync lasts seconds). n1 is killed under fio writes; the
+// survivor that starts taking its slot over is killed in the middle of the
+// resync (marks of n1's slot still held). The last writer finishes it: it
+// takes over both dead slots, every mark is cleared, the array checks
+// clean and every write n1 acknowledged verifies through it.
+func TestDrillClusterSwitchResync(t *testing.T) {
+	needTools(t, "fio", "nbdinfo", "truncate")
+	dir := t.TempDir()
+	dn := loopbackNet(t, 5)
+	dn.disks = [][]string{nil, nil, nil, {"d0", "d1"}, {"d2"}}
+	dn.serving = []bool{true, true, true, false, false}
+	dn.writerFlags = []string{"--serve-member-delay=50ms"}
+	dc := startDrillCluster(t, dir, dn)
+	n1 := dc.nodes[1]
+	s1, _ := served(t, n1)
+	slot1 := s1.Coord.Slot
+	const half = int64(32 << 20)
+	d1 := filepath.Join(dir, "fio1")
+	wait1 := startWrites(t, dc.uri(1), d1, 41, half)
+	time.Sleep(1500 * time.Millisecond) // the kill lands in the middle of n1's writes
+	if len(dc.dirtyRegions(t, slot1)) == 0 {
+		t.Fatal("n1 writes but the member hosts hold no marks for its slot")
+	}
+	n1.kill9(t)
+	failed := wait1()
+
+	// Catch the survivor that takes n1's slot over, and kill it mid-resync.
+	var taker, last *clusterNode
+	var takerSlot int
+	waitFor(t, "a survivor to start taking n1's slot over", func() bool {
+		for _, i := range []int{0, 2} {
+			st, _ := served(t, dc.nodes[i])
+			if st.Coord != nil && slices.Contains(st.Coord.Takeovers, uint32(slot1)) {
+				taker, last, takerSlot = dc.nodes[i], dc.nodes[2-i], st.Coord.Slot
+				return true
+			}
+		}
+		return false
+	})
+	taker.kill9(t)
+	killed := time.Now()
+	left := len(dc.dirtyRegions(t, slot1))
+	if left == 0 {
+		t.Fatalf("%s finished the takeover before it was killed: the drill needs a slower resync", taker.name)
+	}
+
+	var st serve.ArrayStatus
+	waitFor(t, last.name+" to finish the takeover of "+n1.name+"'s and "+taker.name+"'s slots", func() bool {
+		st, _ = served(t, last)
+		return st.Coord != nil && len(st.Coord.Takeovers) == 0 && st.ResyncedRegions > 0 &&
+			len(dc.dirtyRegions(t, slot1)) == 0 && len(dc.dirtyRegions(t, takerSlot)) == 0
+	})
+	finished := time.Since(killed)
+	for _, h := range dc.hosts {
+		fences := agentFences(t, h)
+		if e := fences[strings.ReplaceAll(s1.UUID, "-", "")+"/"+fmt.Sprint(slot1)]; e <= s1.Coord.Epoch {
+			t.Errorf("member host %s: n1's slot %d fenced at epoch %d, want above %d", h.name, slot1, e, s1.Coord.Epoch)
+		}
+	}
+	out, err := runErr(ddraidBin, "check", "data", "--state-dir="+last.stateDir)
+	if err != nil || !strings.Contains(out, " 0 mismatched") {
+		t.Fatalf("check after the switched resync: %v\n%s", err, out)
+	}
+	li := slices.Index(dc.nodes, last)
+	verifyHalf(t, dc.uri(li), d1, 41, half, failed)
+	fmt.Printf("drill switch-resync: ok, %s died resyncing %s's slot (%d dirty regions left); %s finished (%d regions resynced) in %v\n",
+		taker.name, n1.name, left, last.name, st.ResyncedRegions, finished.Round(10*time.Millisecond))
 }

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ddraid/ddraid/blockdev"
 	"github.com/ddraid/ddraid/blockdev/nbd"
 	"github.com/ddraid/ddraid/blockdev/remote"
 	"github.com/ddraid/ddraid/cluster"
@@ -90,6 +91,9 @@ type Config struct {
 	Retry time.Duration
 	// Poll is the coordinator's poll interval (0: coord's default).
 	Poll time.Duration
+	// Wrap wraps each member device (array.Options.Wrap: latency for
+	// drills and benchmarks). Optional.
+	Wrap func(role int, dev blockdev.Device) blockdev.Device
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -208,7 +212,7 @@ type served struct {
 	mu      sync.Mutex
 	state   string
 	lastErr error
-	asm    *coordserve.Served
+	asm     *coordserve.Served
 	local   *countingLocal
 	srv     *nbd.Server
 	ctl     *array.Control
@@ -255,7 +259,7 @@ func (sv *served) assemble() error {
 	var local *countingLocal
 	run, err := coordserve.Array(ctx, coordserve.Config{Node: cfg.Node, Lockd: sv.s.locks, Router: sv.s.router,
 		Array: array.Options{StateDir: cfg.StateDir, Name: sv.spec.Name, Throttle: cfg.Throttle, ClearDelay: cfg.ClearDelay,
-			Remote: cfg.Remote, Logger: cfg.Logger},
+			Remote: cfg.Remote, Wrap: cfg.Wrap, Logger: cfg.Logger},
 		Timeout: cfg.Timeout, Poll: cfg.Poll, Logger: cfg.Logger,
 		WrapLocal: func(l coord.Local) coord.Local {
 			local = &countingLocal{Local: l}

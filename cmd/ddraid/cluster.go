@@ -38,6 +38,7 @@ type ClusterFlags struct {
 	SuspicionMult  int           `name:"gossip-suspicion-mult" help:"Failure detection: how many probe intervals a suspected node has to refute the suspicion (at least 1)." default:"4"`
 	GossipTuning   string        `name:"gossip-tuning" hidden:"" enum:"flags,fast-local" default:"flags" help:"fast-local: serf's test settings (detection well under a second; loopback only), overriding the gossip-probe flags."`
 	Serve          []string      `name:"serve" help:"Cluster mode: assemble array NAME as one of its writers and export it over NBD at LISTEN (HOST:PORT or unix:/PATH; default 127.0.0.1:10809); repeatable, one listener per array." placeholder:"NAME[=LISTEN]"`
+	ServeDelay     time.Duration `name:"serve-member-delay" hidden:"" help:"Add this latency to every member request of the served arrays (drills and benchmarks only)."`
 	ServeTimeout   time.Duration `name:"serve-timeout" help:"Cluster mode: bound on every wait of a served array's coordination (superblock fetch, slot, metadata update, takeover step, resync window)." default:"30s"`
 }
 
@@ -133,7 +134,7 @@ func (c *ClusterFlags) newArrays(stateDir string, n *cluster.Node, tc *tls.Confi
 	}
 	client := &tls.Config{Certificates: tc.Certificates, RootCAs: tc.ClientCAs, MinVersion: tls.VersionTLS12}
 	srv, err := serve.New(serve.Config{StateDir: stateDir, Node: n.Name(), Messenger: n.Messenger(),
-		Remote: remote.Config{TLS: client, Logger: slog.Default()}, Timeout: c.ServeTimeout, Logger: slog.Default()})
+		Remote: remote.Config{TLS: client, Logger: slog.Default()}, Timeout: c.ServeTimeout, Wrap: memberDelay(c.ServeDelay), Logger: slog.Default()})
 	if err != nil {
 		return nil, nil, err
 	}
