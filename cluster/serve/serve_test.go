@@ -134,3 +134,31 @@ func TestStoreUnserved(t *testing.T) {
 		t.Fatal("a body that does not decode was accepted")
 	}
 }
+
+// TestNewerSuperblockWins: a node whose stored superblock is older than a
+// peer's assembles from the peer's (stored first); a newer local one is
+// kept.
+func TestNewerSuperblockWins(t *testing.T) {
+	a, b, sb := newPair(t)
+	if err := meta.View(b.cfg.StateDir, func(s *meta.Store) error { return s.Put(sb) }); err != nil {
+		t.Fatal(err)
+	}
+	newer := *sb
+	newer.Events = sb.Events + 2
+	if err := meta.View(a.cfg.StateDir, func(s *meta.Store) error { return s.Put(&newer) }); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.superblock(context.Background(), "data")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Events != newer.Events {
+		t.Fatalf("assembled from event %d, want the peer's %d", got.Events, newer.Events)
+	}
+	if cur, _ := b.stored("data"); cur.Events != newer.Events {
+		t.Fatalf("the peer's newer superblock was not stored: event %d", cur.Events)
+	}
+	if got, err := a.superblock(context.Background(), "data"); err != nil || got.Events != newer.Events {
+		t.Fatalf("the node with the newest kept %v, %v", got, err)
+	}
+}

@@ -28,34 +28,35 @@ func (s *Server) stored(name string) (*meta.Array, error) {
 	return sb, err
 }
 
-// superblock returns the array's superblock: the one in the state
-// directory, or else the newest a live peer has (stored here before it is
-// returned). Peers are asked again every Retry until one answers or
+// superblock returns the array's superblock: the newest of the one in the
+// state directory and those the live peers have (assembly follows the
+// highest event counter; a newer one is stored here first). Without a
+// stored one, peers are asked again every Retry until one answers or
 // Timeout passes (a node starting may not see its peers yet).
 func (s *Server) superblock(ctx context.Context, name string) (*meta.Array, error) {
-	sb, err := s.stored(name)
-	if err == nil {
-		return sb, nil
-	}
-	if !errors.Is(err, meta.ErrNotFound) {
+	local, err := s.stored(name)
+	if err != nil && !errors.Is(err, meta.ErrNotFound) {
 		return nil, fmt.Errorf("array %s: read the stored superblock: %w", name, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
-	var last error
 	for {
-		sb, asked, err := s.fetch(ctx, name)
-		if sb != nil {
-			if err := meta.View(s.cfg.StateDir, func(st *meta.Store) error { return st.Put(sb) }); err != nil {
+		peer, asked, err := s.fetch(ctx, name)
+		switch {
+		case local != nil && peer != nil && peer.UUID != local.UUID:
+			return nil, fmt.Errorf("array %s: this node has UUID %s, peers %s: refusing to guess", name, local.UUID, peer.UUID)
+		case local != nil && (peer == nil || peer.Events <= local.Events):
+			return local, nil
+		case peer != nil:
+			if err := meta.View(s.cfg.StateDir, func(st *meta.Store) error { return st.Put(peer) }); err != nil {
 				return nil, fmt.Errorf("array %s: store the superblock fetched from a peer: %w", name, err)
 			}
-			s.log.Info("fetched the array's superblock from a peer", "array", name, "uuid", sb.UUID, "events", sb.Events)
-			return sb, nil
+			s.log.Info("stored the array's superblock from a peer", "array", name, "uuid", peer.UUID, "events", peer.Events)
+			return peer, nil
 		}
-		last = fmt.Errorf("asked %v: %w", asked, err)
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("array %s: %w within %v (%v)", name, ErrNoSuperblock, s.cfg.Timeout, last)
+			return nil, fmt.Errorf("array %s: %w within %v (asked %v: %v)", name, ErrNoSuperblock, s.cfg.Timeout, asked, err)
 		case <-time.After(s.cfg.Retry):
 		}
 	}
