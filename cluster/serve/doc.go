@@ -8,9 +8,10 @@
 // `ddraid check NAME` works). Close stops the exports and leaves the slots
 // (clean when the array closed healthy and idle).
 //
-// A node that does not hold the array's superblock in its state directory
-// asks the live peers for it (message type get-superblock) and stores the
-// newest before it assembles. Status (the agent's GET /v1/arrays) reports
+// Before it assembles, a node asks the live peers for the array's
+// superblock (message type get-superblock) and uses the newest of theirs
+// and its own, stored first; a node that has none waits for a peer that
+// has it. Status (the agent's GET /v1/arrays) reports
 // per array the slot, the epoch, the coordinator's windows and takeovers,
 // and how many regions this node resynced for takeovers.
 //
