@@ -216,15 +216,34 @@ type served struct {
 	local   *countingLocal
 	srv     *nbd.Server
 	ctl     *array.Control
+	front   *blockdev.Swap // the export's device: the array, or unavailable while it rejoins
+	rejoins int
 }
 
-// run assembles the array, retrying until it serves or the server stops.
+// run assembles the array, retrying until it serves or the server stops,
+// then watches it: once this node's slot was taken (the array is fenced),
+// it closes the array and assembles it again with a new slot and epoch
+// (re-reading the superblock), the export staying up meanwhile.
 func (sv *served) run() {
 	defer sv.s.wg.Done()
 	for {
+		if !sv.assembleRetrying() {
+			return
+		}
+		if !sv.watch() {
+			return
+		}
+		sv.retire()
+	}
+}
+
+// assembleRetrying assembles until it succeeds (true) or the server stops
+// (false).
+func (sv *served) assembleRetrying() bool {
+	for {
 		err := sv.assemble()
 		if err == nil {
-			return
+			return true
 		}
 		sv.mu.Lock()
 		sv.lastErr = err
@@ -232,10 +251,51 @@ func (sv *served) run() {
 		sv.s.log.Warn("cannot serve the array yet; retrying", "array", sv.spec.Name, "err", err, "retry", sv.s.cfg.Retry)
 		select {
 		case <-sv.s.stop:
-			return
+			return false
 		case <-time.After(sv.s.cfg.Retry):
 		}
 	}
+}
+
+// watch polls the running array until it is fenced (true) or the server
+// stops (false).
+func (sv *served) watch() bool {
+	t := time.NewTicker(sv.s.cfg.Retry / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-sv.s.stop:
+			return false
+		case <-t.C:
+		}
+		sv.mu.Lock()
+		asm := sv.asm
+		sv.mu.Unlock()
+		if asm.Array.Fenced() {
+			return true
+		}
+	}
+}
+
+// retire takes a fenced array out: the export answers EIO until the array
+// is assembled again; the array is closed and its coordinator stopped (its
+// slot belongs to the majority now).
+func (sv *served) retire() {
+	sv.mu.Lock()
+	asm, ctl := sv.asm, sv.ctl
+	sv.asm, sv.ctl = nil, nil
+	sv.state, sv.lastErr = StateFenced, errors.New("writer slot taken by the majority: assembling again with a new slot")
+	sv.rejoins++
+	sv.mu.Unlock()
+	sv.front.Set(unavailable{size: sv.front.Size(), bs: sv.front.BlockSize()})
+	ctl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), sv.s.cfg.Timeout)
+	defer cancel()
+	// Flushing a fenced array fails: the error says so and is expected.
+	if err := asm.Close(ctx); err != nil {
+		sv.s.log.Info("closed the fenced array", "array", sv.spec.Name, "err", err)
+	}
+	sv.s.log.Warn("this node's writer slot was taken: the array is assembled again with a new slot", "array", sv.spec.Name)
 }
 
 // assemble does one attempt: the superblock (fetched from a peer if this
@@ -268,7 +328,7 @@ func (sv *served) assemble() error {
 	if err != nil {
 		return err
 	}
-	srv, ctl, err := sv.export(run.Array)
+	ctl, err := sv.export(run.Array)
 	if err != nil {
 		lctx, lcancel := context.WithTimeout(context.Background(), cfg.Timeout)
 		defer lcancel()
@@ -279,7 +339,7 @@ func (sv *served) assemble() error {
 	}
 	w, _ := run.Coordinator.Writer()
 	sv.mu.Lock()
-	sv.asm, sv.local, sv.srv, sv.ctl = run, local, srv, ctl
+	sv.asm, sv.local, sv.ctl = run, local, ctl
 	sv.state, sv.lastErr = StateServing, nil
 	sv.mu.Unlock()
 	sv.s.log.Info("serving array", "array", sv.spec.Name, "slot", w.Slot, "epoch", w.Epoch, "url", sv.spec.URL())
@@ -287,47 +347,65 @@ func (sv *served) assemble() error {
 	return nil
 }
 
-// export serves a over NBD on the spec's listener and opens the array's
-// control socket (check, status and the other array actions), recorded in
-// the run info so `ddraid check NAME` finds it.
-func (sv *served) export(a *array.Array) (*nbd.Server, *array.Control, error) {
+// export puts a behind the NBD export (made on the first call, on the
+// spec's listener) and opens the array's control socket (check, status
+// and the other array actions), recorded in the run info so
+// `ddraid check NAME` finds it.
+func (sv *served) export(a *array.Array) (*array.Control, error) {
+	cfg := sv.s.cfg
+	ctlPath := filepath.Join(cfg.StateDir, "run", "agent-"+sv.spec.Name+".sock")
+	if err := os.MkdirAll(filepath.Dir(ctlPath), 0o750); err != nil {
+		return nil, fmt.Errorf("array %s: control socket: %w", sv.spec.Name, err)
+	}
+	ctl, err := array.ListenControl(ctlPath, []*array.Array{a}, cfg.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("array %s: %w", sv.spec.Name, err)
+	}
+	if sv.front != nil {
+		sv.front.Set(a.Device())
+		return ctl, nil
+	}
+	if err := sv.listen(a); err != nil {
+		ctl.Close()
+		return nil, err
+	}
+	if err := raid.WriteRunInfo(cfg.StateDir, sv.spec.Name, raid.RunInfo{PID: os.Getpid(), Listen: []string{sv.spec.Listen}, Control: ctlPath}); err != nil {
+		cfg.Logger.Warn("cannot record run info", "array", sv.spec.Name, "err", err)
+	}
+	return ctl, nil
+}
+
+// listen starts the NBD export of a on the spec's listener.
+func (sv *served) listen(a *array.Array) error {
 	cfg := sv.s.cfg
 	ncfg := nbd.DefaultConfig()
 	ncfg.Logger = cfg.Logger
 	srv, err := nbd.NewServer(ncfg)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
+	front := blockdev.NewSwap(a.Device())
 	sb := a.Superblock()
-	if err := srv.AddExport(nbd.Export{Name: sv.spec.Name, Device: a.Device(), MinBlockSize: 512,
+	if err := srv.AddExport(nbd.Export{Name: sv.spec.Name, Device: front, MinBlockSize: 512,
 		Description: fmt.Sprintf("ddraid %s array %s (cluster writer %s)", sb.Level, sb.Name, cfg.Node)}); err != nil {
-		return nil, nil, err
-	}
-	ctlPath := filepath.Join(cfg.StateDir, "run", "agent-"+sv.spec.Name+".sock")
-	if err := os.MkdirAll(filepath.Dir(ctlPath), 0o750); err != nil {
-		return nil, nil, fmt.Errorf("array %s: control socket: %w", sv.spec.Name, err)
-	}
-	ctl, err := array.ListenControl(ctlPath, []*array.Array{a}, cfg.Logger)
-	if err != nil {
-		return nil, nil, fmt.Errorf("array %s: %w", sv.spec.Name, err)
+		return err
 	}
 	ln, err := nbd.Listen(sv.spec.Listen)
 	if err != nil {
-		ctl.Close()
-		return nil, nil, fmt.Errorf("array %s: listen %s: %w", sv.spec.Name, sv.spec.Listen, err)
+		return fmt.Errorf("array %s: listen %s: %w", sv.spec.Name, sv.spec.Listen, err)
 	}
 	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
 		cfg.Logger.Warn("the array is exported beyond loopback without TLS", "array", sv.spec.Name, "listen", sv.spec.Listen)
-	}
-	if err := raid.WriteRunInfo(cfg.StateDir, sv.spec.Name, raid.RunInfo{PID: os.Getpid(), Listen: []string{sv.spec.Listen}, Control: ctlPath}); err != nil {
-		cfg.Logger.Warn("cannot record run info", "array", sv.spec.Name, "err", err)
 	}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, nbd.ErrServerClosed) {
 			cfg.Logger.Error("NBD export stopped", "array", sv.spec.Name, "err", err)
 		}
 	}()
-	return srv, ctl, nil
+	sv.mu.Lock()
+	sv.srv, sv.front = srv, front
+	sv.mu.Unlock()
+	return nil
 }
 
 // close stops the export, closes the array and leaves the slot (clean
@@ -337,15 +415,19 @@ func (sv *served) close(ctx context.Context) error {
 	run, srv, ctl := sv.asm, sv.srv, sv.ctl
 	sv.state = StateStopped
 	sv.mu.Unlock()
-	if run == nil {
-		return nil
-	}
 	var errs []error
-	if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		errs = append(errs, fmt.Errorf("array %s: NBD shutdown: %w", sv.spec.Name, err))
+	if srv != nil {
+		if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			errs = append(errs, fmt.Errorf("array %s: NBD shutdown: %w", sv.spec.Name, err))
+		}
+		raid.RemoveRunInfo(sv.s.cfg.StateDir, sv.spec.Name)
 	}
-	ctl.Close()
-	raid.RemoveRunInfo(sv.s.cfg.StateDir, sv.spec.Name)
+	if ctl != nil {
+		ctl.Close()
+	}
+	if run == nil {
+		return errors.Join(errs...)
+	}
 	if err := run.Close(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("array %s: stop: %w", sv.spec.Name, err))
 	}
@@ -396,3 +478,25 @@ func (l *countingLocal) resynced() []Range {
 	defer l.mu.Unlock()
 	return append([]Range(nil), l.ranges...)
 }
+
+// errUnavailable is what the export answers while a fenced array is
+// assembled again.
+var errUnavailable = errors.New("serve: this node's writer slot was taken; the array is being assembled again")
+
+// unavailable stands in for the array while it is assembled again: every
+// request fails.
+type unavailable struct {
+	size int64
+	bs   int
+}
+
+var _ blockdev.Device = unavailable{}
+
+func (unavailable) ReadAt([]byte, int64) (int, error)  { return 0, errUnavailable }
+func (unavailable) WriteAt([]byte, int64) (int, error) { return 0, errUnavailable }
+func (unavailable) Flush() error                       { return errUnavailable }
+func (unavailable) Trim(int64, int64) error            { return errUnavailable }
+func (unavailable) Zero(int64, int64) error            { return errUnavailable }
+func (u unavailable) Size() int64                      { return u.size }
+func (u unavailable) BlockSize() int                   { return u.bs }
+func (unavailable) Close() error                       { return nil }

@@ -27,7 +27,10 @@ type ArrayStatus struct {
 	ResyncedBytes   int64 `json:"resynced_bytes"`
 	// Resynced are the ranges resynced (the first 4096).
 	Resynced []Range `json:"resynced,omitempty"`
-	Error    string  `json:"error,omitempty"`
+	// Rejoins counts how often this node lost its slot and assembled the
+	// array again.
+	Rejoins int    `json:"rejoins"`
+	Error   string `json:"error,omitempty"`
 }
 
 // Status returns the served arrays in the order they were given.
@@ -38,7 +41,7 @@ func (s *Server) Status() []ArrayStatus {
 	out := make([]ArrayStatus, 0, len(arrays))
 	for _, sv := range arrays {
 		sv.mu.Lock()
-		st := ArrayStatus{Name: sv.spec.Name, URL: sv.spec.URL(), State: sv.state}
+		st := ArrayStatus{Name: sv.spec.Name, URL: sv.spec.URL(), State: sv.state, Rejoins: sv.rejoins}
 		if sv.lastErr != nil {
 			st.Error = sv.lastErr.Error()
 		}
