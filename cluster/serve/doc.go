@@ -5,7 +5,9 @@
 // opened with that writer identity behind the write gate, member failures
 // recorded through the coordinator, a lost slot fencing the array), an NBD
 // export on the array's own listener and the array's control socket (so
-// `ddraid check NAME` works). Close stops the exports and leaves the slots
+// `ddraid check NAME` works). A writer whose slot the majority took
+// assembles the array again with a new slot and epoch behind the same
+// export (EIO meanwhile). Close stops the exports and leaves the slots
 // (clean when the array closed healthy and idle).
 //
 // Before it assembles, a node asks the live peers for the array's
