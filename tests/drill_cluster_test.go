@@ -231,6 +231,10 @@ func TestDrillClusterKillWriter(t *testing.T) {
 		t.Fatalf("n1 fetched another array: %s vs %s", s1.UUID, s0.UUID)
 	}
 	const half = int64(32 << 20) // n0 writes [0, 32M), n1 [32M, 64M) of the 79M array
+	txt := run(t, ddraidBin, "cluster", "status", "--control="+n1.control())
+	if want := fmt.Sprintf("writer slot %d epoch %d, quorum", s1.Coord.Slot, s1.Coord.Epoch); !strings.Contains(txt, "array data: serving at "+dc.uri(1)) || !strings.Contains(txt, want) {
+		t.Errorf("cluster status on n1 does not show the array it serves (want %q):\n%s", want, txt)
+	}
 
 	// Both front ends at once, disjoint halves, verified inline.
 	errs := make(chan string, 2)
