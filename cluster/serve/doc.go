@@ -1,7 +1,7 @@
 // Package serve runs the arrays an agent serves in cluster mode
 // (`ddraid agent --serve NAME=LISTEN`): the node's one coordination
 // router (cluster/coord.Router, on every cluster node, serving or not), and
-// per array cluster/coord/serve.Array (coordinator, writer slot, the array
+// per array Array (coordinator, writer slot, the array
 // opened with that writer identity behind the write gate, member failures
 // recorded through the coordinator, a lost slot fencing the array), an NBD
 // export on the array's own listener and the array's control socket (so

@@ -18,7 +18,6 @@ import (
 	"github.com/ddraid/ddraid/blockdev/remote"
 	"github.com/ddraid/ddraid/cluster"
 	"github.com/ddraid/ddraid/cluster/coord"
-	coordserve "github.com/ddraid/ddraid/cluster/coord/serve"
 	"github.com/ddraid/ddraid/lockd"
 	"github.com/ddraid/ddraid/raid"
 	"github.com/ddraid/ddraid/raid/array"
@@ -212,7 +211,7 @@ type served struct {
 	mu      sync.Mutex
 	state   string
 	lastErr error
-	asm     *coordserve.Served
+	asm     *Running
 	local   *countingLocal
 	srv     *nbd.Server
 	ctl     *array.Control
@@ -299,7 +298,7 @@ func (sv *served) retire() {
 }
 
 // assemble does one attempt: the superblock (fetched from a peer if this
-// node has none), then cluster/coord/serve.Array (coordinator, slot, array
+// node has none), then Array (coordinator, slot, array
 // with the writer identity, gate and member-failure hook), then the
 // export. On failure everything it made is undone.
 func (sv *served) assemble() error {
@@ -317,7 +316,7 @@ func (sv *served) assemble() error {
 		return err
 	}
 	var local *countingLocal
-	run, err := coordserve.Array(ctx, coordserve.Config{Node: cfg.Node, Lockd: sv.s.locks, Router: sv.s.router,
+	run, err := Array(ctx, ArrayConfig{Node: cfg.Node, Lockd: sv.s.locks, Router: sv.s.router,
 		Array: array.Options{StateDir: cfg.StateDir, Name: sv.spec.Name, Throttle: cfg.Throttle, ClearDelay: cfg.ClearDelay,
 			Remote: cfg.Remote, Wrap: cfg.Wrap, Logger: cfg.Logger},
 		Timeout: cfg.Timeout, Poll: cfg.Poll, Logger: cfg.Logger,
@@ -409,7 +408,7 @@ func (sv *served) listen(a *array.Array) error {
 }
 
 // close stops the export, closes the array and leaves the slot (clean
-// when the array closed healthy and idle: coordserve.Served.Close).
+// when the array closed healthy and idle: Served.Close).
 func (sv *served) close(ctx context.Context) error {
 	sv.mu.Lock()
 	run, srv, ctl := sv.asm, sv.srv, sv.ctl

@@ -99,7 +99,7 @@ type testCluster struct {
 	mnet   *cluster.MemNet
 	lks    map[lockd.NodeID]*lockd.Node
 	ids    []lockd.NodeID
-	served []*Served
+	served []*Running
 }
 
 func newTestCluster(t *testing.T, timeout time.Duration) *testCluster {
@@ -147,7 +147,7 @@ func newTestCluster(t *testing.T, timeout time.Duration) *testCluster {
 	}
 	waitFor(t, "lockd quorum", func() bool { return c.lks["n1"].HasQuorum() && c.lks["n2"].HasQuorum() && c.lks["n3"].HasQuorum() })
 	for i, id := range c.ids[:2] {
-		s, err := Array(context.Background(), Config{Node: id, Lockd: c.lks[id], Router: routers[id], Timeout: timeout, Poll: 20 * time.Millisecond, Logger: quiet,
+		s, err := Array(context.Background(), ArrayConfig{Node: id, Lockd: c.lks[id], Router: routers[id], Timeout: timeout, Poll: 20 * time.Millisecond, Logger: quiet,
 			Array: array.Options{StateDir: stateDirs[i], Name: "a", Throttle: resync.Throttle{Min: 1 << 40}, ClearDelay: time.Hour,
 				Logger: quiet, Remote: remote.Config{Logger: quiet}}})
 		if err != nil {

@@ -14,8 +14,8 @@ import (
 	"github.com/ddraid/ddraid/raid/meta"
 )
 
-// Config configures Array: an array served by this node in cluster mode.
-type Config struct {
+// ArrayConfig configures Array: an array served by this node in cluster mode.
+type ArrayConfig struct {
 	// Node, Lockd and Router are this node's (see coord.Config).
 	Node   lockd.NodeID
 	Lockd  *lockd.Node
@@ -32,8 +32,8 @@ type Config struct {
 	WrapLocal func(coord.Local) coord.Local
 }
 
-// Served is an array this node serves in cluster mode.
-type Served struct {
+// Running is an array this node serves in cluster mode.
+type Running struct {
 	Array       *array.Array
 	Coordinator *coord.Coordinator
 	Gate        *coord.WriteGate
@@ -45,7 +45,7 @@ type Served struct {
 // identity, the write gate and the member-failure hook, and the
 // coordinator starts (leftover marks of the slot resynced, the loop
 // running). Serve the array's Device only after it returns.
-func Array(ctx context.Context, cfg Config) (*Served, error) {
+func Array(ctx context.Context, cfg ArrayConfig) (*Running, error) {
 	if cfg.Array.StateDir == "" || cfg.Array.Name == "" {
 		return nil, errors.New("serve: the array's state dir and name are required")
 	}
@@ -60,7 +60,7 @@ func Array(ctx context.Context, cfg Config) (*Served, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("serve %s in cluster mode: %w", cfg.Array.Name, err)
 	}
-	s := &Served{Gate: coord.NewWriteGate(cfg.Timeout), timeout: cfg.Timeout}
+	s := &Running{Gate: coord.NewWriteGate(cfg.Timeout), timeout: cfg.Timeout}
 	local := coord.NewArrayLocal(cfg.Array.StateDir, *sb, cfg.Array.Remote)
 	var seen coord.Local = local
 	if cfg.WrapLocal != nil {
@@ -111,7 +111,7 @@ func Array(ctx context.Context, cfg Config) (*Served, error) {
 // Close stops the array and leaves the writers: the slot is released
 // clean (the next holder skips the takeover) when the array closed
 // healthy, idle and unfenced, so that its marks were cleared.
-func (s *Served) Close(ctx context.Context) error {
+func (s *Running) Close(ctx context.Context) error {
 	st := s.Array.Status()
 	clean := st.State == raid.ArrayClean && s.Array.Idle() && !s.Array.Fenced()
 	err := s.Array.Close()
