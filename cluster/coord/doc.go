@@ -27,7 +27,7 @@
 //   - [MemberHost]: fence, dirty query and clear at one member host;
 //     [AgentHosts] reaches ddraid agents over their member export.
 //   - [Local]: the array on this node; [ArrayLocal] adapts raid/array
-//     from before it is assembled. Package cluster/coord/serve puts it all
+//     from before it is assembled. Package cluster/serve puts it all
 //     together for the agent (serve.Array).
 //
 // # Determinism
