@@ -48,6 +48,9 @@ func checkFail(sb *meta.Array, role int, force bool) error {
 		return fmt.Errorf("member %d (%s) is already %s", role, m.Path, m.State)
 	}
 	level, _ := raid.ParseLevel(sb.Level)
+	if level == raid.LevelLinear {
+		return fmt.Errorf("%w: %s array %s has no redundancy: members cannot be failed", ErrRefused, sb.Level, sb.Name)
+	}
 	lost := 0
 	for _, x := range sb.Members {
 		if x.State != meta.StateActive {

@@ -709,3 +709,17 @@ func TestOfflineUpdate(t *testing.T) {
 	delete(f.open, a)
 	a.Close()
 }
+
+func TestFailLinearRefused(t *testing.T) {
+	f := newFixture(t, raid.LevelLinear, 2, false, nil)
+	for _, force := range []bool{false, true} {
+		_, err := OfflineUpdate(f.stateDir, f.name, "fail", "0", "", force, raid.MemberOptions{})
+		if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "no redundancy") {
+			t.Errorf("offline fail of a linear member (force %v): %v, want a refusal saying it has no redundancy", force, err)
+		}
+	}
+	a := f.openArray()
+	if err := a.Fail("0", true); err == nil || !strings.Contains(err.Error(), "no redundancy") {
+		t.Errorf("online fail of a linear member: %v", err)
+	}
+}
