@@ -76,7 +76,7 @@ plot '$T/limit-m1' using 1:2 with lines lw 6 lc rgb "#c0c0c0" title "(M-1) x one
      $(join "${plots[@]}")
 set title "4k random IOPS, ratio to one disk"
 set ylabel "array / one disk"
-set yrange [0:2]
+set yrange [0:2.2]
 set key bottom right
 plot 1 with lines lw 6 lc rgb "#c0c0c0" title "one disk", \
      $(join "${rplots[@]}")
