@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/ddraid/ddraid/blockdev/member"
@@ -140,16 +137,7 @@ func (c *AgentCmd) Run(g *Globals) error {
 		}
 	}
 	fmt.Printf("agent control socket %s\n", ctlPath)
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sig)
-	var runErr error
-	select {
-	case s := <-sig:
-		slog.Info("shutting down", "signal", s.String())
-	case err := <-serveErr:
-		runErr = fmt.Errorf("serve: %w", err)
-	}
+	runErr := waitForStop(serveErr)
 	ctx, cancel := context.WithTimeout(context.Background(), c.ShutdownWait)
 	defer cancel()
 	if arrays != nil {

@@ -186,16 +186,7 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) (err error) {
 				units.FormatSize(sb.Size), len(sb.Members), nbdURL(addr, sb.Name))
 		}
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sig)
-	var runErr error
-	select {
-	case s := <-sig:
-		slog.Info("shutting down", "signal", s.String())
-	case err := <-serveErr:
-		runErr = fmt.Errorf("serve: %w", err)
-	}
+	runErr := waitForStop(serveErr)
 	ctx, cancel := context.WithTimeout(context.Background(), c.ShutdownWait)
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
@@ -260,4 +251,19 @@ func parseThrottle(minS, maxS string) (resync.Throttle, error) {
 	}
 	th := resync.Throttle{Min: lo, Max: hi}
 	return th, th.Validate()
+}
+
+// waitForStop waits for SIGTERM or SIGINT, or for a listener to fail
+// (returned as the error).
+func waitForStop(serveErr <-chan error) error {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sig)
+	select {
+	case s := <-sig:
+		slog.Info("shutting down", "signal", s.String())
+		return nil
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	}
 }
