@@ -3,6 +3,7 @@ package blockdev
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math/bits"
 	"os"
 	"sync"
@@ -226,12 +227,13 @@ func (d *File) WriteAt(p []byte, off int64) (int, error) {
 
 var iovPool = sync.Pool{New: func() any { v := make([]unix.Iovec, 0, iovMax); return &v }}
 
-// pwritevFull writes the concatenation of bufs at off on d's buffered
-// descriptor with pwritev, at most iovMax buffers per call, going on after
-// short writes until everything is written or a call fails. It returns the
-// bytes written. The caller holds d open (enter), which keeps the
-// descriptor valid; it allocates nothing.
-func pwritevFull(d *File, bufs [][]byte, off int64) (int, error) {
+// vecFull runs pwritev or preadv (sysno) for bufs at off on d's buffered
+// descriptor, at most iovMax buffers per call, going on after short
+// transfers until every buffer is done or a call fails; a read that meets
+// the end of the file fails with io.ErrUnexpectedEOF. It returns the bytes
+// transferred. The caller holds d open (enter), which keeps the descriptor
+// valid; it allocates nothing.
+func vecFull(d *File, sysno uintptr, bufs [][]byte, off int64) (int, error) {
 	fd := d.f.Fd()
 	vp := iovPool.Get().(*[]unix.Iovec)
 	defer func() {
@@ -259,13 +261,15 @@ func pwritevFull(d *File, bufs [][]byte, off int64) (int, error) {
 			break
 		}
 		pos := uint64(off) + uint64(done)
-		n, _, errno := unix.Syscall6(unix.SYS_PWRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)),
+		n, _, errno := unix.Syscall6(sysno, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)),
 			uintptr(pos), uintptr(pos>>(bits.UintSize-1)>>1), 0)
 		switch {
 		case errno == unix.EINTR:
 			continue
 		case errno != 0:
 			return done, errno
+		case n == 0 && sysno == unix.SYS_PREADV:
+			return done, io.ErrUnexpectedEOF
 		case n == 0:
 			return done, errors.New("pwritev wrote nothing")
 		}

@@ -62,36 +62,8 @@ func (r *vecRecorder) WriteVAt(bufs [][]byte, off int64) (int, error) {
 // and checks the device against a model: the bytes of the concatenation
 // at the offset, nothing else changed.
 func TestWriteV(t *testing.T) {
-	devices := []struct {
-		name string
-		open func(t *testing.T) blockdev.Device
-	}{
-		{"file", func(t *testing.T) blockdev.Device { return openTestFile(t, false) }},
-		{"file direct", func(t *testing.T) blockdev.Device { return openTestFile(t, true) }},
-		{"mem (no WriteVAt)", func(t *testing.T) blockdev.Device { return blockdev.NewMem(testSize, 512) }},
-		{"swap stats section file", func(t *testing.T) blockdev.Device {
-			s, err := blockdev.NewSection(openTestFile(t, false), 0, testSize)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return blockdev.NewSwap(blockdev.NewStats(s))
-		}},
-		{"delay mem", func(t *testing.T) blockdev.Device { return blockdev.NewDelay(blockdev.NewMem(testSize, 512), 0, 0) }},
-	}
-	cases := []struct {
-		name string
-		off  int64
-		lens []int
-	}{
-		{"no buffers", 4096, nil},
-		{"one buffer", 4096, []int{4096}},
-		{"empty buffers between", 512, []int{0, 1024, 0, 0, 512, 0}},
-		{"fragments of blocks", 8192, repeatLen(64, 1024)},
-		{"unaligned lengths", 1000, []int{3, 700, 1, 4096, 77}},
-		{"more than IOV_MAX", 0, repeatLen(1500, 512)},
-		{"many small", 12345, repeatLen(3000, 7)},
-		{"up to the end", testSize - 3*512, repeatLen(3, 512)},
-	}
+	devices := vectorDevices()
+	cases := vectorCases()
 	for _, dv := range devices {
 		for _, tc := range cases {
 			t.Run(dv.name+"/"+tc.name, func(t *testing.T) {
@@ -256,3 +228,94 @@ func benchWriteV(b *testing.B, gather bool) {
 
 func BenchmarkFileWriteV256x1k(b *testing.B)      { benchWriteV(b, true) }
 func BenchmarkFileCopyWriteAt256x1k(b *testing.B) { benchWriteV(b, false) }
+
+// vectorDevice is a device kind the vector tests run on.
+type vectorDevice struct {
+	name string
+	open func(t *testing.T) blockdev.Device
+}
+
+func vectorDevices() []vectorDevice {
+	return []vectorDevice{
+		{"file", func(t *testing.T) blockdev.Device { return openTestFile(t, false) }},
+		{"file direct", func(t *testing.T) blockdev.Device { return openTestFile(t, true) }},
+		{"mem (no WriteVAt)", func(t *testing.T) blockdev.Device { return blockdev.NewMem(testSize, 512) }},
+		{"swap stats section file", func(t *testing.T) blockdev.Device {
+			s, err := blockdev.NewSection(openTestFile(t, false), 0, testSize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return blockdev.NewSwap(blockdev.NewStats(s))
+		}},
+		{"delay mem", func(t *testing.T) blockdev.Device { return blockdev.NewDelay(blockdev.NewMem(testSize, 512), 0, 0) }},
+	}
+}
+
+// vectorCase is a buffer list shape at an offset.
+type vectorCase struct {
+	name string
+	off  int64
+	lens []int
+}
+
+func vectorCases() []vectorCase {
+	return []vectorCase{
+		{"no buffers", 4096, nil},
+		{"one buffer", 4096, []int{4096}},
+		{"empty buffers between", 512, []int{0, 1024, 0, 0, 512, 0}},
+		{"fragments of blocks", 8192, repeatLen(64, 1024)},
+		{"unaligned lengths", 1000, []int{3, 700, 1, 4096, 77}},
+		{"more than IOV_MAX", 0, repeatLen(1500, 512)},
+		{"many small", 12345, repeatLen(3000, 7)},
+		{"up to the end", testSize - 3*512, repeatLen(3, 512)},
+	}
+}
+
+// TestReadV reads buffer lists of every shape through every device kind:
+// each buffer gets its bytes of the device, in order.
+func TestReadV(t *testing.T) {
+	for _, dv := range vectorDevices() {
+		for _, tc := range vectorCases() {
+			t.Run(dv.name+"/"+tc.name, func(t *testing.T) {
+				d := dv.open(t)
+				model := make([]byte, testSize)
+				for i := range model {
+					model[i] = byte(i*7 + i>>9)
+				}
+				if _, err := d.WriteAt(model, 0); err != nil {
+					t.Fatal(err)
+				}
+				bufs := vecShape(rand.New(rand.NewPCG(2, uint64(len(tc.lens)))), tc.lens...)
+				n, err := blockdev.ReadV(d, bufs, tc.off)
+				total := 0
+				for _, b := range bufs {
+					total += len(b)
+				}
+				if err != nil || n != total {
+					t.Fatalf("ReadV = %d, %v; want %d, nil", n, err, total)
+				}
+				at := tc.off
+				for k, b := range bufs {
+					if !bytes.Equal(b, model[at:at+int64(len(b))]) {
+						t.Fatalf("buffer %d (%d bytes at %d) differs from the device", k, len(b), at)
+					}
+					at += int64(len(b))
+				}
+			})
+		}
+	}
+}
+
+func TestReadVErrors(t *testing.T) {
+	d := openTestFile(t, false)
+	if _, err := blockdev.ReadV(d, [][]byte{make([]byte, 512), make([]byte, 1024)}, testSize-1024); err == nil {
+		t.Error("ReadV past the end: no error")
+	}
+	if _, err := blockdev.ReadV(d, [][]byte{make([]byte, 512)}, -512); err == nil {
+		t.Error("ReadV at a negative offset: no error")
+	}
+	d.Close()
+	if _, err := blockdev.ReadV(d, [][]byte{make([]byte, 512), make([]byte, 512)}, 0); err == nil {
+		t.Error("ReadV on a closed file: no error")
+	}
+}

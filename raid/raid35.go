@@ -405,7 +405,7 @@ func (r *Raid35) writeMember(m int, p []byte, n0 int64) error {
 	return nil
 }
 
-// vecPool holds the buffer lists of writeGathered.
+// vecPool holds the buffer lists of writeGathered and readStretch.
 var vecPool = sync.Pool{New: func() any { v := make([][]byte, 0, maxRunBytes/MinFragmentSize); return &v }}
 
 // writeGathered is writeMember for runs that are not one contiguous piece
@@ -601,23 +601,29 @@ func (r *Raid35) readMember(m int, p, par []byte, n0 int64, all bool) error {
 	return nil
 }
 
-// readStretch reads member m's fragments of blocks n0+i .. n0+j-1 with one
-// ReadAt and puts each where it belongs.
+// readStretch reads member m's fragments of blocks n0+i .. n0+j-1 as one
+// request, scattered straight to where each belongs (blockdev.ReadV: one
+// preadv on a file).
 func (r *Raid35) readStretch(m int, p, par []byte, n0 int64, i, j int) error {
 	off := (n0 + int64(i)) * int64(r.f)
 	if j-i == 1 {
 		return readFull(r.members[m], r.fragSlot(p, par, i, r.g.Role(n0+int64(i), m)), off)
 	}
-	bp := getBuf((j - i) * r.f)
-	defer putBuf(bp)
-	buf := *bp
-	if err := readFull(r.members[m], buf, off); err != nil {
-		return err
-	}
+	vp := vecPool.Get().(*[][]byte)
+	bufs := (*vp)[:0]
+	defer func() {
+		clear(bufs) // drop the references to p
+		*vp = bufs[:0]
+		vecPool.Put(vp)
+	}()
 	for x := i; x < j; x++ {
-		copy(r.fragSlot(p, par, x, r.g.Role(n0+int64(x), m)), buf[(x-i)*r.f:])
+		bufs = append(bufs, r.fragSlot(p, par, x, r.g.Role(n0+int64(x), m)))
 	}
-	return nil
+	n, err := blockdev.ReadV(r.members[m], bufs, off)
+	if err == nil && n < (j-i)*r.f {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // oneParity reports whether one member holds the parity of every block of
