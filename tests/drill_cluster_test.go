@@ -235,6 +235,11 @@ func TestDrillClusterKillWriter(t *testing.T) {
 	if want := fmt.Sprintf("writer slot %d epoch %d, quorum", s1.Coord.Slot, s1.Coord.Epoch); !strings.Contains(txt, "array data: serving at "+dc.uri(1)) || !strings.Contains(txt, want) {
 		t.Errorf("cluster status on n1 does not show the array it serves (want %q):\n%s", want, txt)
 	}
+	// ddraid status shows the array with its cluster part (slot, epoch, quorum).
+	txt = run(t, ddraidBin, "status", "data", "--state-dir="+n1.stateDir)
+	if want := fmt.Sprintf("writer slot %d epoch %d, quorum", s1.Coord.Slot, s1.Coord.Epoch); !strings.Contains(txt, "  cluster:\n") || !strings.Contains(txt, want) {
+		t.Errorf("ddraid status on n1 lacks the cluster part (want %q):\n%s", want, txt)
+	}
 
 	// Both front ends at once, disjoint halves, verified inline.
 	errs := make(chan string, 2)

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ddraid/ddraid/cluster/serve"
 	"github.com/ddraid/ddraid/internal/units"
 	"github.com/ddraid/ddraid/raid"
 	"github.com/ddraid/ddraid/raid/array"
@@ -53,13 +54,41 @@ func (c *StatusCmd) once(g *Globals) error {
 		fmt.Printf("no arrays in %s\n", g.StateDir)
 		return nil
 	}
+	clustered := clusterArrays(g)
 	for i, s := range out {
 		if i > 0 {
 			fmt.Println()
 		}
 		printStatus(s)
+		for _, ca := range clustered {
+			if ca.Name == s.Name {
+				fmt.Println("  cluster:")
+				var b strings.Builder
+				serve.WriteStatus(&b, []serve.ArrayStatus{ca})
+				for _, line := range strings.Split(strings.TrimRight(b.String(), "\n"), "\n") {
+					fmt.Println("    " + strings.TrimSpace(line))
+				}
+			}
+		}
 	}
 	return nil
+}
+
+// clusterArrays returns what the state dir's agent says of the arrays it
+// serves in cluster mode: nothing when no agent runs there or it is not in
+// cluster mode.
+func clusterArrays(g *Globals) []serve.ArrayStatus {
+	path := agentControl(g, "")
+	if _, err := os.Stat(path); err != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	arrays, err := serve.Arrays(ctx, path)
+	if err != nil {
+		return nil
+	}
+	return arrays
 }
 
 // collectStatus returns the status of the named array (or all): from the
