@@ -41,7 +41,8 @@ func Resolve(sb *meta.Array, ref string) (role int, spare bool, err error) {
 	return 0, false, fmt.Errorf("%s is not a member of array %s", ref, sb.Name)
 }
 
-// checkFail refuses to fail a member when that would lose data.
+// checkFail refuses to fail a member when that would lose data (always for
+// linear arrays, which have no redundancy and no Syncer).
 func checkFail(sb *meta.Array, role int, force bool) error {
 	m := sb.Members[role]
 	if m.State != meta.StateActive && m.State != meta.StateRecovering {
@@ -66,9 +67,6 @@ func checkFail(sb *meta.Array, role int, force bool) error {
 
 // Fail marks a member failed; IO continues degraded.
 func (a *Array) Fail(ref string, force bool) error {
-	if a.sync == nil {
-		return fmt.Errorf("%s array %s has no redundancy: members cannot be failed", a.sb.Level, a.opts.Name)
-	}
 	sb := a.Superblock()
 	role, spare, err := Resolve(&sb, ref)
 	if err != nil {
