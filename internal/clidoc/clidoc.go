@@ -1,7 +1,11 @@
 // Package clidoc renders a kong command line as a manual page (roff with
-// the man(7) macros) and as a bash completion script, by walking the kong
-// model: commands added later appear in both without being listed here.
-// Hidden commands and flags are left out of both.
+// the man(7) macros) and as bash, zsh and fish completion scripts, by
+// walking the kong model: commands added later appear in all of them
+// without being listed here. Hidden commands and flags are left out. The
+// three scripts complete the same things: command names, flags (global
+// ones after every command too), enum values, file or directory names for
+// flags that take paths, file names for arguments; zsh and fish show the
+// help text beside each candidate.
 package clidoc
 
 import (
