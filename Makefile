@@ -95,12 +95,14 @@ drills: test-deps
 
 # bench compares ddraid with nbdkit and qemu-nbd (fio, same run), measures
 # rebuild speed and foreground IO during a rebuild, then raid35 over slow
-# simulated disks (bench-members); then Go micro-benchmarks.
+# simulated disks (bench-members), then cluster mode (bench-cluster); then
+# Go micro-benchmarks.
 # BENCH_RUNTIME sets seconds per fio case.
 bench: build test-deps
 	bash bench/run.sh
 	bash bench/rebuild.sh
 	$(MAKE) --no-print-directory bench-members
+	$(MAKE) --no-print-directory bench-cluster
 	$(GO) test -run '^$$' -bench . -benchmem ./raid/ ./blockdev/...
 
 # bench-members reproduces the Raid 3.5 speed claims: raid35 over 3, 5 and 9
@@ -112,6 +114,15 @@ bench: build test-deps
 bench-members: build test-deps
 	BENCH_RESULTS=bin/members.tsv bash bench/members.sh
 	bash bench/plot-members.sh bin/members.tsv bin/raid35-scaling.png
+
+# bench-cluster measures cluster mode (issue 7): three agents on loopback,
+# kill -9 of one of two writers (the survivor's IO stall, the takeover
+# resync of a 1 GiB dirty set) and two writers against one on a
+# latency-bound path (--serve-member-delay); PASS/MISS against the goals.
+# See bench/cluster.sh for its BENCH_CLUSTER_* settings.
+.PHONY: bench-cluster
+bench-cluster: build
+	bash bench/cluster.sh
 
 fuzz:
 	@# every Fuzz target of the tree (git grep finds new ones), FUZZTIME each
