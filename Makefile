@@ -5,11 +5,13 @@ GO       ?= go
 BIN      := bin/ddraid
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X main.version=$(VERSION)
-# Debian packages the tests drive (real NBD clients, fault injection, FUSE).
+# Debian packages the tests drive (real NBD clients, fault injection, FUSE,
+# the shells the completion scripts are for).
 TEST_TOOLS := nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin \
 	nbdsh:python3-libnbd qemu-io:qemu-utils qemu-img:qemu-utils fio:fio fusermount3:fuse3 \
 	mkfs.ext4:e2fsprogs e2fsck:e2fsprogs qemu-nbd:qemu-utils \
-	rpm:rpm lintian:lintian systemd-analyze:systemd dpkg-deb:dpkg man:man-db
+	rpm:rpm lintian:lintian systemd-analyze:systemd dpkg-deb:dpkg man:man-db \
+	zsh:zsh fish:fish
 FUZZTIME ?= 60s
 # Packages (make package): nfpm comes from the tools module (tools/go.mod),
 # built once into bin/nfpm.
@@ -37,6 +39,8 @@ package: $(NFPM)
 	./$(BIN) config check --config packaging/ddraid.toml >/dev/null
 	./$(BIN) man --date=$(PKG_DATE) | gzip -9n > $(PKG_BUILD)/ddraid.1.gz
 	./$(BIN) completion bash > $(PKG_BUILD)/ddraid.bash
+	./$(BIN) completion zsh > $(PKG_BUILD)/_ddraid
+	./$(BIN) completion fish > $(PKG_BUILD)/ddraid.fish
 	for p in postinstall preremove postremove; do \
 		sed "s/@PHASE@/$$p/" packaging/scripts/maintainer.sh > $(PKG_BUILD)/$$p.sh; done
 	printf 'ddraid (%s) unstable; urgency=medium\n\n  * Built from git commit %s.\n\n -- %s  %s\n' \

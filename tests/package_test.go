@@ -67,6 +67,8 @@ var installedFiles = []string{
 	"/usr/lib/systemd/system/ddraid.service",
 	"/usr/lib/systemd/system/ddraid-serve@.service",
 	"/usr/share/bash-completion/completions/ddraid",
+	"/usr/share/zsh/vendor-completions/_ddraid",
+	"/usr/share/fish/vendor_completions.d/ddraid.fish",
 	"/usr/share/doc/ddraid/copyright",
 	"/usr/share/doc/ddraid/install.md",
 	"/usr/share/man/man1/ddraid.1.gz",
@@ -270,7 +272,11 @@ func TestPackageInstall(t *testing.T) {
 	if out := run(t, filepath.Join(root, "usr/bin/ddraid"), "config", "check", "--config", filepath.Join(root, "etc/ddraid/ddraid.toml")); out != "ok\n" {
 		t.Fatalf("config check of the installed file: %q", out)
 	}
+	// The completion scripts parse in their shells.
+	needTools(t, "zsh", "fish")
 	run(t, "bash", "-n", filepath.Join(root, "usr/share/bash-completion/completions/ddraid"))
+	run(t, "zsh", "-n", filepath.Join(root, "usr/share/zsh/vendor-completions/_ddraid"))
+	run(t, "fish", "--no-execute", filepath.Join(root, "usr/share/fish/vendor_completions.d/ddraid.fish"))
 
 	// Reinstalling the same version runs postinst as an upgrade.
 	if out := dpkg("-i", p.deb); !strings.Contains(out, "ddraid: upgraded") {
