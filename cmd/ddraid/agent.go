@@ -13,7 +13,9 @@ import (
 	"github.com/ddraid/ddraid/blockdev/nbd"
 	"github.com/ddraid/ddraid/cluster"
 	"github.com/ddraid/ddraid/cluster/serve"
+	"github.com/ddraid/ddraid/internal/ctlsock"
 	"github.com/ddraid/ddraid/raid"
+	"github.com/ddraid/ddraid/raid/array"
 )
 
 // AgentCmd is `ddraid agent`: serve the disks this node hosts as members.
@@ -26,6 +28,7 @@ type AgentCmd struct {
 	TLSKey       string        `name:"tls-key" type:"path" help:"Private key (PEM) of --tls-cert." placeholder:"FILE"`
 	TLSCA        string        `name:"tls-ca" type:"path" help:"CA (PEM) that signs client certificates." placeholder:"FILE"`
 	ShutdownWait time.Duration `help:"How long SIGTERM waits for requests in flight." default:"30s"`
+	HTTP         string        `name:"http" help:"Also serve a read-only status page (the cluster's nodes, the arrays served here, the member disks) on this TCP address (e.g. 127.0.0.1:10881); off when empty." placeholder:"HOST:PORT"`
 	Cluster      ClusterFlags  `embed:"" group:"Cluster mode"`
 }
 
@@ -136,6 +139,16 @@ func (c *AgentCmd) Run(g *Globals) error {
 			fmt.Printf("agent serving %s at %s:%s\n", d.Path(), l.Addr(), d.Path())
 		}
 	}
+	if c.HTTP != "" {
+		stop, err := c.servePage(node, arrays, host, listeners)
+		if err != nil {
+			for _, l := range listeners {
+				l.Close()
+			}
+			return err
+		}
+		defer stop()
+	}
 	fmt.Printf("agent control socket %s\n", ctlPath)
 	runErr := waitForStop(serveErr)
 	ctx, cancel := context.WithTimeout(context.Background(), c.ShutdownWait)
@@ -150,6 +163,42 @@ func (c *AgentCmd) Run(g *Globals) error {
 		runErr = fmt.Errorf("shutdown: %w", err)
 	}
 	return runErr
+}
+
+// servePage starts the read-only status page on --http; stop shuts it
+// down.
+func (c *AgentCmd) servePage(node *cluster.Node, arrays *serve.Server, host *member.Host, listeners []net.Listener) (stop func(), err error) {
+	ln, err := net.Listen("tcp", c.HTTP)
+	if err != nil {
+		return nil, fmt.Errorf("--http: %w", err)
+	}
+	pc := serve.PageConfig{Title: "agent", Exports: func() []array.PageExport {
+		var out []array.PageExport
+		for _, d := range host.Disks() {
+			e := array.PageExport{Path: d.Path()}
+			for _, l := range listeners {
+				addr := l.Addr().String()
+				if l.Addr().Network() == "unix" {
+					addr = "unix:" + addr
+				}
+				e.Addresses = append(e.Addresses, addr)
+			}
+			out = append(out, e)
+		}
+		return out
+	}}
+	if node != nil {
+		pc.Title = "agent " + string(node.Name())
+		pc.Cluster = node.Status
+	}
+	srv := ctlsock.NewHTTPServer(serve.PageHandler(arrays, pc), slog.Default())
+	go srv.Serve(ln)
+	fmt.Printf("agent status page http://%s/\n", ln.Addr())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}, nil
 }
 
 // FenceCmd is `ddraid fence`: tell an agent to refuse a slot's old epochs.
