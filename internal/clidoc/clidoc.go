@@ -257,22 +257,8 @@ func quoteArg(s string) string {
 // directory names for flags that take paths and for arguments.
 func Bash(app *kong.Application) []byte {
 	name := app.Name
-	fn := "_" + strings.NewReplacer("-", "_", ".", "_").Replace(name)
-	type node struct {
-		path string // command words after the program, space separated
-		n    *kong.Node
-	}
-	var nodes []node
-	var walk func(n *kong.Node, path string)
-	walk = func(n *kong.Node, path string) {
-		nodes = append(nodes, node{path, n})
-		for _, c := range n.Children {
-			if c.Type == kong.CommandNode && !c.Hidden {
-				walk(c, strings.TrimSpace(path+" "+c.Name))
-			}
-		}
-	}
-	walk(app.Node, "")
+	fn := funcName(name, "")
+	nodes := tree(app)
 
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# bash completion for %s, generated from its command line.\n", name)
@@ -282,10 +268,8 @@ func Bash(app *kong.Application) []byte {
 	fmt.Fprintf(&b, "%s_commands() {\n\tcase \"$1\" in\n", fn)
 	for _, nd := range nodes {
 		var subs []string
-		for _, c := range nd.n.Children {
-			if c.Type == kong.CommandNode && !c.Hidden {
-				subs = append(subs, c.Name)
-			}
+		for _, c := range subcommands(nd.n) {
+			subs = append(subs, c.Name)
 		}
 		if len(subs) > 0 {
 			fmt.Fprintf(&b, "\t%s) echo %s ;;\n", shellQuote(nd.path), shellQuote(strings.Join(subs, " ")))
