@@ -43,6 +43,9 @@ type CreateOptions struct {
 	// Writer is this node's slot and epoch, sent to agent members when
 	// their headers are written.
 	Writer Writer
+	// Slots is the number of writer slots for cluster mode (0:
+	// meta.DefaultSlots).
+	Slots int
 }
 
 // DefaultRegionSize is the bitmap region size when none is given.
@@ -95,6 +98,12 @@ func (o *CreateOptions) validate() error {
 	}
 	if o.RegionSize == 0 {
 		o.RegionSize = DefaultRegionSize
+	}
+	if o.Slots == 0 {
+		o.Slots = meta.DefaultSlots
+	}
+	if err := meta.ValidateSlots(o.Slots); err != nil {
+		return err
 	}
 	if o.RegionSize < 64<<10 || o.RegionSize&(o.RegionSize-1) != 0 {
 		return fmt.Errorf("region size %d must be a power of two of at least 64 KiB", o.RegionSize)
@@ -160,7 +169,7 @@ func Create(s *meta.Store, opts CreateOptions) (*meta.Array, error) {
 	a := &meta.Array{
 		Name: opts.Name, UUID: meta.NewUUID(), Level: string(opts.Level),
 		BlockSize: opts.Geometry.BlockSize, DataOffset: meta.DataOffset, Created: time.Now().UTC(),
-		RegionSize: opts.RegionSize,
+		RegionSize: opts.RegionSize, Slots: opts.Slots,
 	}
 	for _, m := range plan {
 		// Members that held data before need their redundancy computed;

@@ -61,6 +61,7 @@ type RunningArray interface {
 	ApplySuperblock(sb *meta.Array) error
 	CanOpen(ctx context.Context, spec string) error
 	ResyncRange(ctx context.Context, off, length int64) error
+	RecoverRange(ctx context.Context, role int, off, length int64) error
 }
 
 // ArrayLocal is the Local of an array this node serves, from before it is
@@ -153,6 +154,15 @@ func (l *ArrayLocal) Resync(ctx context.Context, off, length int64) error {
 		return fmt.Errorf("array %s is not assembled on this node yet", sb.Name)
 	}
 	return a.ResyncRange(ctx, off, length)
+}
+
+// Recover implements Local.
+func (l *ArrayLocal) Recover(ctx context.Context, role int, off, length int64) error {
+	a, sb := l.running()
+	if a == nil {
+		return fmt.Errorf("array %s is not assembled on this node yet", sb.Name)
+	}
+	return a.RecoverRange(ctx, role, off, length)
 }
 
 // MemberHosts implements Local.

@@ -53,6 +53,9 @@ func (f *fakeRunning) ApplySuperblock(sb *meta.Array) error {
 }
 func (f *fakeRunning) CanOpen(context.Context, string) error           { return nil }
 func (f *fakeRunning) ResyncRange(context.Context, int64, int64) error { return nil }
+func (f *fakeRunning) RecoverRange(context.Context, int, int64, int64) error {
+	return nil
+}
 
 func TestArrayLocalBeforeAndAfterAttach(t *testing.T) {
 	dir := t.TempDir()

@@ -29,6 +29,10 @@ type Local interface {
 	// Resync makes [off, off+length) of the array consistent from its data
 	// (raid.Syncer.Resync).
 	Resync(ctx context.Context, off, length int64) error
+	// Recover rebuilds member role's part of [off, off+length) from the
+	// other members (raid.Syncer.Recover); the member is recovering on
+	// every writer.
+	Recover(ctx context.Context, role int, off, length int64) error
 	// MemberHosts returns the hosts of the array's members in use; an
 	// error when a member in use has no host that can fence and keep
 	// marks.
@@ -48,7 +52,8 @@ type Config struct {
 	Local Local
 	// Gate is the array's write gate. Required.
 	Gate *WriteGate
-	// Slots is the number of writer slots (default 4).
+	// Slots is the number of writer slots (default: the superblock's,
+	// meta.Array.SlotCount).
 	Slots int
 	// GroupRegions is the number of bitmap regions per resync lock group
 	// (default 16).
@@ -64,6 +69,9 @@ type Config struct {
 	// once its recovery finished) (default 40); ScanPolls is how often
 	// they are probed otherwise (default 120).
 	RescanPolls, ScanPolls int
+	// CheckpointEvery is how often a running job (initial sync, rebuild)
+	// records its progress in the superblock (default 5 s).
+	CheckpointEvery time.Duration
 	// OnSlotLost is called once when this node's slot lock is lost (the
 	// majority purged it): the array must stop writing for good (its
 	// fenced state). Optional.
@@ -72,18 +80,17 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// DefaultSlots is the number of writer slots when Config.Slots is 0.
-const DefaultSlots = 4
-
 func (c *Config) validate() error {
 	if c.Node == "" || c.Lockd == nil || c.Router == nil || c.Local == nil || c.Gate == nil {
 		return errors.New("coord: Node, Lockd, Router, Local and Gate are required")
 	}
-	if c.Slots == 0 {
-		c.Slots = DefaultSlots
+	if c.Slots != 0 {
+		if err := meta.ValidateSlots(c.Slots); err != nil {
+			return fmt.Errorf("coord: %w", err)
+		}
 	}
-	if c.Slots < 1 || c.Slots > 1<<16 {
-		return fmt.Errorf("coord: %d slots (want 1 to 65536)", c.Slots)
+	if c.CheckpointEvery <= 0 {
+		c.CheckpointEvery = 5 * time.Second
 	}
 	if c.GroupRegions <= 0 {
 		c.GroupRegions = 16
@@ -159,6 +166,8 @@ type Coordinator struct {
 	pendingFail map[int]string // member failures not yet recorded cluster-wide
 	dirtySlot   bool           // our slot's previous holder did not leave it clean
 	started     bool
+	trying      map[string]bool    // jobs whose lock this node is asking for or holds
+	running     map[string]*jobRun // jobs running here
 
 	stop chan struct{}
 	done chan struct{}
@@ -177,6 +186,7 @@ func New(cfg Config) (*Coordinator, error) {
 	c := &Coordinator{
 		cfg: cfg, uuid: sb.UUID.String(),
 		mine: map[uint32]Window{}, takeovers: map[uint32]bool{}, pendingFail: map[int]string{},
+		trying: map[string]bool{}, running: map[string]*jobRun{},
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	c.log = cfg.Logger.With("array", sb.Name, "node", cfg.Node)
@@ -205,6 +215,16 @@ func (c *Coordinator) geometry() (regionSize, size int64) {
 	return regionSize, sb.Size
 }
 
+// slots returns the number of writer slots: the configured one, or the
+// superblock's (it may grow while the array runs).
+func (c *Coordinator) slots() int {
+	if c.cfg.Slots != 0 {
+		return c.cfg.Slots
+	}
+	sb := c.cfg.Local.Superblock()
+	return sb.SlotCount()
+}
+
 // Join takes a free writer slot: the first slot/N granted at once (EX,
 // NOQUEUE), and fetches the windows other nodes announced before this node
 // listened. The returned identity is what the array's member connections
@@ -224,14 +244,15 @@ func (c *Coordinator) Join(ctx context.Context) (raid.Writer, error) {
 		return raid.Writer{}, fmt.Errorf("join %s: %w", c.uuid, err)
 	}
 	for {
-		for n := range uint32(c.cfg.Slots) {
+		slots := c.slots()
+		for n := range uint32(slots) {
 			l, err := c.ls.Lock(ctx, slotResource(n), lockd.EX, lockd.NoQueue|lockd.ValBlk)
 			if errors.Is(err, lockd.ErrAgain) {
 				continue
 			}
 			if err != nil && ctx.Err() != nil && !errors.Is(err, lockd.ErrNoQuorum) {
 				// The time ran out while asking: every slot tried so far was held.
-				return raid.Writer{}, fmt.Errorf("join %s: %w: all %d held by live writers (%w)", c.uuid, ErrNoSlot, c.cfg.Slots, context.Cause(ctx))
+				return raid.Writer{}, fmt.Errorf("join %s: %w: all %d held by live writers (%w)", c.uuid, ErrNoSlot, slots, context.Cause(ctx))
 			}
 			if err != nil {
 				return raid.Writer{}, fmt.Errorf("join %s: take slot %d: %w", c.uuid, n, err)
@@ -253,7 +274,7 @@ func (c *Coordinator) Join(ctx context.Context) (raid.Writer, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return raid.Writer{}, fmt.Errorf("join %s: %w: all %d held by live writers (%w)", c.uuid, ErrNoSlot, c.cfg.Slots, context.Cause(ctx))
+			return raid.Writer{}, fmt.Errorf("join %s: %w: all %d held by live writers (%w)", c.uuid, ErrNoSlot, slots, context.Cause(ctx))
 		case <-time.After(c.cfg.Poll):
 		}
 	}
@@ -336,7 +357,7 @@ func (c *Coordinator) unlock(l *lockd.Lock) {
 }
 
 // run is the coordinator's loop: watch the slot lock, follow membership,
-// scan for slots to take over.
+// scan for slots to take over, take up due jobs (jobs.go).
 func (c *Coordinator) run() {
 	defer c.wg.Done()
 	t := time.NewTicker(c.cfg.Poll)
@@ -362,6 +383,7 @@ func (c *Coordinator) run() {
 			}
 			c.startScan()
 		}
+		c.startJobs()
 	}
 }
 
@@ -501,6 +523,11 @@ type Status struct {
 	Windows []Window `json:"windows,omitempty"`
 	// Takeovers are the slots this node is taking over.
 	Takeovers []uint32 `json:"takeovers,omitempty"`
+	// Jobs are the cluster jobs due (initial sync, rebuilds) and who runs
+	// them.
+	Jobs []JobStatus `json:"jobs,omitempty"`
+	// Slots is the array's number of writer slots.
+	Slots int `json:"slots"`
 	// LastError is the last takeover scan's error (empty once a scan
 	// succeeded).
 	LastError string `json:"last_error,omitempty"`
@@ -510,7 +537,12 @@ type Status struct {
 func (c *Coordinator) Status() Status {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st := Status{Node: c.cfg.Node, Slot: -1, Quorum: c.cfg.Lockd.HasQuorum(), Windows: c.cfg.Gate.Windows()}
+	sb := c.cfg.Local.Superblock()
+	st := Status{Node: c.cfg.Node, Slot: -1, Quorum: c.cfg.Lockd.HasQuorum(), Windows: c.cfg.Gate.Windows(), Slots: sb.SlotCount()}
+	if c.cfg.Slots != 0 {
+		st.Slots = c.cfg.Slots
+	}
+	st.Jobs = c.jobStatus(sb, st.Windows)
 	if c.slot != nil {
 		st.Slot, st.Epoch = int(c.writer.Slot), c.writer.Epoch
 	}

@@ -187,7 +187,11 @@ type modelLocal struct {
 	refuse     error            // ApplySuperblock refuses with it
 	cannotOpen map[string]error // CanOpen refuses these specs
 	resynced   []int64          // offsets given to Resync
+	recovered  []int64          // offsets given to Recover
 	resyncHook func(off int64) error
+	// w and onFenced are the engine's writer identity (open).
+	w        raid.Writer
+	onFenced func()
 }
 
 func (m *modelLocal) Superblock() meta.Array {
@@ -207,8 +211,45 @@ func (m *modelLocal) ApplySuperblock(sb *meta.Array) error {
 	if err != nil {
 		return err
 	}
+	old := m.sb
 	m.sb = *c
+	if m.eng == nil {
+		return nil
+	}
+	// Follow the member table as raid/array does: failed, added
+	// (recovering: written, not read), rebuilt.
+	for role, nm := range sb.Members {
+		om := old.Members[role]
+		switch {
+		case nm.State == meta.StateFailed && om.State != meta.StateFailed:
+			m.eng.Fail(role, errors.New("failed by the cluster"))
+		case nm.State == meta.StateRecovering && om.State != meta.StateRecovering:
+			if err := m.eng.StartRecovery(role, m.hosts[role].conn(m.w, m.onFenced)); err != nil {
+				return err
+			}
+		case nm.State == meta.StateActive && om.State == meta.StateRecovering:
+			if err := m.eng.FinishRecovery(role); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
+}
+
+func (m *modelLocal) Recover(_ context.Context, role int, off, length int64) error {
+	m.mu.Lock()
+	m.recovered = append(m.recovered, off)
+	hook, eng := m.resyncHook, m.eng
+	m.mu.Unlock()
+	if hook != nil {
+		if err := hook(off); err != nil {
+			return err
+		}
+	}
+	if eng == nil {
+		return errors.New("model array not open")
+	}
+	return eng.Recover(role, off, length)
 }
 
 func (m *modelLocal) CanOpen(_ context.Context, spec string) error {
@@ -244,8 +285,19 @@ func (m *modelLocal) MemberHosts() ([]MemberHost, error) {
 func (m *modelLocal) resyncedRegions() []uint64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return regionsOfOffsets(m.resynced)
+}
+
+func (m *modelLocal) recoveredRegions() []uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return regionsOfOffsets(m.recovered)
+}
+
+// regionsOfOffsets returns the sorted, distinct regions of offsets.
+func regionsOfOffsets(offs []int64) []uint64 {
 	var out []uint64
-	for _, off := range m.resynced {
+	for _, off := range offs {
 		out = append(out, uint64(off/tRegion))
 	}
 	slices.Sort(out)
@@ -263,7 +315,7 @@ func (m *modelLocal) open(t testing.TB, w raid.Writer, onFenced func()) *raid.Ra
 		t.Fatal(err)
 	}
 	m.mu.Lock()
-	m.eng = eng
+	m.eng, m.w, m.onFenced = eng, w, onFenced
 	m.mu.Unlock()
 	return eng
 }

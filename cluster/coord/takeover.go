@@ -8,6 +8,7 @@ import (
 
 	"github.com/ddraid/ddraid/cluster"
 	"github.com/ddraid/ddraid/lockd"
+	"github.com/ddraid/ddraid/raid/meta"
 )
 
 // Scan probes every other slot once and takes over those whose holder is
@@ -23,7 +24,7 @@ func (c *Coordinator) Scan(ctx context.Context) error {
 		return ErrNotJoined
 	}
 	var errs []error
-	for n := range uint32(c.cfg.Slots) {
+	for n := range uint32(c.slots()) {
 		if n == mine {
 			continue
 		}
@@ -98,6 +99,13 @@ func (c *Coordinator) recoverSlot(ctx context.Context, n uint32, l *lockd.Lock, 
 	if len(dirty) == 0 {
 		return nil
 	}
+	if degraded(c.cfg.Local.Superblock()) {
+		// No redundancy to restore without the missing member: the marks
+		// stay at the hosts, and its rebuild (a re-add rebuilds the union
+		// of every slot's marks) makes these regions whole.
+		c.log.Warn("array degraded: a slot's dirty regions wait for the rebuild", "slot", n, "regions", len(dirty))
+		return nil
+	}
 	c.log.Info("resyncing a slot's dirty regions", "slot", n, "regions", len(dirty))
 	regionSize, size := c.geometry()
 	defer c.endWindow(n)
@@ -136,7 +144,23 @@ func (c *Coordinator) resyncGroup(ctx context.Context, n uint32, l *lockd.Lock, 
 	if err := checkHeld(l); err != nil {
 		return err
 	}
+	if degraded(c.cfg.Local.Superblock()) {
+		// A member that is failed or being rebuilt missed these writes:
+		// the marks stay, for its rebuild (a re-add rebuilds the union
+		// of every slot's marks).
+		return nil
+	}
 	return clearAll(ctx, hosts, n, epoch, g.Regions)
+}
+
+// degraded reports whether a member of sb is not active.
+func degraded(sb meta.Array) bool {
+	for _, m := range sb.Members {
+		if m.State != meta.StateActive {
+			return true
+		}
+	}
+	return false
 }
 
 // checkHeld fails once the lock is not valid here (no quorum, or lost):

@@ -12,8 +12,9 @@ import (
 	"github.com/ddraid/ddraid/raid/meta"
 )
 
-// errUnchanged lets an update's function say there is nothing to do.
-var errUnchanged = errors.New("coord: no change")
+// ErrUnchanged lets an update's function say there is nothing to do: the
+// superblock is broadcast again as it is (a node that missed it gets it).
+var ErrUnchanged = errors.New("coord: no change")
 
 // Update changes the superblock cluster-wide (md's METADATA_UPDATED):
 // under the token lock, fn changes a copy, the event counter goes up, this
@@ -47,7 +48,7 @@ func (c *Coordinator) updateHeld(ctx context.Context, tok *lockd.Lock, what stri
 	// broadcast, so every live node is known to have it when this returns.
 	unchanged := false
 	if err := fn(sb); err != nil {
-		if !errors.Is(err, errUnchanged) {
+		if !errors.Is(err, ErrUnchanged) {
 			return nil, fmt.Errorf("metadata update (%s): %w", what, err)
 		}
 		if sb, err = cloneSuperblock(c.cfg.Local.Superblock()); err != nil {
@@ -99,7 +100,7 @@ func (c *Coordinator) FailMember(ctx context.Context, role int, reason string) (
 			return fmt.Errorf("no member %d (the array has %d)", role, len(sb.Members))
 		}
 		if sb.Members[role].State == meta.StateFailed {
-			return errUnchanged
+			return ErrUnchanged
 		}
 		sb.Members[role].State = meta.StateFailed
 		return nil

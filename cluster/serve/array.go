@@ -83,7 +83,7 @@ func Array(ctx context.Context, cfg ArrayConfig) (*Running, error) {
 		return nil, fmt.Errorf("serve %s in cluster mode: %w", cfg.Array.Name, err)
 	}
 	opts := cfg.Array
-	opts.Writer, opts.Gate = w, s.Gate
+	opts.Writer, opts.Gate, opts.Cluster = w, s.Gate, clusterOps{co}
 	opts.MemberFailed = func(role int, cause error) error {
 		ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
 		defer cancel()
@@ -106,6 +106,31 @@ func Array(ctx context.Context, cfg ArrayConfig) (*Running, error) {
 		return nil, fmt.Errorf("serve %s in cluster mode: %w", cfg.Array.Name, err)
 	}
 	return s, nil
+}
+
+// clusterOps makes the coordinator the array's array.Cluster.
+type clusterOps struct{ co *coord.Coordinator }
+
+func (o clusterOps) Update(ctx context.Context, what string, fn func(*meta.Array) error) error {
+	_, err := o.co.Update(ctx, what, unchanged(fn))
+	return err
+}
+
+func (o clusterOps) AddMember(ctx context.Context, spec string, fn func(*meta.Array) error) error {
+	_, err := o.co.AddMember(ctx, spec, unchanged(fn))
+	return err
+}
+
+// unchanged translates the array's "nothing to change" into the
+// coordinator's.
+func unchanged(fn func(*meta.Array) error) func(*meta.Array) error {
+	return func(sb *meta.Array) error {
+		err := fn(sb)
+		if errors.Is(err, array.ErrNoChange) {
+			return coord.ErrUnchanged
+		}
+		return err
+	}
 }
 
 // Close stops the array and leaves the writers: the slot is released

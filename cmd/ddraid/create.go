@@ -22,6 +22,7 @@ type CreateCmd struct {
 	Force       bool       `help:"Overwrite members that belong to another array."`
 	AssumeClean bool       `help:"Skip the initial sync of members that already hold data."`
 	RegionSize  units.Size `help:"Write-intent bitmap region size." default:"4MiB"`
+	Nodes       int        `help:"Cluster mode: writer slots, the most nodes that may write the array at once (grow it later with 'ddraid grow --nodes')." default:"4"`
 	MemberTLS
 }
 
@@ -35,13 +36,16 @@ func (c *CreateCmd) Run(g *Globals) error {
 	if err != nil {
 		return err
 	}
+	if err := meta.ValidateSlots(c.Nodes); err != nil {
+		return err
+	}
 	tc, err := c.MemberTLS.config()
 	if err != nil {
 		return err
 	}
 	opts := raid.CreateOptions{
 		Name: c.Name, Level: level, Members: c.Members, CreateSize: int64(c.Size), Force: c.Force,
-		AssumeClean: c.AssumeClean, RegionSize: int64(c.RegionSize), Remote: remote.Config{TLS: tc, Logger: slog.Default()},
+		AssumeClean: c.AssumeClean, RegionSize: int64(c.RegionSize), Slots: c.Nodes, Remote: remote.Config{TLS: tc, Logger: slog.Default()},
 		Geometry: raid.Geometry{BlockSize: int(c.BlockSize), Parity: parity, ParityChunk: c.ParityChunk},
 	}
 	var a *meta.Array

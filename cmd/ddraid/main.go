@@ -39,6 +39,7 @@ type CLI struct {
 	RemoveDevice RemoveDeviceCmd `cmd:"" name:"remove-device" help:"Take a failed or missing member, or a spare, out of an array."`
 	AddDevice    AddDeviceCmd    `cmd:"" name:"add-device" help:"Add a device: into an empty role (recovery starts) or as a spare."`
 	Replace      ReplaceCmd      `cmd:"" help:"Rebuild a new device from a member while it still serves, then swap them."`
+	Grow         GrowCmd         `cmd:"" help:"Grow an array: more writer slots for cluster mode (--nodes)."`
 	Demo         DemoCmd         `cmd:"" help:"Create (or reuse) a 5-member raid35 array on files in ./ddraid-demo and serve it."`
 	Agent        AgentCmd        `cmd:"" help:"Serve the disks this node hosts to the writers of arrays (member exports)."`
 	Fence        FenceCmd        `cmd:"" help:"Tell an agent to refuse writes from an array slot's older epochs."`

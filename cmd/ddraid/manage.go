@@ -57,6 +57,31 @@ func act(g *Globals, name, action string, req array.Request, mt MemberTLS) error
 	return nil
 }
 
+// GrowCmd is `ddraid grow`.
+type GrowCmd struct {
+	Name  string `arg:"" help:"Array name."`
+	Nodes int    `required:"" help:"New number of writer slots: the most nodes that may write the array at once in cluster mode (it only grows)."`
+}
+
+// Run grows the array through the process serving it, or in its stored
+// metadata when it is stopped.
+func (c *GrowCmd) Run(g *Globals) error {
+	if cl := controlFor(g.StateDir, c.Name); cl != nil {
+		rep, err := cl.Do(context.Background(), c.Name, "grow", array.Request{Slots: c.Nodes})
+		if err != nil {
+			return fmt.Errorf("grow %s: %w", c.Name, err)
+		}
+		fmt.Println(rep.Message)
+		return nil
+	}
+	msg, err := array.OfflineGrow(g.StateDir, c.Name, c.Nodes)
+	if err != nil {
+		return fmt.Errorf("grow %s: %w", c.Name, err)
+	}
+	fmt.Println(msg + " (array not served)")
+	return nil
+}
+
 // FailDeviceCmd is `ddraid fail-device`.
 type FailDeviceCmd struct {
 	Name   string `arg:"" help:"Array name."`

@@ -48,7 +48,11 @@ type Options struct {
 	// Coordinator.MemberFailed records it with every writer). It is called
 	// synchronously from the IO that saw the error; no spare is taken.
 	MemberFailed func(role int, err error) error
-	Logger       *slog.Logger
+	// Cluster, if set, makes every superblock change of this array a
+	// cluster-wide one (see Cluster in cluster.go); the initial sync and
+	// rebuilds are then the cluster's jobs, not this array's.
+	Cluster Cluster
+	Logger  *slog.Logger
 }
 
 // Array is an assembled, running array.
@@ -330,6 +334,20 @@ func (a *Array) resume() {
 		return
 	}
 	sb := a.Superblock()
+	if a.opts.Cluster != nil {
+		// Cluster mode: the initial sync and the rebuilds are jobs one
+		// writer runs for all (cluster/coord); every writer writes the
+		// members being rebuilt. This node's leftover marks are at the
+		// member hosts under its former slot, which is taken over.
+		for role, m := range sb.Members {
+			if m.State == meta.StateRecovering {
+				if err := a.beginRecovery(role, nil); err != nil {
+					a.log.Error("cannot open a member being rebuilt", "role", role, "member", m.Path, "err", err)
+				}
+			}
+		}
+		return
+	}
 	for role, m := range sb.Members {
 		if m.State == meta.StateRecovering {
 			if err := a.startRecovery(role, nil, false); err != nil {
@@ -424,10 +442,26 @@ func (a *Array) queueSync(r resync.Range, initial bool) {
 // Updates are serialised, so the in-memory copy never goes back to an
 // older one.
 func (a *Array) update(fn func(*meta.Array) error) error {
+	return a.updateWhat("metadata", fn)
+}
+
+// updateWhat is update; what names the change (cluster mode logs it and
+// puts it in errors). In cluster mode the change is made under the
+// cluster's token and stored by every writer, this one through
+// ApplySuperblock.
+func (a *Array) updateWhat(what string, fn func(*meta.Array) error) error {
+	if a.opts.Cluster != nil {
+		err := a.opts.Cluster.Update(context.Background(), what, fn)
+		if err != nil && !errors.Is(err, ErrNoChange) {
+			a.log.Error("update metadata", "what", what, "err", err)
+			return err
+		}
+		return nil
+	}
 	a.updMu.Lock()
 	defer a.updMu.Unlock()
 	sb, err := meta.Update(a.opts.StateDir, a.opts.Name, fn)
-	if errors.Is(err, errNoChange) {
+	if errors.Is(err, ErrNoChange) {
 		return nil
 	}
 	if err != nil {
@@ -440,8 +474,8 @@ func (a *Array) update(fn func(*meta.Array) error) error {
 	return nil
 }
 
-// errNoChange abandons an update that has nothing to change.
-var errNoChange = errors.New("no change")
+// ErrNoChange abandons an update that has nothing to change.
+var ErrNoChange = errors.New("no change")
 
 // onFail records a member failure reported by the engine.
 func (a *Array) onFail(member int, err error) {
@@ -461,7 +495,13 @@ func (a *Array) onFail(member int, err error) {
 		if !errors.Is(err, errFailedElsewhere) {
 			if rerr := a.opts.MemberFailed(member, err); rerr != nil {
 				a.log.Error("member failure not yet recorded by every writer; writes wait until it is", "member", member, "err", rerr)
+				return
 			}
+			a.bg.Add(1)
+			go func() {
+				defer a.bg.Done()
+				a.useSpare()
+			}()
 		}
 		return
 	}
@@ -482,14 +522,14 @@ func (a *Array) onFail(member int, err error) {
 func (a *Array) recordFailure(role int) error {
 	return a.update(func(sb *meta.Array) error {
 		if role < 0 || role >= len(sb.Members) {
-			return errNoChange
+			return ErrNoChange
 		}
 		if st := a.sync.MemberStates()[role]; st != raid.MemberFailed && st != raid.MemberMissing {
-			return errNoChange
+			return ErrNoChange
 		}
 		m := &sb.Members[role]
 		if m.State != meta.StateActive && m.State != meta.StateRecovering {
-			return errNoChange
+			return ErrNoChange
 		}
 		m.State = meta.StateFailed
 		return nil

@@ -19,7 +19,20 @@ import (
 //   - ApplySuperblock: store a superblock another writer broadcast and
 //     follow it;
 //   - CanOpen: can this node open a member being added (NEWDISK);
-//   - ResyncRange: resync a range of a failed writer's dirty regions.
+//   - ResyncRange: resync a range of a failed writer's dirty regions, or
+//     of the initial sync; RecoverRange: rebuild a range of a member (both
+//     cluster jobs, run by one writer for all).
+
+// Cluster is how an array in cluster mode changes its superblock
+// (cluster/coord's Coordinator implements it, adapted by cluster/serve):
+// fn changes a copy under the cluster's token lock, and the change counts
+// once every live writer stored it (this one through ApplySuperblock). fn
+// returns ErrNoChange when there is nothing to do. AddMember first checks
+// that every live writer can open spec.
+type Cluster interface {
+	Update(ctx context.Context, what string, fn func(*meta.Array) error) error
+	AddMember(ctx context.Context, spec string, fn func(*meta.Array) error) error
+}
 
 // WriteGate admits writes (cluster/coord.WriteGate implements it). Enter
 // may wait; every admitted write calls Leave with Enter's ticket when it
@@ -101,12 +114,17 @@ func (g *gatedDevice) Close() error      { return g.dev.Close() }
 // superblock says it failed.
 var errFailedElsewhere = errors.New("failed by another writer of the array")
 
-// ApplySuperblock stores sb (broadcast by another writer, its event
-// counter already bumped) and makes the running array follow it: members
-// sb records as failed are failed here too. Other changes of the member
-// table (a member put into a role, a recovery) are stored and take effect
-// when the array is assembled again, which a warning says; until then the
-// array keeps running with what it has (a role it lost stays failed).
+// ApplySuperblock stores sb (a cluster-wide update, its event counter
+// already bumped) and makes the running array follow it:
+//   - a member sb records as failed is failed here too;
+//   - a device put into a failed or missing role (add-device, a spare)
+//     is opened and written from now on, as recovering, while one writer
+//     rebuilds it (a cluster job);
+//   - a rebuilt member (recovering → active) serves reads again.
+//
+// Other changes of the member table (the path of a role that is in use)
+// are stored and take effect when the array is assembled again, which a
+// warning says.
 func (a *Array) ApplySuperblock(sb *meta.Array) error {
 	a.updMu.Lock()
 	defer a.updMu.Unlock()
@@ -129,24 +147,51 @@ func (a *Array) ApplySuperblock(sb *meta.Array) error {
 	a.mu.Lock()
 	a.sb = &next
 	a.mu.Unlock()
+	if a.sync == nil {
+		return nil
+	}
 	var reassemble []int
+	var errs []error
+	states := a.sync.MemberStates()
 	for role, m := range sb.Members {
-		if m.State == cur.Members[role].State && m.Path == cur.Members[role].Path {
+		old := cur.Members[role]
+		if m.State == old.State && m.Path == old.Path && m.UUID == old.UUID {
 			continue
 		}
-		if m.State == meta.StateFailed && a.sync != nil {
-			if st := a.sync.MemberStates()[role]; st == raid.MemberActive || st == raid.MemberRecovering {
+		engine := states[role]
+		switch {
+		case m.State == meta.StateFailed:
+			if engine == raid.MemberActive || engine == raid.MemberRecovering {
 				a.sync.Fail(role, errFailedElsewhere) // onFail finds the superblock already says so
 			}
-			continue
+		case m.State == meta.StateMissing:
+			// Removed: the engine has it failed already.
+		case m.State == meta.StateRecovering && (engine == raid.MemberFailed || engine == raid.MemberMissing):
+			if err := a.beginRecovery(role, nil); err != nil {
+				errs = append(errs, fmt.Errorf("array %s: open member %d (%s) being added: %w", cur.Name, role, m.Path, err))
+				continue
+			}
+			a.log.Info("member added by the cluster: written from now on, rebuilt by a cluster job", "role", role, "member", m.Path)
+		case m.State == meta.StateActive && old.State == meta.StateRecovering && m.UUID == old.UUID && engine == raid.MemberRecovering:
+			if err := a.sync.FinishRecovery(role); err != nil {
+				errs = append(errs, fmt.Errorf("array %s: member %d rebuilt: %w", cur.Name, role, err))
+				continue
+			}
+			a.log.Info("member rebuilt", "role", role, "member", m.Path)
+			a.bg.Add(1)
+			go func() { // it flushes and talks to member hosts: not under updMu
+				defer a.bg.Done()
+				a.recovered(role)
+			}()
+		default:
+			reassemble = append(reassemble, role)
 		}
-		reassemble = append(reassemble, role)
 	}
 	if len(reassemble) > 0 {
 		a.log.Warn("another writer changed members in ways the running array cannot follow; stored, they take effect at the next assembly",
 			"events", sb.Events, "roles", reassemble)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // CanOpen checks that this node can open the member spec (without writer
@@ -185,6 +230,28 @@ func (a *Array) ResyncRange(ctx context.Context, off, length int64) error {
 	defer end()
 	if err := a.sync.Resync(off, length); err != nil {
 		return fmt.Errorf("array %s: resync %d+%d: %w", a.opts.Name, off, length, err)
+	}
+	return nil
+}
+
+// RecoverRange rebuilds member role's part of [off, off+length) from the
+// other members (a cluster job's step; the member is recovering on every
+// writer, so their writes reach it too). The range is marked in this
+// array's bitmap meanwhile, like ResyncRange.
+func (a *Array) RecoverRange(ctx context.Context, role int, off, length int64) error {
+	if a.sync == nil {
+		return fmt.Errorf("linear array %s has no members to rebuild", a.opts.Name)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	end, err := a.bm.StartWrite(off, length)
+	if err != nil {
+		return fmt.Errorf("array %s: rebuild member %d %d+%d: %w", a.opts.Name, role, off, length, err)
+	}
+	defer end()
+	if err := a.sync.Recover(role, off, length); err != nil {
+		return fmt.Errorf("array %s: rebuild member %d %d+%d: %w", a.opts.Name, role, off, length, err)
 	}
 	return nil
 }

@@ -90,6 +90,8 @@ type Request struct {
 	Path   string `json:"path,omitempty"`
 	Force  bool   `json:"force,omitempty"`
 	Repair bool   `json:"repair,omitempty"`
+	// Slots is grow's new number of writer slots.
+	Slots int `json:"slots,omitempty"`
 }
 
 // Reply is the body of a successful action.
@@ -155,6 +157,8 @@ func (c *Control) action(w http.ResponseWriter, r *http.Request) {
 		rep.Message, err = a.Add(req.Path, req.Force)
 	case "replace":
 		rep.Message, err = a.Replace(req.Ref, req.Path, req.Force)
+	case "grow":
+		rep.Message, err = a.Grow(req.Slots)
 	case "check":
 		var p resync.Progress
 		p, err = a.Check(r.Context(), req.Repair)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 
 	"github.com/ddraid/ddraid/blockdev"
@@ -97,7 +98,7 @@ func (a *Array) Remove(ref string) error {
 	if _, _, err := Resolve(&sb, ref); err != nil {
 		return err
 	}
-	return a.update(func(sb *meta.Array) error { return removeIn(sb, ref) })
+	return a.updateWhat("remove "+ref, func(sb *meta.Array) error { return removeIn(sb, ref) })
 }
 
 func removeIn(sb *meta.Array, ref string) error {
@@ -207,21 +208,34 @@ func (p plan) apply(sb *meta.Array) error {
 
 // Add adds a device: into a failed or missing role (recovery starts: only
 // the dirty regions when the device is that role's previous member), or as
-// a spare when every role is in use.
+// a spare when every role is in use. In cluster mode every writer must be
+// able to open it first, and the rebuild is a cluster job.
 func (a *Array) Add(path string, force bool) (string, error) {
 	var p plan
-	err := a.update(func(sb *meta.Array) error {
+	fn := func(sb *meta.Array) error {
 		var err error
 		if p, err = planAdd(sb, path, force, a.memberOptions()); err != nil {
 			return err
 		}
+		p.memberDev.DirtyOnly = p.readd && a.opts.Cluster != nil
 		return p.apply(sb)
-	})
+	}
+	var err error
+	if a.opts.Cluster != nil {
+		err = a.opts.Cluster.AddMember(context.Background(), path, fn)
+	} else {
+		err = a.update(fn)
+	}
 	if err != nil {
 		return "", err
 	}
-	if p.role < 0 {
+	switch {
+	case p.role < 0:
 		return fmt.Sprintf("added %s as a spare", path), nil
+	case a.opts.Cluster != nil && p.readd:
+		return fmt.Sprintf("re-added %s as member %d; one writer of the cluster rebuilds its dirty regions", path, p.role), nil
+	case a.opts.Cluster != nil:
+		return fmt.Sprintf("added %s as member %d; one writer of the cluster rebuilds it", path, p.role), nil
 	}
 	if err := a.startRecovery(p.role, nil, p.readd); err != nil {
 		return "", err
@@ -232,38 +246,79 @@ func (a *Array) Add(path string, force bool) (string, error) {
 	return fmt.Sprintf("added %s as member %d; recovery started", path, p.role), nil
 }
 
-// useSpare starts recovery onto a spare when a role is failed or missing.
+// useSpare puts the first spare into a failed or missing role and starts
+// its rebuild (in cluster mode the rebuild is a cluster job).
 func (a *Array) useSpare() {
-	sb := a.Superblock()
-	if len(sb.Spares) == 0 || a.sync == nil {
+	if len(a.Superblock().Spares) == 0 || a.sync == nil {
 		return
 	}
-	spare := sb.Spares[0].Path
-	err := a.update(func(sb *meta.Array) error {
+	spare, role := "", -1
+	err := a.updateWhat("use a spare", func(sb *meta.Array) error {
+		if len(sb.Spares) == 0 || !slices.ContainsFunc(sb.Members, func(m meta.Member) bool {
+			return m.State == meta.StateFailed || m.State == meta.StateMissing
+		}) {
+			return ErrNoChange
+		}
+		path := sb.Spares[0].Path
 		sb.Spares = sb.Spares[1:]
-		p, err := planAdd(sb, spare, true, a.memberOptions())
+		p, err := planAdd(sb, path, true, a.memberOptions())
 		if err != nil || p.role < 0 {
-			return fmt.Errorf("no role for spare %s: %v", spare, err)
+			return fmt.Errorf("no role for spare %s: %v", path, err)
 		}
 		p.readd = false
 		p.memberDev.UUID = meta.NewUUID()
-		return p.apply(sb)
+		if err := p.apply(sb); err != nil {
+			return err
+		}
+		spare, role = path, p.role
+		return nil
 	})
 	if err != nil {
-		a.log.Warn("cannot use spare", "spare", spare, "err", err)
+		a.log.Warn("cannot use spare", "err", err)
 		return
 	}
-	sb = a.Superblock()
-	role, _, _ := Resolve(&sb, spare)
+	if spare == "" {
+		return
+	}
 	a.log.Info("recovering onto spare", "spare", spare, "role", role)
+	if a.opts.Cluster != nil {
+		return // ApplySuperblock began it here; a cluster job rebuilds it
+	}
 	if err := a.startRecovery(role, nil, false); err != nil {
 		a.log.Error("recovery onto spare", "err", err)
 	}
 }
 
-// startRecovery opens the role's device as recorded in the superblock
-// (unless dev is given), makes it recovering and queues its rebuild.
+// startRecovery begins the role's recovery (beginRecovery) and queues
+// its rebuild.
 func (a *Array) startRecovery(role int, dev blockdev.Device, dirtyOnly bool) error {
+	if err := a.beginRecovery(role, dev); err != nil {
+		return err
+	}
+	ranges := resync.Whole(a.eng.Size())
+	if dirtyOnly {
+		ranges = a.ranges(a.bm.Dirty())
+	}
+	a.enqueue(resync.Job{Kind: resync.KindRecover, Array: a.sync, Member: role, Ranges: ranges},
+		func(p resync.Progress, err error) {
+			if err != nil {
+				return
+			}
+			if err := a.sync.FinishRecovery(role); err != nil {
+				a.log.Error("finish recovery", "role", role, "err", err)
+				return
+			}
+			a.update(func(sb *meta.Array) error { sb.Members[role].State = meta.StateActive; return nil })
+			a.recovered(role)
+			a.log.Info("member recovered", "role", role, "bytes", p.Done)
+		})
+	return nil
+}
+
+// beginRecovery opens the role's device as recorded in the superblock
+// (unless dev is given) and makes it recovering: every write goes to it,
+// no read does.
+func (a *Array) beginRecovery(role int, dev blockdev.Device) error {
 	sb := a.Superblock()
 	if dev == nil {
 		d, err := raid.OpenMember(&sb, role, a.memberOptions())
@@ -280,36 +335,27 @@ func (a *Array) startRecovery(role int, dev blockdev.Device, dirtyOnly bool) err
 		return err
 	}
 	a.bm.SetDegraded(true)
-	ranges := resync.Whole(a.eng.Size())
-	if dirtyOnly {
-		ranges = a.ranges(a.bm.Dirty())
-	}
-	a.enqueue(resync.Job{Kind: resync.KindRecover, Array: a.sync, Member: role, Ranges: ranges},
-		func(p resync.Progress, err error) {
-			if err != nil {
-				return
-			}
-			if err := a.sync.FinishRecovery(role); err != nil {
-				a.log.Error("finish recovery", "role", role, "err", err)
-				return
-			}
-			a.update(func(sb *meta.Array) error { sb.Members[role].State = meta.StateActive; return nil })
-			a.bm.SetDegraded(a.degraded())
-			if !a.degraded() {
-				// Every region is consistent now, including those marked
-				// while the member was away.
-				if err := a.bm.ClearRegions(a.bm.Dirty()); err != nil {
-					a.log.Warn("clear bitmap after recovery", "err", err)
-				}
-			}
-			a.clearRebuilt(role)
-			a.log.Info("member recovered", "role", role, "bytes", p.Done)
-		})
 	return nil
+}
+
+// recovered runs once the role is active again: when no member is left
+// to recover, every region is consistent, including those marked while
+// the member was away, and the marks go.
+func (a *Array) recovered(role int) {
+	a.bm.SetDegraded(a.degraded())
+	if !a.degraded() {
+		if err := a.bm.ClearRegions(a.bm.Dirty()); err != nil {
+			a.log.Warn("clear bitmap after recovery", "err", err)
+		}
+	}
+	a.clearRebuilt(role)
 }
 
 // Replace rebuilds NEW from OLD while OLD keeps serving, then swaps them.
 func (a *Array) Replace(oldRef, newPath string, force bool) (string, error) {
+	if a.opts.Cluster != nil {
+		return "", fmt.Errorf("%w: replace copies on one writer only, which cluster mode cannot do; add the new device as a spare (add-device) and fail the old member", ErrRefused)
+	}
 	if a.sync == nil {
 		return "", fmt.Errorf("linear array %s cannot replace members online", a.opts.Name)
 	}
@@ -416,6 +462,9 @@ func (a *Array) Check(ctx context.Context, repair bool) (resync.Progress, error)
 	if a.sync == nil {
 		return resync.Progress{}, fmt.Errorf("%s array %s has no redundancy to check", a.sb.Level, a.opts.Name)
 	}
+	if repair && a.opts.Cluster != nil {
+		return resync.Progress{}, fmt.Errorf("%w: --repair rewrites parity on one writer only, which cluster mode cannot do yet; stop the other writers' arrays or repair with the array stopped", ErrRefused)
+	}
 	kind := resync.KindCheck
 	if repair {
 		kind = resync.KindRepair
@@ -438,6 +487,49 @@ func (a *Array) Check(ctx context.Context, repair bool) (resync.Progress, error)
 	case <-ctx.Done():
 		return resync.Progress{}, ctx.Err()
 	}
+}
+
+// growSlots sets the number of writer slots to n (it only grows: a slot
+// may be held by a writer right now).
+func growSlots(sb *meta.Array, n int) (string, error) {
+	if err := meta.ValidateSlots(n); err != nil {
+		return "", err
+	}
+	cur := sb.SlotCount()
+	switch {
+	case n < cur:
+		return "", fmt.Errorf("%w: array %s has %d writer slots; they can grow but not shrink (to %d)", ErrRefused, sb.Name, cur, n)
+	case n == cur:
+		return fmt.Sprintf("array %s already has %d writer slots", sb.Name, n), ErrNoChange
+	}
+	sb.Slots = n
+	return fmt.Sprintf("array %s: %d writer slots (was %d)", sb.Name, n, cur), nil
+}
+
+// Grow sets the number of writer slots to slots (cluster mode: how many
+// nodes may write the array at once).
+func (a *Array) Grow(slots int) (string, error) {
+	var msg string
+	err := a.updateWhat(fmt.Sprintf("grow to %d writer slots", slots), func(sb *meta.Array) error {
+		var err error
+		msg, err = growSlots(sb, slots)
+		return err
+	})
+	return msg, err
+}
+
+// OfflineGrow is Grow on a stopped array's metadata.
+func OfflineGrow(stateDir, name string, slots int) (string, error) {
+	var msg string
+	_, err := meta.Update(stateDir, name, func(sb *meta.Array) error {
+		var err error
+		msg, err = growSlots(sb, slots)
+		return err
+	})
+	if errors.Is(err, ErrNoChange) {
+		err = nil
+	}
+	return msg, err
 }
 
 // OfflineUpdate applies an operator action to a stopped array's metadata.

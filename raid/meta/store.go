@@ -34,6 +34,12 @@ type Member struct {
 	UUID  UUID   `json:"uuid"`
 	Path  string `json:"path"`
 	State string `json:"state"`
+	// Rebuilt is how far a recovering member's rebuild got, in bytes of
+	// the array (cluster mode checkpoints it; a successor resumes there).
+	Rebuilt int64 `json:"rebuilt,omitempty"`
+	// DirtyOnly says a recovering member is its role's previous member
+	// (a re-add): only the regions written while it was away are rebuilt.
+	DirtyOnly bool `json:"dirty_only,omitempty"`
 }
 
 // Array is the superblock of one array.
@@ -63,6 +69,32 @@ type Array struct {
 	SyncedTo    int64     `json:"synced_to,omitempty"`
 	Events      uint64    `json:"events"`
 	Created     time.Time `json:"created"`
+	// Slots is the number of writer slots in cluster mode: how many nodes
+	// may write the array at once (0: DefaultSlots). It can grow.
+	Slots int `json:"slots,omitempty"`
+}
+
+// DefaultSlots is the number of writer slots of an array that records
+// none; MaxSlots is the most an array may have.
+const (
+	DefaultSlots = 4
+	MaxSlots     = 64
+)
+
+// SlotCount returns the array's number of writer slots.
+func (a *Array) SlotCount() int {
+	if a.Slots == 0 {
+		return DefaultSlots
+	}
+	return a.Slots
+}
+
+// ValidateSlots checks a writer slot count.
+func ValidateSlots(n int) error {
+	if n < 1 || n > MaxSlots {
+		return fmt.Errorf("invalid slot count %d: an array has 1 to %d writer slots (--nodes)", n, MaxSlots)
+	}
+	return nil
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
@@ -87,6 +119,11 @@ func (a *Array) Validate() error {
 	}
 	if len(a.Members) == 0 {
 		return errors.New("array has no members")
+	}
+	if a.Slots != 0 {
+		if err := ValidateSlots(a.Slots); err != nil {
+			return err
+		}
 	}
 	if a.DataOffset < HeaderSize || a.Size < 0 || a.BlockSize <= 0 {
 		return fmt.Errorf("bad geometry: data offset %d, size %d, block size %d", a.DataOffset, a.Size, a.BlockSize)
