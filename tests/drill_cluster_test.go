@@ -35,6 +35,7 @@ type drillCluster struct {
 	members []string // HOST:PORT:/PATH in role order
 	disks   []string // the member files, in role order
 	hosts   []*clusterNode
+	spares  []string // HOST:PORT:/PATH of the hosted disks not in the array
 	sockets []string // NBD socket of each node ("" if it does not serve)
 	pki     string
 	certDir string   // nbdinfo's tls-certificates directory (client n0)
@@ -44,14 +45,20 @@ type drillCluster struct {
 // drillNet places the drill's agents: their addresses, ports, the
 // command prefix each runs under, the member disks each hosts (nil: by
 // default n0 hosts two and n2 one), which serve the array (default n0 and
-// n1) and extra flags for the serving agents.
+// n1) and extra flags for the serving agents. spares are more disks each
+// agent hosts, left out of the array; initialSync creates the array
+// without --assume-clean (the members held data: a full sync is due).
 type drillNet struct {
 	ips         []string
 	ports       func(ip string) (mem, gossip, rpc string)
 	prefix      func(i int) []string
 	disks       [][]string
+	spares      [][]string
 	serving     []bool
 	writerFlags []string
+	initialSync bool
+	// fill, if set, fills each member file before the array is created.
+	fill func(t *testing.T, path string)
 }
 
 // loopbackNet is n agents on 127.0.0.11… with free ports.
@@ -103,6 +110,9 @@ func startDrillCluster(t *testing.T, dir string, dn drillNet) *drillCluster {
 		for j, d := range hostDisks[i] {
 			path := filepath.Join(dir, d)
 			run(t, "truncate", "-s", drillDisk, path)
+			if dn.fill != nil {
+				dn.fill(t, path)
+			}
 			if j == 0 {
 				g.disk = path
 			} else {
@@ -111,6 +121,18 @@ func startDrillCluster(t *testing.T, dir string, dn drillNet) *drillCluster {
 			dc.members = append(dc.members, net.JoinHostPort(ip, g.port)+":"+path)
 			dc.disks = append(dc.disks, path)
 			dc.hosts = append(dc.hosts, n)
+		}
+		if i < len(dn.spares) {
+			for _, d := range dn.spares[i] {
+				path := filepath.Join(dir, d)
+				run(t, "truncate", "-s", drillDisk, path)
+				if g.disk == "" {
+					g.disk = path
+				} else {
+					extra = append(extra, "--host-disk="+path)
+				}
+				dc.spares = append(dc.spares, net.JoinHostPort(ip, g.port)+":"+path)
+			}
 		}
 		g.extra = extra
 		g.start(t)
@@ -126,8 +148,12 @@ func startDrillCluster(t *testing.T, dir string, dn drillNet) *drillCluster {
 	waitFormed(t, dc.nodes)
 	n0 := dc.nodes[0]
 	dc.via = dn.prefix(0)
+	clean := "--assume-clean"
+	if dn.initialSync {
+		clean = "--nodes=4" // the default, and no --assume-clean
+	}
 	args := append(append(append([]string(nil), dc.via...), ddraidBin, "create", "data", "--state-dir="+n0.stateDir, "--level=raid35",
-		"--assume-clean", "--region-size=1M", "--member-tls-cert="+filepath.Join(pkiDir, "n0.crt"),
+		clean, "--region-size=1M", "--member-tls-cert="+filepath.Join(pkiDir, "n0.crt"),
 		"--member-tls-key="+filepath.Join(pkiDir, "n0.key"), "--member-tls-ca="+filepath.Join(pkiDir, "ca.crt")), dc.members...)
 	out := run(t, args[0], args[1:]...)
 	if !strings.Contains(out, "3 members") {
@@ -232,12 +258,12 @@ func TestDrillClusterKillWriter(t *testing.T) {
 	}
 	const half = int64(32 << 20) // n0 writes [0, 32M), n1 [32M, 64M) of the 79M array
 	txt := run(t, ddraidBin, "cluster", "status", "--control="+n1.control())
-	if want := fmt.Sprintf("writer slot %d epoch %d, quorum", s1.Coord.Slot, s1.Coord.Epoch); !strings.Contains(txt, "array data: serving at "+dc.uri(1)) || !strings.Contains(txt, want) {
+	if want := fmt.Sprintf("writer slot %d of 4, epoch %d, quorum", s1.Coord.Slot, s1.Coord.Epoch); !strings.Contains(txt, "array data: serving at "+dc.uri(1)) || !strings.Contains(txt, want) {
 		t.Errorf("cluster status on n1 does not show the array it serves (want %q):\n%s", want, txt)
 	}
 	// ddraid status shows the array with its cluster part (slot, epoch, quorum).
 	txt = run(t, ddraidBin, "status", "data", "--state-dir="+n1.stateDir)
-	if want := fmt.Sprintf("writer slot %d epoch %d, quorum", s1.Coord.Slot, s1.Coord.Epoch); !strings.Contains(txt, "  cluster:\n") || !strings.Contains(txt, want) {
+	if want := fmt.Sprintf("writer slot %d of 4, epoch %d, quorum", s1.Coord.Slot, s1.Coord.Epoch); !strings.Contains(txt, "  cluster:\n") || !strings.Contains(txt, want) {
 		t.Errorf("ddraid status on n1 lacks the cluster part (want %q):\n%s", want, txt)
 	}
 

@@ -14,6 +14,7 @@ import (
 	"github.com/ddraid/ddraid/lockd"
 	"github.com/ddraid/ddraid/raid"
 	"github.com/ddraid/ddraid/raid/meta"
+	"github.com/ddraid/ddraid/resync"
 )
 
 // Local is the array on this node as the coordinator needs it
@@ -69,6 +70,9 @@ type Config struct {
 	// once its recovery finished) (default 40); ScanPolls is how often
 	// they are probed otherwise (default 120).
 	RescanPolls, ScanPolls int
+	// Throttle bounds the speed of the jobs this node runs (its Max; the
+	// zero value: no limit).
+	Throttle resync.Throttle
 	// CheckpointEvery is how often a running job (initial sync, rebuild)
 	// records its progress in the superblock (default 5 s).
 	CheckpointEvery time.Duration

@@ -171,7 +171,7 @@ func (c *Coordinator) runJob(ctx context.Context, l *lockd.Lock, j job) error {
 	}()
 	c.log.Info("running a cluster job", "job", j.Name, "from", j.From, "bytes", run.total, "dirty_only", j.DirtyOnly)
 	defer c.endWindow(j.slot())
-	last := time.Now()
+	start, last := time.Now(), time.Now()
 	for _, s := range spans {
 		for off := s[0]; off < s[1]; off += regionSize {
 			n := min(regionSize, s[1]-off)
@@ -191,7 +191,17 @@ func (c *Coordinator) runJob(ctx context.Context, l *lockd.Lock, j job) error {
 			}
 			c.mu.Lock()
 			run.done += n
+			done := run.done
 			c.mu.Unlock()
+			if d := c.cfg.Throttle.Delay(done, time.Since(start), false); d > 0 {
+				// The window stays on the region just done meanwhile (it
+				// names the runner to the others' status).
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("%s: %w", j.Name, ctx.Err())
+				case <-time.After(d):
+				}
+			}
 			if time.Since(last) >= c.cfg.CheckpointEvery {
 				last = time.Now()
 				if err := c.checkpoint(ctx, j, off+n); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/ddraid/ddraid/raid"
 	"github.com/ddraid/ddraid/raid/array"
 	"github.com/ddraid/ddraid/raid/meta"
+	"github.com/ddraid/ddraid/resync"
 )
 
 // ArrayConfig configures Array: an array served by this node in cluster mode.
@@ -26,7 +27,9 @@ type ArrayConfig struct {
 	// Slots, GroupRegions, Timeout, Poll: see coord.Config.
 	Slots, GroupRegions int
 	Timeout, Poll       time.Duration
-	Logger              *slog.Logger
+	// Throttle bounds the speed of the cluster jobs this node runs.
+	Throttle resync.Throttle
+	Logger   *slog.Logger
 	// WrapLocal, if set, wraps the array's Local as the coordinator sees
 	// it (the agent counts the regions its takeovers resync).
 	WrapLocal func(coord.Local) coord.Local
@@ -67,7 +70,7 @@ func Array(ctx context.Context, cfg ArrayConfig) (*Running, error) {
 		seen = cfg.WrapLocal(local)
 	}
 	co, err := coord.New(coord.Config{Node: cfg.Node, Lockd: cfg.Lockd, Router: cfg.Router, Local: seen, Gate: s.Gate,
-		Slots: cfg.Slots, GroupRegions: cfg.GroupRegions, Timeout: cfg.Timeout, Poll: cfg.Poll, Logger: cfg.Logger,
+		Slots: cfg.Slots, GroupRegions: cfg.GroupRegions, Timeout: cfg.Timeout, Poll: cfg.Poll, Throttle: cfg.Throttle, Logger: cfg.Logger,
 		OnSlotLost: func(err error) {
 			if s.Array != nil {
 				s.Array.FenceWriter(err)

@@ -319,7 +319,7 @@ func (sv *served) assemble() error {
 	run, err := Array(ctx, ArrayConfig{Node: cfg.Node, Lockd: sv.s.locks, Router: sv.s.router,
 		Array: array.Options{StateDir: cfg.StateDir, Name: sv.spec.Name, Throttle: cfg.Throttle, ClearDelay: cfg.ClearDelay,
 			Remote: cfg.Remote, Wrap: cfg.Wrap, Logger: cfg.Logger},
-		Timeout: cfg.Timeout, Poll: cfg.Poll, Logger: cfg.Logger,
+		Timeout: cfg.Timeout, Poll: cfg.Poll, Throttle: cfg.Throttle, Logger: cfg.Logger,
 		WrapLocal: func(l coord.Local) coord.Local {
 			local = &countingLocal{Local: l}
 			return local

@@ -104,7 +104,7 @@ func WriteStatus(w io.Writer, arrays []ArrayStatus) error {
 			if !c.Quorum {
 				quorum = "NO QUORUM"
 			}
-			fmt.Fprintf(&b, "  writer slot %d epoch %d, %s", c.Slot, c.Epoch, quorum)
+			fmt.Fprintf(&b, "  writer slot %d of %d, epoch %d, %s", c.Slot, c.Slots, c.Epoch, quorum)
 			if c.Halted != "" {
 				fmt.Fprintf(&b, ", writes halted: %s", c.Halted)
 			}
@@ -112,8 +112,15 @@ func WriteStatus(w io.Writer, arrays []ArrayStatus) error {
 			for _, t := range c.Takeovers {
 				fmt.Fprintf(&b, "  takeover of slot %d: RESYNC in progress\n", t)
 			}
+			for _, j := range c.Jobs {
+				fmt.Fprintf(&b, "  %s\n", j)
+			}
 			for _, win := range c.Windows {
-				fmt.Fprintf(&b, "  window of %s (slot %d) [%d, %d): writes there PENDING\n", win.Owner, win.Slot, win.Lo, win.Hi)
+				of := fmt.Sprintf("slot %d", win.Slot)
+				if job := win.Job(); job != "" {
+					of = "job " + job
+				}
+				fmt.Fprintf(&b, "  window of %s (%s) [%d, %d): writes there PENDING\n", win.Owner, of, win.Lo, win.Hi)
 			}
 			fmt.Fprintf(&b, "  resynced for takeovers: %d regions, %d bytes\n", a.ResyncedRegions, a.ResyncedBytes)
 			if c.Lost != "" {

@@ -40,6 +40,8 @@ type ClusterFlags struct {
 	Serve          []string      `name:"serve" help:"Cluster mode: assemble array NAME as one of its writers and export it over NBD at LISTEN (HOST:PORT or unix:/PATH; default 127.0.0.1:10809); repeatable, one listener per array." placeholder:"NAME[=LISTEN]"`
 	ServeDelay     time.Duration `name:"serve-member-delay" hidden:"" help:"Add this latency to every member request of the served arrays (drills and benchmarks only)."`
 	ServeTimeout   time.Duration `name:"serve-timeout" help:"Cluster mode: bound on every wait of a served array's coordination (superblock fetch, slot, metadata update, takeover step, resync window)." default:"30s"`
+	ServeSpeedMin  string        `name:"serve-speed-min" help:"Cluster mode: minimum speed of the served arrays' resync, rebuild and check, kept even under foreground IO." default:"1M"`
+	ServeSpeedMax  string        `name:"serve-speed-max" help:"Cluster mode: maximum speed of the served arrays' resync, rebuild and check (the initial sync and rebuilds of a cluster included); 0 for no limit." default:"200M"`
 }
 
 // newCluster makes the cluster runtime when --nodes is given (nil, nil, nil
@@ -132,9 +134,14 @@ func (c *ClusterFlags) newArrays(stateDir string, n *cluster.Node, tc *tls.Confi
 		}
 		specs = append(specs, sp)
 	}
+	th, err := parseThrottle(c.ServeSpeedMin, c.ServeSpeedMax)
+	if err != nil {
+		return nil, nil, err
+	}
 	client := &tls.Config{Certificates: tc.Certificates, RootCAs: tc.ClientCAs, MinVersion: tls.VersionTLS12}
 	srv, err := serve.New(serve.Config{StateDir: stateDir, Node: n.Name(), Messenger: n.Messenger(),
-		Remote: remote.Config{TLS: client, Logger: slog.Default()}, Timeout: c.ServeTimeout, Wrap: memberDelay(c.ServeDelay), Logger: slog.Default()})
+		Remote: remote.Config{TLS: client, Logger: slog.Default()}, Timeout: c.ServeTimeout, Wrap: memberDelay(c.ServeDelay),
+		Throttle: th, Logger: slog.Default()})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ddraid/ddraid/cluster"
 	"github.com/ddraid/ddraid/cluster/serve"
 	"github.com/ddraid/ddraid/internal/units"
 	"github.com/ddraid/ddraid/raid"
@@ -54,7 +55,7 @@ func (c *StatusCmd) once(g *Globals) error {
 		fmt.Printf("no arrays in %s\n", g.StateDir)
 		return nil
 	}
-	clustered := clusterArrays(g)
+	clustered, nodes := clusterArrays(g)
 	for i, s := range out {
 		if i > 0 {
 			fmt.Println()
@@ -71,24 +72,33 @@ func (c *StatusCmd) once(g *Globals) error {
 			}
 		}
 	}
+	if nodes != nil {
+		fmt.Println()
+		fmt.Print("cluster ")
+		return cluster.WriteStatus(os.Stdout, *nodes)
+	}
 	return nil
 }
 
 // clusterArrays returns what the state dir's agent says of the arrays it
-// serves in cluster mode: nothing when no agent runs there or it is not in
-// cluster mode.
-func clusterArrays(g *Globals) []serve.ArrayStatus {
+// serves in cluster mode and of the cluster's nodes: nothing when no agent
+// runs there or it is not in cluster mode.
+func clusterArrays(g *Globals) ([]serve.ArrayStatus, *cluster.Status) {
 	path := agentControl(g, "")
 	if _, err := os.Stat(path); err != nil {
-		return nil
+		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	arrays, err := serve.Arrays(ctx, path)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
-	return arrays
+	st, err := cluster.DialControl(path).Status(ctx)
+	if err != nil {
+		return arrays, nil
+	}
+	return arrays, &st
 }
 
 // collectStatus returns the status of the named array (or all): from the

@@ -81,8 +81,9 @@ func (a *Array) Fail(ref string, force bool) error {
 	}
 	a.sync.Fail(role, errOperator)
 	if a.opts.MemberFailed != nil {
-		// Cluster mode: onFail recorded it with every writer, or could not.
-		if a.Superblock().Members[role].State != meta.StateFailed {
+		// Cluster mode: onFail recorded it with every writer, or could not
+		// (a spare may have taken the role since: another device).
+		if m := a.Superblock().Members[role]; m.UUID == sb.Members[role].UUID && m.State != meta.StateFailed {
 			return fmt.Errorf("member %d is failed here, but not yet recorded by every writer of the cluster; writes wait until it is (see the log)", role)
 		}
 		return nil
