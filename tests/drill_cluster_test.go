@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -265,6 +266,12 @@ func TestDrillClusterKillWriter(t *testing.T) {
 	txt = run(t, ddraidBin, "status", "data", "--state-dir="+n1.stateDir)
 	if want := fmt.Sprintf("writer slot %d of 4, epoch %d, quorum", s1.Coord.Slot, s1.Coord.Epoch); !strings.Contains(txt, "  cluster:\n") || !strings.Contains(txt, want) {
 		t.Errorf("ddraid status on n1 lacks the cluster part (want %q):\n%s", want, txt)
+	}
+	// and the cluster's nodes, from n1's agent.
+	for _, n := range dc.nodes {
+		if !regexp.MustCompile(`(?m)^` + n.name + `\s+alive\s+yes`).MatchString(txt) {
+			t.Errorf("ddraid status on n1 lacks node %s alive in its node table:\n%s", n.name, txt)
+		}
 	}
 
 	// Both front ends at once, disjoint halves, verified inline.
