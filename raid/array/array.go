@@ -342,7 +342,8 @@ func (a *Array) resume() {
 		for role, m := range sb.Members {
 			if m.State == meta.StateRecovering {
 				if err := a.beginRecovery(role, nil); err != nil {
-					a.log.Error("cannot open a member being rebuilt", "role", role, "member", m.Path, "err", err)
+					a.log.Error("cannot open a member being rebuilt: failing it", "role", role, "member", m.Path, "err", err)
+					a.failUnopened(role, err)
 				}
 			}
 		}

@@ -168,7 +168,9 @@ func (a *Array) ApplySuperblock(sb *meta.Array) error {
 			// Removed: the engine has it failed already.
 		case m.State == meta.StateRecovering && (engine == raid.MemberFailed || engine == raid.MemberMissing):
 			if err := a.beginRecovery(role, nil); err != nil {
-				errs = append(errs, fmt.Errorf("array %s: open member %d (%s) being added: %w", cur.Name, role, m.Path, err))
+				err = fmt.Errorf("array %s: open member %d (%s) being added: %w", cur.Name, role, m.Path, err)
+				errs = append(errs, err)
+				a.failUnopened(role, err)
 				continue
 			}
 			a.log.Info("member added by the cluster: written from now on, rebuilt by a cluster job", "role", role, "member", m.Path)
@@ -232,6 +234,17 @@ func (a *Array) ResyncRange(ctx context.Context, off, length int64) error {
 		return fmt.Errorf("array %s: resync %d+%d: %w", a.opts.Name, off, length, err)
 	}
 	return nil
+}
+
+// failUnopened fails a role whose new device this node cannot open: its
+// writes would miss the device, so nobody may rebuild it (recorded
+// cluster-wide, off the caller's locks).
+func (a *Array) failUnopened(role int, err error) {
+	a.bg.Add(1)
+	go func() {
+		defer a.bg.Done()
+		a.onFail(role, err)
+	}()
 }
 
 // RecoverRange rebuilds member role's part of [off, off+length) from the

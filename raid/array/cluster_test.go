@@ -224,3 +224,84 @@ func TestFenceWriter(t *testing.T) {
 	delete(f.open, a)
 	a.Close()
 }
+
+// A device another writer put into a role (recovering) is written here
+// from then on, rebuilt with RecoverRange, and serves again once the
+// superblock says active; a device this node cannot open is failed
+// cluster-wide (the MemberFailed hook) instead of left unwritten.
+func TestApplySuperblockFollowsRecovery(t *testing.T) {
+	f := newFixture(t, raid.LevelRaid35, 3, false, nil)
+	var mu sync.Mutex
+	var reported []int
+	a := f.openWith(func(o *Options) {
+		o.MemberFailed = func(role int, err error) error {
+			mu.Lock()
+			defer mu.Unlock()
+			reported = append(reported, role)
+			return nil
+		}
+	})
+	apply := func(change func(sb *meta.Array)) error {
+		sb := a.Superblock()
+		sb.Events++
+		change(&sb)
+		return a.ApplySuperblock(&sb)
+	}
+	if err := apply(func(sb *meta.Array) { sb.Members[2].State = meta.StateFailed }); err != nil {
+		t.Fatal(err)
+	}
+	fresh := f.newFile("fresh", memberSize)
+	if err := apply(func(sb *meta.Array) { // as add-device does it
+		p, err := planAdd(sb, fresh, false, a.memberOptions())
+		if err != nil || p.role != 2 {
+			t.Fatalf("plan: role %d, %v", p.role, err)
+		}
+		if err := p.apply(sb); err != nil {
+			t.Fatal(err)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if st := a.sync.MemberStates()[2]; st != raid.MemberRecovering {
+		t.Fatalf("engine member 2: %v, want recovering", st)
+	}
+	block := make([]byte, 4096)
+	for i := range block {
+		block[i] = byte(i*7 + 1)
+	}
+	if _, err := a.Device().WriteAt(block, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.RecoverRange(context.Background(), 2, 4096, a.Device().Size()-4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(func(sb *meta.Array) { sb.Members[2].State = meta.StateActive }); err != nil {
+		t.Fatal(err)
+	}
+	if st := a.sync.MemberStates()[2]; st != raid.MemberActive {
+		t.Fatalf("engine member 2 after the rebuild: %v, want active", st)
+	}
+	// The write before the rebuild reached the new device: the array
+	// checks clean although the rebuild skipped block 0.
+	if p, err := a.Check(context.Background(), false); err != nil || p.Mismatches != 0 {
+		t.Fatalf("check after the rebuild: %v, %d mismatches", err, p.Mismatches)
+	}
+
+	if err := apply(func(sb *meta.Array) { sb.Members[1].State = meta.StateFailed }); err != nil {
+		t.Fatal(err)
+	}
+	err := apply(func(sb *meta.Array) {
+		sb.Members[1].State, sb.Members[1].Path, sb.Members[1].UUID = meta.StateRecovering, f.dir+"/absent", meta.NewUUID()
+	})
+	if err == nil || !strings.Contains(err.Error(), "being added") {
+		t.Fatalf("a device this node cannot open: %v", err)
+	}
+	a.bg.Wait()
+	mu.Lock()
+	got := append([]int(nil), reported...)
+	mu.Unlock()
+	if len(got) != 1 || got[0] != 1 {
+		t.Errorf("member failures reported: %v, want [1]", got)
+	}
+	f.close(a)
+}
