@@ -347,6 +347,9 @@ func (l *Lock) do(ctx context.Context, what string, start func() error) (Complet
 	return cp, nil
 }
 
+// Resource returns the name of the lock's resource.
+func (l *Lock) Resource() string { return l.resource }
+
 // SetLVB stages a value block (at most LVBSize bytes) that the next Unlock or
 // down-conversion writes, if this lock holds PW or EX.
 func (l *Lock) SetLVB(b []byte) {

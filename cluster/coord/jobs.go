@@ -326,7 +326,7 @@ func (c *Coordinator) jobStatus(sb meta.Array, windows []Window) []JobStatus {
 }
 
 // String is the job's one-line state, e.g. "recover/2: REMOTE on node1
-// (checkpoint 40%)".
+// (checkpoint at 40.0%)".
 func (s JobStatus) String() string {
 	pct := 0.0
 	if s.Total > 0 {

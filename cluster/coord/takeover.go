@@ -163,11 +163,12 @@ func degraded(sb meta.Array) bool {
 	return false
 }
 
-// checkHeld fails once the lock is not valid here (no quorum, or lost):
-// another survivor may take the slot over, and ours must stop.
+// checkHeld fails once the lock (a slot's, a job's) is not valid here (no
+// quorum, or lost): another node may take the work over, and ours must
+// stop.
 func checkHeld(l *lockd.Lock) error {
 	if _, err := l.Token(); err != nil {
-		return fmt.Errorf("slot lock no longer valid: %w", err)
+		return fmt.Errorf("%s lock no longer valid: %w", l.Resource(), err)
 	}
 	return nil
 }

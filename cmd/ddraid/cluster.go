@@ -134,7 +134,7 @@ func (c *ClusterFlags) newArrays(stateDir string, n *cluster.Node, tc *tls.Confi
 		}
 		specs = append(specs, sp)
 	}
-	th, err := parseThrottle(c.ServeSpeedMin, c.ServeSpeedMax)
+	th, err := parseThrottle(c.ServeSpeedMin, c.ServeSpeedMax, "serve-")
 	if err != nil {
 		return nil, nil, err
 	}

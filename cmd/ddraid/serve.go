@@ -239,15 +239,17 @@ func memberDelay(d time.Duration) func(int, blockdev.Device) blockdev.Device {
 	return func(_ int, dev blockdev.Device) blockdev.Device { return blockdev.NewDelay(dev, d, d) }
 }
 
-// parseThrottle reads --speed-min and --speed-max.
-func parseThrottle(minS, maxS string) (resync.Throttle, error) {
+// parseThrottle reads --speed-min and --speed-max (--PREFIXspeed-min and
+// --PREFIXspeed-max).
+func parseThrottle(minS, maxS string, prefix ...string) (resync.Throttle, error) {
+	flag := "--" + strings.Join(prefix, "") + "speed-"
 	lo, err := units.ParseSize(minS)
 	if err != nil {
-		return resync.Throttle{}, fmt.Errorf("--speed-min: %w", err)
+		return resync.Throttle{}, fmt.Errorf("%smin: %w", flag, err)
 	}
 	hi, err := units.ParseSize(maxS)
 	if err != nil {
-		return resync.Throttle{}, fmt.Errorf("--speed-max: %w", err)
+		return resync.Throttle{}, fmt.Errorf("%smax: %w", flag, err)
 	}
 	th := resync.Throttle{Min: lo, Max: hi}
 	return th, th.Validate()

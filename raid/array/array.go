@@ -496,13 +496,7 @@ func (a *Array) onFail(member int, err error) {
 		if !errors.Is(err, errFailedElsewhere) {
 			if rerr := a.opts.MemberFailed(member, err); rerr != nil {
 				a.log.Error("member failure not yet recorded by every writer; writes wait until it is", "member", member, "err", rerr)
-				return
 			}
-			a.bg.Add(1)
-			go func() {
-				defer a.bg.Done()
-				a.useSpare()
-			}()
 		}
 		return
 	}

@@ -116,7 +116,8 @@ var errFailedElsewhere = errors.New("failed by another writer of the array")
 
 // ApplySuperblock stores sb (a cluster-wide update, its event counter
 // already bumped) and makes the running array follow it:
-//   - a member sb records as failed is failed here too;
+//   - a member sb records as failed is failed here too (and a spare, if
+//     there is one, is put into its role);
 //   - a device put into a failed or missing role (add-device, a spare)
 //     is opened and written from now on, as recovering, while one writer
 //     rebuilds it (a cluster job);
@@ -163,6 +164,15 @@ func (a *Array) ApplySuperblock(sb *meta.Array) error {
 		case m.State == meta.StateFailed:
 			if engine == raid.MemberActive || engine == raid.MemberRecovering {
 				a.sync.Fail(role, errFailedElsewhere) // onFail finds the superblock already says so
+			}
+			if len(sb.Spares) > 0 {
+				// Every writer tries; under the token the first one puts
+				// the spare in, the others find nothing left to do.
+				a.bg.Add(1)
+				go func() {
+					defer a.bg.Done()
+					a.useSpare()
+				}()
 			}
 		case m.State == meta.StateMissing:
 			// Removed: the engine has it failed already.

@@ -305,3 +305,26 @@ func TestApplySuperblockFollowsRecovery(t *testing.T) {
 	}
 	f.close(a)
 }
+
+// A failure another writer recorded puts a spare into the role here too
+// (in cluster mode every writer tries; the first update wins).
+func TestApplySuperblockTakesSpare(t *testing.T) {
+	f := newFixture(t, raid.LevelRaid35, 3, false, nil)
+	spare := f.newFile("spare", memberSize)
+	if _, err := OfflineUpdate(f.stateDir, f.name, "add", "", spare, false, raid.MemberOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	a := f.openWith(func(o *Options) { o.MemberFailed = func(int, error) error { return nil } })
+	sb := a.Superblock()
+	sb.Events++
+	sb.Members[0].State = meta.StateFailed
+	if err := a.ApplySuperblock(&sb); err != nil {
+		t.Fatal(err)
+	}
+	a.bg.Wait()
+	got := a.Superblock()
+	if m := got.Members[0]; m.Path != spare || m.State == meta.StateFailed || len(got.Spares) != 0 {
+		t.Fatalf("after a failure with a spare: role 0 %+v, spares %v", m, got.Spares)
+	}
+	f.close(a)
+}

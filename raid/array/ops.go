@@ -464,7 +464,7 @@ func (a *Array) Check(ctx context.Context, repair bool) (resync.Progress, error)
 		return resync.Progress{}, fmt.Errorf("%s array %s has no redundancy to check", a.sb.Level, a.opts.Name)
 	}
 	if repair && a.opts.Cluster != nil {
-		return resync.Progress{}, fmt.Errorf("%w: --repair rewrites parity on one writer only, which cluster mode cannot do yet; stop the other writers' arrays or repair with the array stopped", ErrRefused)
+		return resync.Progress{}, fmt.Errorf("%w: --repair rewrites parity outside the cluster's resync windows, so it is refused while the array is served in cluster mode", ErrRefused)
 	}
 	kind := resync.KindCheck
 	if repair {
