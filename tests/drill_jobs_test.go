@@ -147,7 +147,7 @@ func TestDrillClusterInitialSync(t *testing.T) {
 	}
 	checkServed(t, other, "after the switched sync")
 	verifyHalf(t, dc.uri(oi), d, 51, half, failed)
-	fmt.Printf("drill initial-sync: ok, %s ran the sync (REMOTE on %s, %d of %d bytes when seen), was killed; %s went on from %d and finished in %v\n",
+	fmt.Printf("drill initial-sync: ok, %s ran the sync (%s showed it REMOTE; %d of %d bytes done when seen), was killed; %s went on from %d and finished in %v\n",
 		runner.name, other.name, at.Done, at.Total, other.name, starts[len(starts)-1][0], took.Round(10*time.Millisecond))
 }
 
