@@ -217,7 +217,28 @@ func (c *Coordinator) runJob(ctx context.Context, l *lockd.Lock, j job) error {
 		return err
 	}
 	c.log.Info("cluster job done", "job", j.Name, "bytes", run.total)
+	if j.Role >= 0 && !degraded(c.cfg.Local.Superblock()) {
+		c.sweep(ctx)
+	}
 	return nil
+}
+
+// sweep resyncs and clears the marks left under the free writer slots:
+// a takeover while the array was degraded kept them for the rebuild, and
+// now that the array is whole they only cost work. Slots held by a live
+// writer are skipped (their marks are theirs to clear).
+func (c *Coordinator) sweep(ctx context.Context) {
+	c.mu.Lock()
+	mine := c.writer.Slot
+	c.mu.Unlock()
+	for n := range uint32(c.slots()) {
+		if n == mine {
+			continue
+		}
+		if err := c.tryTakeover(ctx, n, true); err != nil {
+			c.log.Warn("clearing the marks of a free slot after a rebuild", "slot", n, "err", err)
+		}
+	}
 }
 
 // jobSpans returns the byte ranges [lo, hi) j still has to do: from its

@@ -380,6 +380,9 @@ func TestReAddRebuildsOnlyDirtyRegions(t *testing.T) {
 		for _, n := range c.nodes {
 			got = append(got, n.local.recoveredRegions()...)
 		}
+		// The array is whole again: the marks the degraded takeover kept
+		// under n3's free slot are swept.
+		c.waitFor("n3's slot swept", func() bool { return len(c.writtenUnion(c.nodes["n3"].w.Slot)) == 0 })
 		slices.Sort(got)
 		if want := []uint64{3, 11}; !slices.Equal(got, want) {
 			t.Errorf("re-add rebuilt regions %v, want %v", got, want)

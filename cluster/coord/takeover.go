@@ -28,7 +28,7 @@ func (c *Coordinator) Scan(ctx context.Context) error {
 		if n == mine {
 			continue
 		}
-		if err := c.tryTakeover(ctx, n); err != nil {
+		if err := c.tryTakeover(ctx, n, false); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -36,8 +36,10 @@ func (c *Coordinator) Scan(ctx context.Context) error {
 }
 
 // tryTakeover takes slot n if it is free and resyncs what its last holder
-// left marked.
-func (c *Coordinator) tryTakeover(ctx context.Context, n uint32) error {
+// left marked. A slot left clean is skipped unless sweep is set: after a
+// rebuild, the marks a degraded takeover kept under a free slot are
+// resynced and cleared too.
+func (c *Coordinator) tryTakeover(ctx context.Context, n uint32, sweep bool) error {
 	ctx, cancel := c.waitCtx(ctx)
 	defer cancel()
 	l, err := c.ls.Lock(ctx, slotResource(n), lockd.EX, lockd.NoQueue|lockd.ValBlk)
@@ -48,7 +50,7 @@ func (c *Coordinator) tryTakeover(ctx context.Context, n uint32) error {
 		return fmt.Errorf("takeover of slot %d: %w", n, err)
 	}
 	lvb, _, valid := l.LVB()
-	if valid && isClean(lvb) {
+	if valid && isClean(lvb) && !sweep {
 		c.unlock(l) // left clean: nothing to do
 		return nil
 	}
@@ -65,7 +67,11 @@ func (c *Coordinator) tryTakeover(ctx context.Context, n uint32) error {
 		delete(c.takeovers, n)
 		c.mu.Unlock()
 	}()
-	c.log.Info("taking over a writer slot", "slot", n, "epoch", tok.Epoch)
+	if sweep {
+		c.log.Debug("sweeping a free writer slot", "slot", n, "epoch", tok.Epoch)
+	} else {
+		c.log.Info("taking over a writer slot", "slot", n, "epoch", tok.Epoch)
+	}
 	if err := c.recoverSlot(ctx, n, l, tok.Epoch); err != nil {
 		// Keep the value block as it is (not clean): the next scan, ours or
 		// another survivor's, starts again.
