@@ -184,6 +184,8 @@ func fillRandom(p []byte, seed int64) {
 
 // TestDrillClusterMembers: device changes in a cluster of two writers.
 //   - grow: `ddraid grow --nodes 6` on n1; both writers see 6 slots.
+//   - scrub: `check --repair` on n0 while n1 writes where it scans finds
+//     nothing and n1's writes verify.
 //   - fail, remove, re-add: member 2 failed on n1, n0 writes degraded,
 //     removed on n0, the same disk added back on n1: one writer rebuilds
 //     only the regions written while it was away (counted), both writers
@@ -212,6 +214,20 @@ func TestDrillClusterMembers(t *testing.T) {
 		}
 	}
 
+	// scrub with repair on n0 while n1 writes where it scans: it runs to
+	// the end through its windows, finds nothing and breaks none of n1's
+	// writes. (A torn read needs a write to land between two member reads
+	// of one block, microseconds here, so this cannot show the windows
+	// work; coord's TestScrubWindow shows they hold every writer's writes.)
+	d1 := filepath.Join(dir, "fio1")
+	wait1 := startWrites(t, dc.uri(1), d1, 62, 0)
+	out, err := runErr(ddraidBin, "check", "data", "--repair", "--state-dir="+n0.stateDir)
+	failed1 := wait1()
+	if err != nil || !strings.Contains(out, " 0 mismatched") {
+		t.Fatalf("check --repair during n1's writes: %v\n%s", err, out)
+	}
+	verifyHalf(t, dc.uri(0), d1, 62, 0, failed1)
+
 	// fail, write degraded, remove, re-add
 	run(t, ddraidBin, "fail-device", "data", "2", "--state-dir="+n1.stateDir)
 	for _, n := range []*clusterNode{n0, n1} {
@@ -222,7 +238,7 @@ func TestDrillClusterMembers(t *testing.T) {
 	d0 := filepath.Join(dir, "fio0")
 	failed := startWrites(t, dc.uri(0), d0, 61, 0)()
 	run(t, ddraidBin, "remove-device", "data", "2", "--state-dir="+n0.stateDir)
-	out := run(t, ddraidBin, "add-device", "data", dc.members[2], "--state-dir="+n1.stateDir)
+	out = run(t, ddraidBin, "add-device", "data", dc.members[2], "--state-dir="+n1.stateDir)
 	if !strings.Contains(out, "re-added") {
 		t.Fatalf("re-add: %s", out)
 	}

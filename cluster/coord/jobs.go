@@ -44,10 +44,16 @@ const jobSlotBase = 1 << 31
 // slot is the window slot of the job's windows.
 func (j job) slot() uint32 { return jobSlotBase + uint32(j.Role+1) }
 
+// scrubSlot is the window slot of a writer's scrub (`ddraid check`).
+const scrubSlot = 1<<32 - 1
+
 // jobOfSlot names the job of a window slot, or "" for a writer slot.
 func jobOfSlot(slot uint32) string {
 	if slot < jobSlotBase {
 		return ""
+	}
+	if slot == scrubSlot {
+		return "check"
 	}
 	if slot == jobSlotBase {
 		return "sync"
@@ -71,6 +77,19 @@ func jobsOf(sb meta.Array) []job {
 	}
 	return out
 }
+
+// ScrubWindow announces [lo, hi) as this node's scrub window: writes there
+// wait on every writer, this one included, until the window moves or
+// EndScrubWindow ends it. A check (and its repairs) inside it reads no
+// block another writer is changing.
+func (c *Coordinator) ScrubWindow(ctx context.Context, lo, hi int64) error {
+	ctx, cancel := c.waitCtx(ctx)
+	defer cancel()
+	return c.announce(ctx, Window{Owner: c.cfg.Node, Slot: scrubSlot, Lo: lo, Hi: hi})
+}
+
+// EndScrubWindow ends this node's scrub window everywhere.
+func (c *Coordinator) EndScrubWindow() { c.endWindow(scrubSlot) }
 
 // jobResource is the lock of a job.
 func jobResource(name string) string { return "job/" + name }

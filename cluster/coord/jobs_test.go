@@ -395,3 +395,46 @@ func TestReAddRebuildsOnlyDirtyRegions(t *testing.T) {
 		c.checkBlocks(n1, acked)
 	})
 }
+
+// A scrub window holds every writer's writes into it (the scrubbing node's
+// own included) until it moves or ends, and names itself "check".
+func TestScrubWindow(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	synctest.Test(t, func(t *testing.T) {
+		c := newTCluster(t, "n1", "n2", "n3")
+		c.join("n1", "n2")
+		ctx := context.Background()
+		n1, n2 := c.nodes["n1"], c.nodes["n2"]
+		if err := n1.co.ScrubWindow(ctx, 0, tRegion); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan lockd.NodeID, 2)
+		for _, n := range []*tnode{n1, n2} {
+			go func() {
+				if err := n.write(ctx, pattern(1, 3, 1), 3*tBlock); err != nil {
+					t.Error(err)
+				}
+				done <- n.id
+			}()
+		}
+		synctest.Wait()
+		if len(done) != 0 {
+			t.Fatal("a write went into a scrub window")
+		}
+		if ws := n2.co.Status().Windows; len(ws) != 1 || ws[0].Job() != "check" || ws[0].Owner != "n1" {
+			t.Fatalf("n2 sees windows %+v", ws)
+		}
+		if err := n1.co.ScrubWindow(ctx, tRegion, 2*tRegion); err != nil { // moves on
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if len(done) != 2 {
+			t.Fatalf("%d writes done after the window moved, want 2", len(done))
+		}
+		n1.co.EndScrubWindow()
+		synctest.Wait()
+		if ws := n2.co.Status().Windows; len(ws) != 0 {
+			t.Fatalf("windows left after the scrub: %+v", ws)
+		}
+	})
+}

@@ -124,6 +124,12 @@ func (o clusterOps) AddMember(ctx context.Context, spec string, fn func(*meta.Ar
 	return err
 }
 
+func (o clusterOps) ScrubWindow(ctx context.Context, lo, hi int64) error {
+	return o.co.ScrubWindow(ctx, lo, hi)
+}
+
+func (o clusterOps) EndScrubWindow() { o.co.EndScrubWindow() }
+
 // unchanged translates the array's "nothing to change" into the
 // coordinator's.
 func unchanged(fn func(*meta.Array) error) func(*meta.Array) error {

@@ -29,9 +29,28 @@ import (
 // once every live writer stored it (this one through ApplySuperblock). fn
 // returns ErrNoChange when there is nothing to do. AddMember first checks
 // that every live writer can open spec.
+// ScrubWindow announces [lo, hi) as this writer's scrub window (writes
+// there wait on every writer) and EndScrubWindow ends it: a check runs
+// each chunk inside one.
 type Cluster interface {
 	Update(ctx context.Context, what string, fn func(*meta.Array) error) error
 	AddMember(ctx context.Context, spec string, fn func(*meta.Array) error) error
+	ScrubWindow(ctx context.Context, lo, hi int64) error
+	EndScrubWindow()
+}
+
+// scrubSyncer checks each chunk inside a scrub window (cluster mode): no
+// other writer changes a block while it is compared or repaired.
+type scrubSyncer struct {
+	raid.Syncer
+	cl Cluster
+}
+
+func (s scrubSyncer) Check(off, length int64, repair bool) (int64, error) {
+	if err := s.cl.ScrubWindow(context.Background(), off, off+length); err != nil {
+		return 0, err
+	}
+	return s.Syncer.Check(off, length, repair)
 }
 
 // WriteGate admits writes (cluster/coord.WriteGate implements it). Enter

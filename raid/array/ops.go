@@ -463,8 +463,9 @@ func (a *Array) Check(ctx context.Context, repair bool) (resync.Progress, error)
 	if a.sync == nil {
 		return resync.Progress{}, fmt.Errorf("%s array %s has no redundancy to check", a.sb.Level, a.opts.Name)
 	}
-	if repair && a.opts.Cluster != nil {
-		return resync.Progress{}, fmt.Errorf("%w: --repair rewrites parity outside the cluster's resync windows, so it is refused while the array is served in cluster mode", ErrRefused)
+	var syncer raid.Syncer = a.sync
+	if a.opts.Cluster != nil {
+		syncer = scrubSyncer{Syncer: a.sync, cl: a.opts.Cluster}
 	}
 	kind := resync.KindCheck
 	if repair {
@@ -475,8 +476,11 @@ func (a *Array) Check(ctx context.Context, repair bool) (resync.Progress, error)
 		err error
 	}
 	res := make(chan result, 1)
-	a.enqueue(resync.Job{Kind: kind, Array: a.sync, Ranges: resync.Whole(a.eng.Size()), Chunk: 4 << 20},
+	a.enqueue(resync.Job{Kind: kind, Array: syncer, Ranges: resync.Whole(a.eng.Size()), Chunk: 4 << 20},
 		func(p resync.Progress, err error) {
+			if a.opts.Cluster != nil {
+				a.opts.Cluster.EndScrubWindow()
+			}
 			if repair && p.Mismatches > 0 {
 				a.clearUnmarked(a.allRoles()) // the repairs were marked at agent members
 			}
