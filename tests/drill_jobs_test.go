@@ -204,7 +204,11 @@ func TestDrillClusterMembers(t *testing.T) {
 	dc := startDrillCluster(t, dir, dn)
 	n0, n1 := dc.nodes[0], dc.nodes[1]
 
-	// grow
+	// grow; not on a node that does not serve the array (its writers
+	// would never record it)
+	if out, err := runErr(ddraidBin, "grow", "data", "--nodes=6", "--state-dir="+dc.nodes[2].stateDir); err == nil || !strings.Contains(out, "does not serve the array here") {
+		t.Fatalf("grow on n2, which does not serve the array: %v\n%s", err, out)
+	}
 	if out := run(t, ddraidBin, "grow", "data", "--nodes=6", "--state-dir="+n1.stateDir); !strings.Contains(out, "6 writer slots (was 4)") {
 		t.Fatalf("grow: %s", out)
 	}

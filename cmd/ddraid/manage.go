@@ -24,6 +24,17 @@ func controlFor(stateDir, name string) *array.Client {
 	return array.NewClient(ri.Control)
 }
 
+// offlineAllowed refuses to change or check the stored metadata of an
+// array that no process here serves while this node's agent runs in
+// cluster mode: the array's writers elsewhere would not record the change,
+// and their next update would overwrite it.
+func offlineAllowed(g *Globals, name, action string) error {
+	if _, nodes := clusterArrays(g); nodes != nil {
+		return fmt.Errorf("%s %s: this node's agent runs in cluster mode and does not serve the array here; run it on a node whose agent serves it (--serve), so that every writer records it", action, name)
+	}
+	return nil
+}
+
 // act runs an action on a served array through its control socket, or on
 // the stored metadata of a stopped one.
 func act(g *Globals, name, action string, req array.Request, mt MemberTLS) error {
@@ -43,6 +54,9 @@ func act(g *Globals, name, action string, req array.Request, mt MemberTLS) error
 		}
 		fmt.Println(rep.Message)
 		return nil
+	}
+	if err := offlineAllowed(g, name, action); err != nil {
+		return err
 	}
 	tc, err := mt.config()
 	if err != nil {
@@ -73,6 +87,9 @@ func (c *GrowCmd) Run(g *Globals) error {
 		}
 		fmt.Println(rep.Message)
 		return nil
+	}
+	if err := offlineAllowed(g, c.Name, "grow"); err != nil {
+		return err
 	}
 	msg, err := array.OfflineGrow(g.StateDir, c.Name, c.Nodes)
 	if err != nil {
@@ -158,6 +175,9 @@ func (c *CheckCmd) Run(g *Globals) error {
 			p = *rep.Progress
 		}
 	} else {
+		if err := offlineAllowed(g, c.Name, "check"); err != nil {
+			return err
+		}
 		th, terr := parseThrottle(c.SpeedMin, c.SpeedMax)
 		if terr != nil {
 			return terr
