@@ -160,12 +160,12 @@ func (c *Coordinator) tryJob(j job) error {
 	defer c.unlock(l)
 	// Read it again under the lock: the last runner may have finished it
 	// or moved its checkpoint since.
-	i := slices.IndexFunc(jobsOf(c.cfg.Local.Superblock()), func(k job) bool { return k.Name == j.Name && k.Member == j.Member })
+	due := jobsOf(c.cfg.Local.Superblock())
+	i := slices.IndexFunc(due, func(k job) bool { return k.Name == j.Name && k.Member == j.Member })
 	if i < 0 {
 		return nil
 	}
-	j = jobsOf(c.cfg.Local.Superblock())[i]
-	return c.runJob(ctx, l, j)
+	return c.runJob(ctx, l, due[i])
 }
 
 // runJob does j region by region under windows, checkpointing, and

@@ -70,6 +70,38 @@ func (c *tcluster) scramble(seed uint64, hosts ...int) {
 	}
 }
 
+// initialSyncDue puts random bytes on every host (no block's parity holds)
+// and marks the initial sync due on every node, as a create over disks
+// that held data does.
+func (c *tcluster) initialSyncDue(seed uint64) {
+	c.scramble(seed, 0, 1, 2)
+	for _, n := range c.nodes {
+		n.local.sb.InitialSync = true
+	}
+}
+
+// held returns a channel a test's hook waits on and the function that
+// closes it; it is also closed at cleanup, before the cluster's (which
+// waits for the goroutines the hook holds).
+func held(t *testing.T) (ch chan struct{}, release func()) {
+	ch = make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(ch) }) }
+	t.Cleanup(release)
+	return ch, release
+}
+
+// writeAcked writes block b as node who (version v) and records it in
+// acked; the write must succeed.
+func (c *tcluster) writeAcked(ctx context.Context, acked map[int64][]byte, who lockd.NodeID, b int64, v int) {
+	c.t.Helper()
+	p := pattern(byte(who[1]), b, v)
+	if err := c.nodes[who].write(ctx, p, b*tBlock); err != nil {
+		c.t.Fatal(err)
+	}
+	acked[b] = p
+}
+
 // everyone reports whether cond holds for every node that is up.
 func (c *tcluster) everyone(cond func(n *tnode) bool) bool {
 	for _, n := range c.nodes {
@@ -88,16 +120,10 @@ func TestInitialSyncRunsOnOneWriter(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	synctest.Test(t, func(t *testing.T) {
 		c := newTCluster(t, "n1", "n2", "n3")
-		c.scramble(1, 0, 1, 2)
-		for _, n := range c.nodes {
-			n.local.sb.InitialSync = true
-		}
+		c.initialSyncDue(1)
 		var mu sync.Mutex
 		var runner lockd.NodeID
-		gate := make(chan struct{})
-		var once sync.Once
-		open := func() { once.Do(func() { close(gate) }) }
-		t.Cleanup(open)
+		gate, open := held(t)
 		for _, id := range c.ids {
 			c.nodes[id].local.resyncHook = func(off int64) error {
 				mu.Lock()
@@ -193,16 +219,10 @@ func TestJobTakenOverFromCheckpoint(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	synctest.Test(t, func(t *testing.T) {
 		c := newTClusterWith(t, func(cfg *Config) { cfg.CheckpointEvery = time.Nanosecond }, "n1", "n2", "n3")
-		c.scramble(2, 0, 1, 2)
-		for _, n := range c.nodes {
-			n.local.sb.InitialSync = true
-		}
+		c.initialSyncDue(2)
 		var mu sync.Mutex
 		var first lockd.NodeID
-		release := make(chan struct{})
-		var once sync.Once
-		free := func() { once.Do(func() { close(release) }) }
-		t.Cleanup(free) // before the cluster's cleanup, which waits for the job
+		release, free := held(t)
 		for _, id := range c.ids {
 			c.nodes[id].local.resyncHook = func(off int64) error {
 				mu.Lock()
@@ -289,13 +309,7 @@ func TestRebuildJobAfterAdd(t *testing.T) {
 		c.join("n1", "n2", "n3")
 		ctx := context.Background()
 		acked := map[int64][]byte{}
-		write := func(who lockd.NodeID, b int64, v int) {
-			p := pattern(byte(who[1]), b, v)
-			if err := c.nodes[who].write(ctx, p, b*tBlock); err != nil {
-				t.Fatal(err)
-			}
-			acked[b] = p
-		}
+		write := func(who lockd.NodeID, b int64, v int) { c.writeAcked(ctx, acked, who, b, v) }
 		for b := int64(0); b < tArraySize/tBlock; b += 7 {
 			write("n1", b, 1)
 		}
@@ -334,13 +348,7 @@ func TestReAddRebuildsOnlyDirtyRegions(t *testing.T) {
 		c.join("n1", "n2", "n3")
 		ctx := context.Background()
 		acked := map[int64][]byte{}
-		write := func(who lockd.NodeID, b int64, v int) {
-			p := pattern(byte(who[1]), b, v)
-			if err := c.nodes[who].write(ctx, p, b*tBlock); err != nil {
-				t.Fatal(err)
-			}
-			acked[b] = p
-		}
+		write := func(who lockd.NodeID, b int64, v int) { c.writeAcked(ctx, acked, who, b, v) }
 		write("n1", 0, 1)
 		// Clear what the writes before the failure marked, as the lazy
 		// clear would have.

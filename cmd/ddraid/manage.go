@@ -63,7 +63,7 @@ func act(g *Globals, name, action string, req array.Request, mt MemberTLS) error
 		return err
 	}
 	mo := raid.MemberOptions{Remote: remote.Config{TLS: tc, Logger: slog.Default()}}
-	msg, err := array.OfflineUpdate(g.StateDir, name, action, req.Ref, req.Path, req.Force, mo)
+	msg, err := array.OfflineUpdate(g.StateDir, name, action, req, mo)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", action, name, err)
 	}
@@ -77,26 +77,9 @@ type GrowCmd struct {
 	Nodes int    `required:"" help:"New number of writer slots: the most nodes that may write the array at once in cluster mode (it only grows)."`
 }
 
-// Run grows the array through the process serving it, or in its stored
-// metadata when it is stopped.
+// Run grows the array.
 func (c *GrowCmd) Run(g *Globals) error {
-	if cl := controlFor(g.StateDir, c.Name); cl != nil {
-		rep, err := cl.Do(context.Background(), c.Name, "grow", array.Request{Slots: c.Nodes})
-		if err != nil {
-			return fmt.Errorf("grow %s: %w", c.Name, err)
-		}
-		fmt.Println(rep.Message)
-		return nil
-	}
-	if err := offlineAllowed(g, c.Name, "grow"); err != nil {
-		return err
-	}
-	msg, err := array.OfflineGrow(g.StateDir, c.Name, c.Nodes)
-	if err != nil {
-		return fmt.Errorf("grow %s: %w", c.Name, err)
-	}
-	fmt.Println(msg + " (array not served)")
-	return nil
+	return act(g, c.Name, "grow", array.Request{Slots: c.Nodes}, MemberTLS{})
 }
 
 // FailDeviceCmd is `ddraid fail-device`.
@@ -178,7 +161,7 @@ func (c *CheckCmd) Run(g *Globals) error {
 		if err := offlineAllowed(g, c.Name, "check"); err != nil {
 			return err
 		}
-		th, terr := parseThrottle(c.SpeedMin, c.SpeedMax)
+		th, terr := parseThrottle(c.SpeedMin, c.SpeedMax, "")
 		if terr != nil {
 			return terr
 		}

@@ -101,7 +101,7 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) (err error) {
 	if err != nil {
 		return err
 	}
-	th, err := parseThrottle(c.SpeedMin, c.SpeedMax)
+	th, err := parseThrottle(c.SpeedMin, c.SpeedMax, "")
 	if err != nil {
 		return err
 	}
@@ -239,10 +239,10 @@ func memberDelay(d time.Duration) func(int, blockdev.Device) blockdev.Device {
 	return func(_ int, dev blockdev.Device) blockdev.Device { return blockdev.NewDelay(dev, d, d) }
 }
 
-// parseThrottle reads --speed-min and --speed-max (--PREFIXspeed-min and
-// --PREFIXspeed-max).
-func parseThrottle(minS, maxS string, prefix ...string) (resync.Throttle, error) {
-	flag := "--" + strings.Join(prefix, "") + "speed-"
+// parseThrottle reads the flags --PREFIXspeed-min and --PREFIXspeed-max
+// (prefix "" for serve and check, "serve-" for the agent).
+func parseThrottle(minS, maxS, prefix string) (resync.Throttle, error) {
+	flag := "--" + prefix + "speed-"
 	lo, err := units.ParseSize(minS)
 	if err != nil {
 		return resync.Throttle{}, fmt.Errorf("%smin: %w", flag, err)

@@ -334,27 +334,29 @@ func (a *Array) resume() {
 		return
 	}
 	sb := a.Superblock()
-	if a.opts.Cluster != nil {
-		// Cluster mode: the initial sync and the rebuilds are jobs one
-		// writer runs for all (cluster/coord); every writer writes the
-		// members being rebuilt. This node's leftover marks are at the
-		// member hosts under its former slot, which is taken over.
-		for role, m := range sb.Members {
-			if m.State == meta.StateRecovering {
-				if err := a.beginRecovery(role, nil); err != nil {
-					a.log.Error("cannot open a member being rebuilt: failing it", "role", role, "member", m.Path, "err", err)
-					a.failUnopened(role, err)
-				}
-			}
-		}
-		return
-	}
+	cluster := a.opts.Cluster != nil
 	for role, m := range sb.Members {
-		if m.State == meta.StateRecovering {
+		if m.State != meta.StateRecovering {
+			continue
+		}
+		if !cluster {
 			if err := a.startRecovery(role, nil, false); err != nil {
 				a.log.Error("cannot resume recovery", "role", role, "member", m.Path, "err", err)
 			}
+			continue
 		}
+		// Cluster mode: every writer writes the member; one writer
+		// rebuilds it for all (a cluster job).
+		if err := a.beginRecovery(role, nil); err != nil {
+			a.log.Error("cannot open a member being rebuilt: failing it", "role", role, "member", m.Path, "err", err)
+			a.failUnopened(role, err)
+		}
+	}
+	if cluster {
+		// The initial sync is a cluster job too, and this node's leftover
+		// marks are at the member hosts under its former slot, which is
+		// taken over.
+		return
 	}
 	if sb.InitialSync {
 		a.log.Info("initial sync pending", "from", sb.SyncedTo)

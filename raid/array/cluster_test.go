@@ -311,7 +311,7 @@ func TestApplySuperblockFollowsRecovery(t *testing.T) {
 func TestApplySuperblockTakesSpare(t *testing.T) {
 	f := newFixture(t, raid.LevelRaid35, 3, false, nil)
 	spare := f.newFile("spare", memberSize)
-	if _, err := OfflineUpdate(f.stateDir, f.name, "add", "", spare, false, raid.MemberOptions{}); err != nil {
+	if _, err := OfflineUpdate(f.stateDir, f.name, "add", Request{Path: spare}, raid.MemberOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	a := f.openWith(func(o *Options) { o.MemberFailed = func(int, error) error { return nil } })

@@ -523,27 +523,18 @@ func (a *Array) Grow(slots int) (string, error) {
 	return msg, err
 }
 
-// OfflineGrow is Grow on a stopped array's metadata.
-func OfflineGrow(stateDir, name string, slots int) (string, error) {
-	var msg string
-	_, err := meta.Update(stateDir, name, func(sb *meta.Array) error {
-		var err error
-		msg, err = growSlots(sb, slots)
-		return err
-	})
-	if errors.Is(err, ErrNoChange) {
-		err = nil
-	}
-	return msg, err
-}
-
 // OfflineUpdate applies an operator action to a stopped array's metadata.
 // Devices that are added are written their header now; the recovery runs
 // when the array is next served.
-func OfflineUpdate(stateDir, name, action, ref, path string, force bool, mo raid.MemberOptions) (string, error) {
+func OfflineUpdate(stateDir, name, action string, req Request, mo raid.MemberOptions) (string, error) {
+	ref, path, force := req.Ref, req.Path, req.Force
 	var msg string
 	_, err := meta.Update(stateDir, name, func(sb *meta.Array) error {
 		switch action {
+		case "grow":
+			var err error
+			msg, err = growSlots(sb, req.Slots)
+			return err
 		case "fail":
 			role, spare, err := Resolve(sb, ref)
 			if err != nil {
@@ -592,6 +583,9 @@ func OfflineUpdate(stateDir, name, action, ref, path string, force bool, mo raid
 	})
 	if errors.Is(err, os.ErrNotExist) {
 		return "", err
+	}
+	if errors.Is(err, ErrNoChange) {
+		err = nil
 	}
 	return msg, err
 }

@@ -627,7 +627,7 @@ func TestOfflineUpdate(t *testing.T) {
 	f.close(a)
 
 	offline := func(action, ref, path string, force bool) (string, error) {
-		return OfflineUpdate(f.stateDir, f.name, action, ref, path, force, raid.MemberOptions{})
+		return OfflineUpdate(f.stateDir, f.name, action, Request{Ref: ref, Path: path, Force: force}, raid.MemberOptions{})
 	}
 	mustOffline := func(action, ref, path, msgPart string) {
 		t.Helper()
@@ -658,7 +658,7 @@ func TestOfflineUpdate(t *testing.T) {
 	if _, err := offline("explode", "1", "", false); err == nil || !strings.Contains(err.Error(), "unknown action") {
 		t.Fatalf("unknown action: %v", err)
 	}
-	if _, err := OfflineUpdate(f.stateDir, "nope", "fail", "1", "", false, raid.MemberOptions{}); err == nil {
+	if _, err := OfflineUpdate(f.stateDir, "nope", "fail", Request{Ref: "1"}, raid.MemberOptions{}); err == nil {
 		t.Fatal("offline update of an unknown array succeeded")
 	}
 	states("active failed active")
@@ -713,7 +713,7 @@ func TestOfflineUpdate(t *testing.T) {
 func TestFailLinearRefused(t *testing.T) {
 	f := newFixture(t, raid.LevelLinear, 2, false, nil)
 	for _, force := range []bool{false, true} {
-		_, err := OfflineUpdate(f.stateDir, f.name, "fail", "0", "", force, raid.MemberOptions{})
+		_, err := OfflineUpdate(f.stateDir, f.name, "fail", Request{Ref: "0", Force: force}, raid.MemberOptions{})
 		if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "no redundancy") {
 			t.Errorf("offline fail of a linear member (force %v): %v, want a refusal saying it has no redundancy", force, err)
 		}
