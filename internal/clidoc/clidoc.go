@@ -267,11 +267,7 @@ func Bash(app *kong.Application) []byte {
 	// Subcommands of each command path.
 	fmt.Fprintf(&b, "%s_commands() {\n\tcase \"$1\" in\n", fn)
 	for _, nd := range nodes {
-		var subs []string
-		for _, c := range subcommands(nd.n) {
-			subs = append(subs, c.Name)
-		}
-		if len(subs) > 0 {
+		if subs := subcommandNames(nd.n); len(subs) > 0 {
 			fmt.Fprintf(&b, "\t%s) echo %s ;;\n", shellQuote(nd.path), shellQuote(strings.Join(subs, " ")))
 		}
 	}

@@ -25,11 +25,7 @@ func Fish(app *kong.Application) []byte {
 	// Subcommands of each command path.
 	fmt.Fprintf(&b, "function %s_commands --description 'Subcommands of a command path'\n\tswitch \"$argv[1]\"\n", fn)
 	for _, nd := range nodes {
-		var subs []string
-		for _, c := range subcommands(nd.n) {
-			subs = append(subs, c.Name)
-		}
-		if len(subs) > 0 {
+		if subs := subcommandNames(nd.n); len(subs) > 0 {
 			fmt.Fprintf(&b, "\tcase %s\n\t\tprintf '%%s\\n' %s\n", fishQuote(nd.path), strings.Join(subs, " "))
 		}
 	}

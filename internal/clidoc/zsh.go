@@ -30,6 +30,15 @@ func tree(app *kong.Application) []cmdNode {
 	return nodes
 }
 
+// subcommandNames are the names of subcommands(n).
+func subcommandNames(n *kong.Node) []string {
+	var out []string
+	for _, c := range subcommands(n) {
+		out = append(out, c.Name)
+	}
+	return out
+}
+
 // subcommands are the visible commands directly below n.
 func subcommands(n *kong.Node) []*kong.Node {
 	var out []*kong.Node
