@@ -34,6 +34,11 @@ type Raid35 struct {
 	set     memberSet
 	locks   rangeLock
 	closed  atomic.Bool
+
+	// Read balancing (see readAround).
+	queue   [maxMembers]atomic.Int32 // member requests in flight
+	trusted atomic.Bool              // TrustParity
+	around  atomic.Int64             // runs read around a busy member
 }
 
 var _ blockdev.Device = (*Raid35)(nil)
@@ -96,6 +101,21 @@ func (r *Raid35) Size() int64 { return r.blocks * int64(r.b) }
 // or unaligned writes are served by read-modify-write.
 func (r *Raid35) BlockSize() int { return r.b }
 
+// TrustParity says whether a read may go around a busy data member, reading
+// the parity member in its place and rebuilding that member's fragments
+// (see readAround). The array's owner turns it on only while every block's
+// parity matches its data wherever no write is in flight: after a clean
+// stop, a finished resync or a finished repair, and never while others
+// write the members (cluster mode). It is off until then, and the owner
+// turns it off when that stops being true (a check found mismatches).
+func (r *Raid35) TrustParity(on bool) { r.trusted.Store(on) }
+
+// ParityTrusted reports the last TrustParity.
+func (r *Raid35) ParityTrusted() bool { return r.trusted.Load() }
+
+// ReadsAround returns how many read runs went around a busy member.
+func (r *Raid35) ReadsAround() int64 { return r.around.Load() }
+
 // MemberStates returns a copy of the member states in role order.
 func (r *Raid35) MemberStates() []MemberState { return r.set.snapshot() }
 
@@ -118,14 +138,14 @@ func (r *Raid35) ReadAt(p []byte, off int64) (int, error) {
 		want := len(p) - done
 		cnt := min((in+want+r.b-1)/r.b, r.maxRun)
 		if in == 0 && want >= cnt*r.b {
-			if err := r.readRun(p[done:done+cnt*r.b], n); err != nil {
+			if err := r.readRun(p[done:done+cnt*r.b], n, true); err != nil {
 				return done, err
 			}
 			done += cnt * r.b
 			continue
 		}
 		bp := getBuf(cnt * r.b)
-		err := r.readRun(*bp, n)
+		err := r.readRun(*bp, n, true)
 		if err == nil {
 			done += copy(p[done:], (*bp)[in:])
 		}
@@ -191,13 +211,13 @@ func (r *Raid35) rmw(p []byte, n int64, in, cnt int) (int, error) {
 	switch {
 	case cnt <= 2 && (headPartial || tailPartial):
 		// Reading both blocks costs the same member IOs as reading one.
-		err = r.readRun(buf, n)
+		err = r.readRun(buf, n, false)
 	default:
 		if headPartial {
-			err = r.readRun(buf[:r.b], n)
+			err = r.readRun(buf[:r.b], n, false)
 		}
 		if err == nil && tailPartial {
-			err = r.readRun(buf[(cnt-1)*r.b:], n+int64(cnt-1))
+			err = r.readRun(buf[(cnt-1)*r.b:], n+int64(cnt-1), false)
 		}
 	}
 	if err != nil {
@@ -387,6 +407,8 @@ func (r *Raid35) writeRun(p []byte, n0 int64) error {
 // blockdev.WriteV (pwritev on a file; one copy into a single buffer on a
 // device that cannot gather).
 func (r *Raid35) writeMember(m int, p []byte, n0 int64) error {
+	r.queue[m].Add(1)
+	defer r.queue[m].Add(-1)
 	off := n0 * int64(r.f)
 	var err error
 	switch role := r.g.Role(n0, m); {
@@ -489,8 +511,10 @@ func (r *Raid35) parityBlocks(m int, n0 int64, nb int) int {
 
 // readRun reads whole blocks p (at most maxRun of them) starting at block
 // n0. A member that fails is marked failed and the run is read again
-// without it while at most one member is lost.
-func (r *Raid35) readRun(p []byte, n0 int64) error {
+// without it while at most one member is lost. balance lets a healthy
+// array read around a busy member (readAround); callers that hold the
+// run's blocks locked must not set it.
+func (r *Raid35) readRun(p []byte, n0 int64, balance bool) error {
 	var prior []error
 	for {
 		lost := r.set.lostMask()
@@ -500,7 +524,7 @@ func (r *Raid35) readRun(p []byte, n0 int64) error {
 		var errs [maxMembers]error
 		if r.m == 2 {
 			r.readRun2(p, n0, lost, errs[:])
-		} else {
+		} else if lost != 0 || !balance || !r.readAround(p, n0, errs[:]) {
 			r.readRunN(p, n0, lost, errs[:])
 		}
 		failed := false
@@ -580,6 +604,45 @@ func (r *Raid35) readRunN(p []byte, n0 int64, lost uint64, errs []error) {
 	r.rebuild(p, par, n0, bits.TrailingZeros64(lost))
 }
 
+// balanceMaxBlocks bounds the runs readAround considers: small random
+// reads, where every data member of a block is one request of the read.
+// Larger runs stay on the data members, whose requests are already large.
+const balanceMaxBlocks = 16
+
+// readAround reads a run of a healthy array without its busiest data
+// member when that member has at least two more requests in flight than
+// the member holding the run's parity: it reads the others and parity and
+// rebuilds the busy member's fragments, as for a lost member. With
+// dedicated parity this puts the otherwise idle parity member to work on
+// random reads; with rotating parity it evens out the queues. It holds the
+// run's blocks locked meanwhile, so that no write of this array is half
+// done on them, and only runs while TrustParity is on. It returns false,
+// having read nothing, when the run is to be read as usual.
+func (r *Raid35) readAround(p []byte, n0 int64, errs []error) bool {
+	nb := len(p) / r.b
+	if !r.trusted.Load() || nb > balanceMaxBlocks || !r.oneParity(n0, nb) {
+		return false
+	}
+	pm := r.g.ParityMember(n0)
+	busy, most := -1, r.queue[pm].Load()+1
+	for m := range r.m {
+		if q := r.queue[m].Load(); m != pm && q > most {
+			busy, most = m, q
+		}
+	}
+	if busy < 0 {
+		return false
+	}
+	h := r.locks.lock(n0, n0+int64(nb))
+	defer r.locks.unlock(h)
+	if r.set.lostMask() != 0 || !r.trusted.Load() {
+		return false // changed while the lock was awaited
+	}
+	r.around.Add(1)
+	r.readRunN(p, n0, 1<<busy, errs)
+	return true
+}
+
 // readMember reads member m's part of a run: its data fragments into p and,
 // when all is set (degraded), its parity fragments into par.
 func (r *Raid35) readMember(m int, p, par []byte, n0 int64, all bool) error {
@@ -605,6 +668,8 @@ func (r *Raid35) readMember(m int, p, par []byte, n0 int64, all bool) error {
 // request, scattered straight to where each belongs (blockdev.ReadV: one
 // preadv on a file).
 func (r *Raid35) readStretch(m int, p, par []byte, n0 int64, i, j int) error {
+	r.queue[m].Add(1)
+	defer r.queue[m].Add(-1)
 	off := (n0 + int64(i)) * int64(r.f)
 	if j-i == 1 {
 		return readFull(r.members[m], r.fragSlot(p, par, i, r.g.Role(n0+int64(i), m)), off)

@@ -41,6 +41,14 @@ type Syncer interface {
 	Fail(m int, err error)
 }
 
+// ParityTruster is a Syncer that can read through parity in place of a
+// busy member of a healthy array once its owner vouches that parity is
+// consistent (Raid35.TrustParity), and counts the reads that did.
+type ParityTruster interface {
+	TrustParity(on bool)
+	ReadsAround() int64
+}
+
 var (
 	_ Syncer = (*Raid35)(nil)
 	_ Syncer = (*Mirror)(nil)
@@ -78,7 +86,7 @@ func (r *Raid35) Resync(off, length int64) error {
 		}
 		bp := getBuf(int(n1-n0) * r.b)
 		defer putBuf(bp)
-		if err := r.readRun(*bp, n0); err != nil {
+		if err := r.readRun(*bp, n0, false); err != nil {
 			return err
 		}
 		return r.writeRun(*bp, n0)
@@ -99,7 +107,7 @@ func (r *Raid35) Check(off, length int64, repair bool) (int64, error) {
 		}
 		bp := getBuf(int(n1-n0) * r.b)
 		defer putBuf(bp)
-		if err := r.readRun(*bp, n0); err != nil {
+		if err := r.readRun(*bp, n0, false); err != nil {
 			return err
 		}
 		return r.writeRun(*bp, n0)
@@ -133,7 +141,7 @@ func (r *Raid35) Recover(m int, off, length int64) error {
 		}
 		bp := getBuf(int(n1-n0) * r.b)
 		defer putBuf(bp)
-		if err := r.readRun(*bp, n0); err != nil {
+		if err := r.readRun(*bp, n0, false); err != nil {
 			return err
 		}
 		if err := r.writeMember(m, *bp, n0); err != nil {

@@ -103,6 +103,10 @@ func TestClusterTakeoverOverAgents(t *testing.T) {
 		if err := cw.co.Start(ctx); err != nil {
 			t.Fatal(err)
 		}
+		waitIdle(t, cw.a)
+		if cw.a.sync.(*raid.Raid35).ParityTrusted() {
+			t.Fatalf("writer %s (slot %d, epoch %d) trusts parity while another writes the members", id, cw.w.Slot, cw.w.Epoch)
+		}
 		writers[id] = cw
 	}
 	w1, w2 := writers["w1"], writers["w2"]

@@ -51,6 +51,8 @@ var (
 		"Speed of the running resync, recovery or check.", []string{"array", "kind"}, nil)
 	descJobsQueued = prometheus.NewDesc("ddraid_resync_queued_jobs",
 		"Jobs waiting behind the running one.", arrayLabels, nil)
+	descReadsAround = prometheus.NewDesc("ddraid_array_reads_around_total",
+		"Reads served through parity in place of a busy member (raid35).", arrayLabels, nil)
 	descMemberState = prometheus.NewDesc("ddraid_member_state",
 		"A member's state; 1 for the current one.", []string{"array", "role", "member", "state"}, nil)
 
@@ -69,7 +71,7 @@ var (
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descSize, descDegraded, descFailedMembers, descState,
 		descEvents, descDirty, descRegion, descJobDone, descJobTotal, descJobRate, descJobsQueued,
-		descMemberState, descOps, descBytes, descErrors, descLatency, descMOps, descMBytes, descMErrors,
+		descReadsAround, descMemberState, descOps, descBytes, descErrors, descLatency, descMOps, descMBytes, descMErrors,
 		descMLatency} {
 		ch <- d
 	}
@@ -117,6 +119,9 @@ func collectArray(ch chan<- prometheus.Metric, a *Array) {
 		gauge(ch, descJobRate, j.Rate, name, kind)
 	}
 	gauge(ch, descJobsQueued, float64(st.Queued), name)
+	if st.Level == string(raid.LevelRaid35) {
+		counter(ch, descReadsAround, st.ReadsAround, name)
+	}
 
 	front, members := a.ioStats()
 	collectIO(ch, front, descOps, descBytes, descErrors, descLatency, name)

@@ -69,6 +69,7 @@ func TestMetrics(t *testing.T) {
 		{`ddraid_array_size_bytes{` + arr + `}`, float64(a.Device().Size())},
 		{`ddraid_bitmap_dirty_regions{` + arr + `}`, float64(len(a.bm.Dirty()))},
 		{`ddraid_array_state{` + arr + `,state="clean"}`, 1},
+		{`ddraid_array_reads_around_total{` + arr + `}`, float64(a.Status().ReadsAround)},
 	} {
 		if v, ok := got[tc.sample]; !ok || v != tc.want {
 			t.Errorf("%s = %v (present %v), want %v", tc.sample, v, ok, tc.want)

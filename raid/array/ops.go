@@ -484,6 +484,13 @@ func (a *Array) Check(ctx context.Context, repair bool) (resync.Progress, error)
 			if repair && p.Mismatches > 0 {
 				a.clearUnmarked(a.allRoles()) // the repairs were marked at agent members
 			}
+			switch {
+			case repair && err == nil:
+				a.trustParity(true) // every block's parity was made to match
+			case !repair && p.Mismatches > 0:
+				a.trustParity(false)
+				a.log.Warn("check found parity mismatches: reads stay on the data members until a repair", "mismatches", p.Mismatches)
+			}
 			res <- result{p, err}
 		})
 	select {

@@ -16,6 +16,9 @@ type Status struct {
 	DirtyRegions int                `json:"dirty_regions"`
 	RegionSize   int64              `json:"region_size,omitempty"`
 	MemberIO     []blockdev.IOStats `json:"member_io,omitempty"`
+	// ReadsAround counts the reads that went through parity in place of
+	// a busy member (raid35; see raid.Raid35.TrustParity).
+	ReadsAround int64 `json:"reads_around,omitempty"`
 	// Fenced is set when a member host refused this node's epoch: IO has
 	// stopped (State is then "fenced"); no member was failed.
 	Fenced bool `json:"fenced,omitempty"`
@@ -27,6 +30,9 @@ func (a *Array) Status() Status {
 	st := Status{Status: raid.Describe(a.opts.StateDir, &sb)}
 	if a.fenced.Load() {
 		st.Fenced, st.State = true, "fenced"
+	}
+	if t, ok := a.sync.(raid.ParityTruster); ok {
+		st.ReadsAround = t.ReadsAround()
 	}
 	if a.bm != nil {
 		st.DirtyRegions = len(a.bm.Dirty())
