@@ -24,7 +24,7 @@
 #    region in turn, so it meets the takeover's resync windows). n1 writes
 #    BENCH_CLUSTER_DIRTY (1G) over [1G, 2G), then one block in every region
 #    of it, so its slot's marks cover the whole range whatever the served
-#    arrays' clear delay (5 s, not a flag of the agent), and goes on
+#    arrays' clear delay (the agent's --serve-clear-delay, default 5 s), and goes on
 #    writing; then n1's agent gets kill -9. Measured:
 #    (a) per survivor writer, the longest gap between two completions
 #        after the kill: how long its IO stalled (goal <= 5 s, no failed

@@ -42,6 +42,7 @@ type ClusterFlags struct {
 	ServeTimeout   time.Duration `name:"serve-timeout" help:"Cluster mode: bound on every wait of a served array's coordination (superblock fetch, slot, metadata update, takeover step, resync window)." default:"30s"`
 	ServeSpeedMin  string        `name:"serve-speed-min" help:"Cluster mode: minimum speed of the served arrays' resync, rebuild and check, kept even under foreground IO." default:"1M"`
 	ServeSpeedMax  string        `name:"serve-speed-max" help:"Cluster mode: maximum speed of the served arrays' resync, rebuild and check (the initial sync and rebuilds of a cluster included); 0 for no limit." default:"200M"`
+	ServeClear     time.Duration `name:"serve-clear-delay" help:"Cluster mode: how long a write-intent bitmap region of a served array stays dirty after its last write." default:"5s"`
 }
 
 // newCluster makes the cluster runtime when --nodes is given (nil, nil, nil
@@ -141,7 +142,7 @@ func (c *ClusterFlags) newArrays(stateDir string, n *cluster.Node, tc *tls.Confi
 	client := &tls.Config{Certificates: tc.Certificates, RootCAs: tc.ClientCAs, MinVersion: tls.VersionTLS12}
 	srv, err := serve.New(serve.Config{StateDir: stateDir, Node: n.Name(), Messenger: n.Messenger(),
 		Remote: remote.Config{TLS: client, Logger: slog.Default()}, Timeout: c.ServeTimeout, Wrap: memberDelay(c.ServeDelay),
-		Throttle: th, Logger: slog.Default()})
+		Throttle: th, ClearDelay: c.ServeClear, Logger: slog.Default()})
 	if err != nil {
 		return nil, nil, err
 	}
