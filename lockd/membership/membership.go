@@ -165,6 +165,12 @@ func (m *Membership) serfConfig() (*serf.Config, error) {
 	ml.SuspicionMult = tu.SuspicionMult
 	ml.GossipInterval = tu.GossipInterval
 	ml.TCPTimeout = tu.TCPTimeout
+	// serf tries to rejoin a member it saw fail every ReconnectInterval
+	// (its default is 30 s), so that is how long the two sides of a
+	// healed partition may take to find each other. A rejoin attempt is
+	// one TCP connection, cheap on a cluster of a few nodes: try every
+	// five probe intervals (5 s by default).
+	sc.ReconnectInterval = 5 * tu.ProbeInterval
 	return sc, nil
 }
 
