@@ -2,7 +2,8 @@
 # Plot the results of bench/members.sh (its BENCH_RESULTS file) as a PNG:
 # left, 1M sequential throughput against the member count with the
 # (M-1) x one-disk and M x one-disk lines; right, 4k random IOPS as a ratio
-# to one disk (each row against its own baseline median). Needs gnuplot (Debian package gnuplot-nox; installed with
+# to one disk (each row against its own baseline median) with the one-disk
+# and M/(M-1) lines. Needs gnuplot (Debian package gnuplot-nox; installed with
 # apt-get when missing and running as root).
 # Usage: bench/plot-members.sh RESULTS.tsv OUT.png
 set -euo pipefail
@@ -79,6 +80,7 @@ set ylabel "array / one disk"
 set yrange [0:2.2]
 set key bottom right
 plot 1 with lines lw 6 lc rgb "#c0c0c0" title "one disk", \
+     x/(x-1) with lines lw 6 lc rgb "#f0c8a0" title "M/(M-1): reads with every member at work", \
      $(join "${rplots[@]}")
 unset multiplot
 EOF
