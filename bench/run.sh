@@ -53,7 +53,9 @@ for s in nbdkit qemu linear raid35; do
 	fio --name=fill --ioengine=nbd --uri="nbd+unix:///bench?socket=$W/$s.sock" --rw=write --bs=1M --iodepth=8 --size=512M >/dev/null 2>&1
 done
 
-printf '%-34s %14s %14s %14s %14s %8s %8s\n' case nbdkit qemu-nbd "ddraid linear" "ddraid raid35" linear/k raid35/k
+# The last two columns are issue 3's goals: linear >= 1.0 x nbdkit on every
+# row, raid35 >= 0.8 x nbdkit on the sequential rows ("-": no goal).
+printf '%-34s %14s %14s %14s %14s %8s %8s %6s %6s\n' case nbdkit qemu-nbd "ddraid linear" "ddraid raid35" linear/k raid35/k "lin>=1" "r35>=.8"
 # Each row runs every server BENCH_REPEAT times (default 3), the servers
 # taking turns in an order that alternates between rounds, and reports each
 # server's median: on a shared machine the load changes from one case to the
@@ -87,7 +89,9 @@ med = [statistics.median(float(x) for x in v.split()) if v.strip() else None for
 k, q, l, r = med
 f = lambda v: "-" if v is None else ("%.0f %s" % (v, "IOPS" if unit == "IOPS" else "MiB/s"))
 ratio = lambda v: "%.2f" % (v / k) if k else "-"
-print("%-34s %14s %14s %14s %14s %8s %8s" % (label, f(k), f(q), f(l), f(r), ratio(l), ratio(r)))
+verdict = lambda v, goal: "-" if goal is None or v is None or not k else ("PASS" if v / k >= goal else "MISS")
+print("%-34s %14s %14s %14s %14s %8s %8s %6s %6s" % (label, f(k), f(q), f(l), f(r), ratio(l), ratio(r),
+    verdict(l, 1.0), verdict(r, 0.8 if label.startswith("1M seq") else None)))
 PY
 }
 row "4k randread qd64 1 conn" IOPS randread 4k 64 1
