@@ -455,8 +455,8 @@ func (c *conn) readLoop() readEnd {
 // buffer copied by the goroutine that filled it is still in the CPU cache.
 // While further requests wait in the read buffer, the replies of such a
 // batch are held back (corked) and go out together in one writev when the
-// buffer runs dry, which also wakes the client once per batch instead of
-// once per reply. A slower device gets workers, so that a slow request
+// buffer runs dry or maxCorkReplies (maxCorkBytes) are held, which also
+// wakes the client once per batch instead of once per reply. A slower device gets workers, so that a slow request
 // never holds up the requests behind it; and should a request run inline
 // for longer than inlineStallNs after all (a device that stalls), the
 // server's watchdog gives the reader role to a new goroutine (see
@@ -467,6 +467,7 @@ const (
 	inlineNsPerKiB = 500 // about 2 GB/s
 	inlineStallNs  = 10_000_000
 	maxCorkBytes   = 256 << 10
+	maxCorkReplies = 16
 )
 
 // logReadErr logs why reading from the client stopped.

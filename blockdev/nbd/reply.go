@@ -216,8 +216,12 @@ func (c *conn) queueReply(r *request) {
 }
 
 // maxCork is the most replies held back at once: well below MaxInFlight,
-// since held replies hold their requests.
-func (c *conn) maxCork() int { return min(64, c.maxInFlight/2) }
+// since held replies hold their requests, and small enough that the client
+// starts on the first replies of a burst while the server runs the rest.
+// Holding a whole queue depth's worth (64 at fio's iodepth 64) made the two
+// sides take turns: 4k random IO on one connection ran 15-25 % faster with
+// batches of 16 than of 64, in A/B runs on a 2-core machine (session 4).
+func (c *conn) maxCork() int { return min(maxCorkReplies, c.maxInFlight/2) }
 
 // cork holds replies back until uncork (or until enough are held).
 func (c *conn) cork() {
