@@ -25,18 +25,8 @@ func TestReadAround(t *testing.T) {
 	} {
 		g = g.WithDefaults()
 		t.Run(geomName(g), func(t *testing.T) {
-			f, b := int64(g.FragmentSize()), int64(g.BlockSize)
-			const blocks = 64
-			devs := make([]blockdev.Device, g.Members)
-			counts := make([]*countDev, g.Members)
-			for i := range devs {
-				counts[i] = &countDev{Device: blockdev.NewMem(blocks*f, 512)}
-				devs[i] = counts[i]
-			}
-			arr, err := NewRaid35(g, devs, blocks*f, Config{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			b := int64(g.BlockSize)
+			arr, counts := countedRaid35(t, g, 64)
 			data := make([]byte, arr.Size())
 			fill(data, 1)
 			if _, err := arr.WriteAt(data, 0); err != nil {
@@ -58,7 +48,7 @@ func TestReadAround(t *testing.T) {
 			} {
 				t.Run(tc.name, func(t *testing.T) {
 					if !arr.oneParity(tc.n0, int(tc.nb)) && tc.around {
-						t.Skip("the run spans two parity chunks in this layout")
+						t.Fatalf("case error: blocks %d+%d span two parity chunks in this layout", tc.n0, tc.nb)
 					}
 					pm := g.ParityMember(tc.n0)
 					busy := g.DataMember(tc.n0, 1)

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"testing"
 
 	"github.com/ddraid/ddraid/blockdev"
 )
@@ -162,6 +163,24 @@ func fill(p []byte, seed uint64) {
 			p[i+j] = byte(v >> (8 * j))
 		}
 	}
+}
+
+// countedRaid35 builds a raid35 array of the given number of blocks over
+// memory members that count their IOs.
+func countedRaid35(t testing.TB, g Geometry, blocks int64) (*Raid35, []*countDev) {
+	t.Helper()
+	f := int64(g.WithDefaults().FragmentSize())
+	devs := make([]blockdev.Device, g.Members)
+	counts := make([]*countDev, g.Members)
+	for i := range devs {
+		counts[i] = &countDev{Device: blockdev.NewMem(blocks*f, 512)}
+		devs[i] = counts[i]
+	}
+	arr, err := NewRaid35(g, devs, blocks*f, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return arr, counts
 }
 
 // newMems returns n memory devices of size bytes each.

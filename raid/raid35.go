@@ -36,7 +36,7 @@ type Raid35 struct {
 	closed  atomic.Bool
 
 	// Read balancing (see readAround).
-	queue   [maxMembers]atomic.Int32 // member requests in flight
+	queue   [maxMembers]atomic.Int32 // member requests in flight, counted while trusted
 	trusted atomic.Bool              // TrustParity
 	around  atomic.Int64             // runs read around a busy member
 }
@@ -407,8 +407,10 @@ func (r *Raid35) writeRun(p []byte, n0 int64) error {
 // blockdev.WriteV (pwritev on a file; one copy into a single buffer on a
 // device that cannot gather).
 func (r *Raid35) writeMember(m int, p []byte, n0 int64) error {
-	r.queue[m].Add(1)
-	defer r.queue[m].Add(-1)
+	if r.trusted.Load() { // only readAround reads the queues
+		r.queue[m].Add(1)
+		defer r.queue[m].Add(-1)
+	}
 	off := n0 * int64(r.f)
 	var err error
 	switch role := r.g.Role(n0, m); {
@@ -668,8 +670,10 @@ func (r *Raid35) readMember(m int, p, par []byte, n0 int64, all bool) error {
 // request, scattered straight to where each belongs (blockdev.ReadV: one
 // preadv on a file).
 func (r *Raid35) readStretch(m int, p, par []byte, n0 int64, i, j int) error {
-	r.queue[m].Add(1)
-	defer r.queue[m].Add(-1)
+	if r.trusted.Load() { // only readAround reads the queues
+		r.queue[m].Add(1)
+		defer r.queue[m].Add(-1)
+	}
 	off := (n0 + int64(i)) * int64(r.f)
 	if j-i == 1 {
 		return readFull(r.members[m], r.fragSlot(p, par, i, r.g.Role(n0+int64(i), m)), off)

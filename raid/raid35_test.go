@@ -219,16 +219,7 @@ func TestRaid35IOCounts(t *testing.T) {
 		t.Run(geomName(g), func(t *testing.T) {
 			f, b := int64(g.FragmentSize()), int64(g.BlockSize)
 			const blocks = 100
-			devs := make([]blockdev.Device, g.Members)
-			counts := make([]*countDev, g.Members)
-			for i := range devs {
-				counts[i] = &countDev{Device: blockdev.NewMem(blocks*f, 512)}
-				devs[i] = counts[i]
-			}
-			arr, err := NewRaid35(g, devs, blocks*f, Config{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			arr, counts := countedRaid35(t, g, blocks)
 			for _, run := range []struct{ n0, nb int64 }{{0, 1}, {3, 1}, {2, 37}, {0, blocks}, {50, 2}} {
 				p := make([]byte, run.nb*b)
 				fill(p, uint64(run.n0))

@@ -456,8 +456,9 @@ func (c *conn) readLoop() readEnd {
 // While further requests wait in the read buffer, the replies of such a
 // batch are held back (corked) and go out together in one writev when the
 // buffer runs dry or maxCorkReplies (maxCorkBytes) are held, which also
-// wakes the client once per batch instead of once per reply. A slower device gets workers, so that a slow request
-// never holds up the requests behind it; and should a request run inline
+// wakes the client once per batch instead of once per reply. A slower
+// device gets workers, so that a slow request never holds up the
+// requests behind it; and should a request run inline
 // for longer than inlineStallNs after all (a device that stalls), the
 // server's watchdog gives the reader role to a new goroutine (see
 // Server.watch), so the requests behind it are read and run on workers
