@@ -52,7 +52,7 @@ func TestReadAround(t *testing.T) {
 					}
 					pm := g.ParityMember(tc.n0)
 					busy := g.DataMember(tc.n0, 1)
-					arr.TrustParity(tc.trusted)
+					arr.TrustRedundancy(tc.trusted)
 					arr.queue[busy].Add(tc.busy)
 					defer arr.queue[busy].Add(-tc.busy)
 					for _, c := range counts {
@@ -87,6 +87,81 @@ func TestReadAround(t *testing.T) {
 	}
 }
 
+// TestReadAroundTwoMembers checks read balancing on a two-member raid35,
+// where each member holds every block whole: a read goes to the other
+// member when the data member is busy and the copies are trusted, and the
+// data it returns is the copy's, right when the copies match and wrong
+// when the copy was damaged (which is why trust is needed).
+func TestReadAroundTwoMembers(t *testing.T) {
+	g := Geometry{Members: 2, Parity: ParityDedicated}.WithDefaults()
+	b := int64(g.BlockSize)
+	arr, counts := countedRaid35(t, g, 16)
+	data := make([]byte, arr.Size())
+	fill(data, 3)
+	if _, err := arr.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	const n = 5
+	dm := g.DataMember(n, 0)
+	for _, tc := range []struct {
+		name    string
+		trusted bool
+		busy    int32
+		nb      int64
+		from    int // the member that serves the read
+	}{
+		{"trusted, data member busy", true, 3, 1, 1 - dm},
+		{"trusted, four blocks", true, 2, 4, 1 - dm},
+		{"not trusted", false, 3, 1, dm},
+		{"busy by one only", true, 1, 1, dm},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			arr.TrustRedundancy(tc.trusted)
+			arr.queue[dm].Add(tc.busy)
+			defer arr.queue[dm].Add(-tc.busy)
+			for _, c := range counts {
+				c.reset()
+			}
+			before := arr.ReadsAround()
+			got := make([]byte, tc.nb*b)
+			if _, err := arr.ReadAt(got, n*b); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, data[n*b:(n+tc.nb)*b]) {
+				t.Fatalf("read returned other data (first difference at %d)", firstDiff(got, data[n*b:(n+tc.nb)*b]))
+			}
+			if counts[tc.from].reads.Load() != 1 || counts[1-tc.from].reads.Load() != 0 {
+				t.Fatalf("member reads %d and %d, want only member %d once", counts[0].reads.Load(), counts[1].reads.Load(), tc.from)
+			}
+			if around := arr.ReadsAround() - before; (around == 1) != (tc.from != dm) || around > 1 {
+				t.Fatalf("reads around %d", around)
+			}
+		})
+	}
+	t.Run("damaged copy", func(t *testing.T) {
+		mems := newMems(2, 16*b)
+		arr, err := NewRaid35(g, asDevs(mems, -1), 16*b, Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := arr.WriteAt(data, 0); err != nil {
+			t.Fatal(err)
+		}
+		mems[1-dm].Bytes()[n*b] ^= 0xff
+		arr.queue[dm].Add(5)
+		got := make([]byte, b)
+		for _, trusted := range []bool{false, true} {
+			arr.TrustRedundancy(trusted)
+			if _, err := arr.ReadAt(got, n*b); err != nil {
+				t.Fatal(err)
+			}
+			if right := bytes.Equal(got, data[n*b:(n+1)*b]); right == trusted {
+				t.Fatalf("trusted %v: read returned the right data: %v", trusted, right)
+			}
+		}
+	})
+}
+
 // TestReadAroundStaleParity shows why reads go around a member only while
 // parity is trusted: with a block's parity damaged, a trusted read around
 // returns wrong data and an untrusted one the right data.
@@ -109,7 +184,7 @@ func TestReadAroundStaleParity(t *testing.T) {
 	arr.queue[g.DataMember(n, 0)].Add(5)
 	got := make([]byte, b)
 	for _, trusted := range []bool{false, true} {
-		arr.TrustParity(trusted)
+		arr.TrustRedundancy(trusted)
 		if _, err := arr.ReadAt(got, n*b); err != nil {
 			t.Fatal(err)
 		}
@@ -156,7 +231,7 @@ func TestReadAroundDuringWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	arr.TrustParity(true)
+	arr.TrustRedundancy(true)
 	arr.queue[g.DataMember(0, 2)].Add(5)
 	var stop atomic.Bool
 	var wg sync.WaitGroup
@@ -211,7 +286,7 @@ func TestReadAroundModel(t *testing.T) {
 				if err != nil {
 					rt.Fatalf("NewRaid35: %v", err)
 				}
-				arr.TrustParity(true)
+				arr.TrustRedundancy(true)
 				mt := &modelTarget{dev: arr, model: make([]byte, arr.Size()), bs: b, trim: trimBlocks(b), name: "trusted"}
 				for range rapid.IntRange(1, 30).Draw(rt, "ops") {
 					m := rapid.IntRange(0, g.Members-1).Draw(rt, "busy member")

@@ -3,6 +3,7 @@ package raid
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"sync/atomic"
 
 	"github.com/ddraid/ddraid/blockdev"
@@ -13,9 +14,10 @@ import (
 const maxMirrorMembers = 64
 
 // Mirror is an n-way mirror: every member holds the whole array. Writes go
-// to every live member; each read is served by one live member, chosen
-// round robin per request. It tolerates n-1 lost members. All methods are
-// safe for concurrent use.
+// to every live member; each read is served by one live member: the first
+// one, or, once the owner vouches that the copies match
+// (TrustRedundancy), each live member in turn. It tolerates n-1 lost
+// members. All methods are safe for concurrent use.
 type Mirror struct {
 	members []blockdev.Device
 	size    int64
@@ -24,6 +26,8 @@ type Mirror struct {
 	set     memberSet
 	locks   rangeLock // in units of bs
 	next    atomic.Uint64
+	trusted atomic.Bool  // TrustRedundancy
+	around  atomic.Int64 // reads served by a copy other than the first
 	closed  atomic.Bool
 }
 
@@ -82,9 +86,27 @@ func (m *Mirror) MemberStates() []MemberState { return m.set.snapshot() }
 // Config.OnFail is called with err before Fail returns.
 func (m *Mirror) Fail(member int, err error) { m.set.fail(member, err) }
 
-// ReadAt implements blockdev.Device. The request goes to one live member,
-// the next in round-robin order; if it fails, the member is marked failed
-// and the next live member is tried.
+// TrustRedundancy says whether reads may be spread over every live member.
+// Until then each read goes to the first live member, the one a resync
+// copies from: after an unclean stop the copies of a block whose write was
+// in flight may differ until the resync reaches it, and a block read twice
+// must not read back new data and then old. The array's owner turns it on
+// only while the copies match wherever no write is in flight (after a
+// clean stop, a finished resync or a finished repair, and never while
+// others write the members) and off when a check finds mismatches.
+func (m *Mirror) TrustRedundancy(on bool) { m.trusted.Store(on) }
+
+// RedundancyTrusted reports the last TrustRedundancy.
+func (m *Mirror) RedundancyTrusted() bool { return m.trusted.Load() }
+
+// ReadsAround returns how many reads a copy other than the first live one
+// served.
+func (m *Mirror) ReadsAround() int64 { return m.around.Load() }
+
+// ReadAt implements blockdev.Device. The request goes to one live member:
+// the first, or while the copies are trusted the next in round-robin
+// order; if it fails, the member is marked failed and the next live member
+// is tried.
 func (m *Mirror) ReadAt(p []byte, off int64) (int, error) {
 	if err := m.check("read", off, int64(len(p))); err != nil {
 		return 0, err
@@ -93,15 +115,22 @@ func (m *Mirror) ReadAt(p []byte, off int64) (int, error) {
 		return 0, nil
 	}
 	n := len(m.members)
-	start := int(m.next.Add(1) % uint64(n))
+	start := 0
+	if m.trusted.Load() {
+		start = int(m.next.Add(1) % uint64(n))
+	}
 	var seen []error
 	for i := range n {
 		d := (start + i) % n
-		if m.set.lostMask()&(1<<d) != 0 {
+		lost := m.set.lostMask()
+		if lost&(1<<d) != 0 {
 			continue
 		}
 		err := readFull(m.members[d], p, off)
 		if err == nil {
+			if d != bits.TrailingZeros64(m.all&^lost) {
+				m.around.Add(1)
+			}
 			return len(p), nil
 		}
 		err = &MemberError{Level: LevelMirror, Op: "read", Member: d, Block: off / int64(m.bs), Err: err}

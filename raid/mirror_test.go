@@ -1,6 +1,7 @@
 package raid
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strings"
@@ -63,15 +64,38 @@ func TestMirrorReadBalance(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := make([]byte, 4096)
-	for range 3 * n {
-		if _, err := arr.ReadAt(p, 8192); err != nil {
-			t.Fatal(err)
-		}
+	for _, tc := range []struct {
+		name    string
+		trusted bool
+		want    [n]int64 // reads each member serves of 3n
+		around  int64
+	}{
+		{"not trusted: the first member only", false, [n]int64{3 * n, 0, 0}, 0},
+		{"trusted: every member in turn", true, [n]int64{3, 3, 3}, 2 * n},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, c := range counts {
+				c.reset()
+			}
+			before := arr.ReadsAround()
+			arr.TrustRedundancy(tc.trusted)
+			for range 3 * n {
+				if _, err := arr.ReadAt(p, 8192); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i, c := range counts {
+				if c.reads.Load() != tc.want[i] {
+					t.Fatalf("member %d served %d of %d reads, want %d", i, c.reads.Load(), 3*n, tc.want[i])
+				}
+			}
+			if got := arr.ReadsAround() - before; got != tc.around {
+				t.Fatalf("reads around %d, want %d", got, tc.around)
+			}
+		})
 	}
-	for i, c := range counts {
-		if c.reads.Load() != 3 {
-			t.Fatalf("member %d served %d of %d reads, want 3", i, c.reads.Load(), 3*n)
-		}
+	for _, c := range counts {
+		c.reset()
 	}
 	if _, err := arr.WriteAt(p, 0); err != nil {
 		t.Fatal(err)
@@ -91,6 +115,50 @@ func TestMirrorReadBalance(t *testing.T) {
 	}
 }
 
+// TestMirrorStableReads checks that an untrusted mirror whose copies of a
+// block differ (a write was in flight at an unclean stop) reads back the
+// same copy every time, the first live member's, which is the one a resync
+// copies to the others; and that a trusted one would not, which is why
+// reads are spread only once the copies are vouched for.
+func TestMirrorStableReads(t *testing.T) {
+	const size, bs = 64 << 10, 4096
+	mems := newMems(3, size)
+	arr, err := NewMirror(asDevs(mems, -1), size, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range mems {
+		copy(m.Bytes()[bs:2*bs], bytes.Repeat([]byte{byte('a' + i)}, bs))
+	}
+	read := func() byte {
+		t.Helper()
+		p := make([]byte, bs)
+		if _, err := arr.ReadAt(p, bs); err != nil {
+			t.Fatal(err)
+		}
+		return p[0]
+	}
+	for range 6 {
+		if got := read(); got != 'a' {
+			t.Fatalf("untrusted read returned member %d's copy, want member 0's", got-'a')
+		}
+	}
+	arr.Fail(0, errors.New("test: pulled"))
+	for range 6 {
+		if got := read(); got != 'b' {
+			t.Fatalf("untrusted read with member 0 failed returned member %d's copy, want member 1's", got-'a')
+		}
+	}
+	arr.TrustRedundancy(true)
+	seen := map[byte]bool{}
+	for range 6 {
+		seen[read()] = true
+	}
+	if len(seen) != 2 {
+		t.Fatalf("trusted reads returned %d different copies, want the 2 live ones", len(seen))
+	}
+}
+
 func TestMirrorFaults(t *testing.T) {
 	for _, kind := range []string{"reads", "writes"} {
 		t.Run(kind, func(t *testing.T) {
@@ -106,6 +174,7 @@ func TestMirrorFaults(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			arr.TrustRedundancy(true) // reads reach every member, member 1 included
 			mt := &modelTarget{dev: arr, model: make([]byte, size), bs: 512, trim: trimExact, name: "mirror faults"}
 			io := func(i int) {
 				off := int64(i*7919) % (size - 8192)

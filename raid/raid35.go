@@ -37,7 +37,7 @@ type Raid35 struct {
 
 	// Read balancing (see readAround).
 	queue   [maxMembers]atomic.Int32 // member requests in flight, counted while trusted
-	trusted atomic.Bool              // TrustParity
+	trusted atomic.Bool              // TrustRedundancy
 	around  atomic.Int64             // runs read around a busy member
 }
 
@@ -101,17 +101,17 @@ func (r *Raid35) Size() int64 { return r.blocks * int64(r.b) }
 // or unaligned writes are served by read-modify-write.
 func (r *Raid35) BlockSize() int { return r.b }
 
-// TrustParity says whether a read may go around a busy data member, reading
+// TrustRedundancy says whether a read may go around a busy data member, reading
 // the parity member in its place and rebuilding that member's fragments
 // (see readAround). The array's owner turns it on only while every block's
 // parity matches its data wherever no write is in flight: after a clean
 // stop, a finished resync or a finished repair, and never while others
 // write the members (cluster mode). It is off until then, and the owner
 // turns it off when that stops being true (a check found mismatches).
-func (r *Raid35) TrustParity(on bool) { r.trusted.Store(on) }
+func (r *Raid35) TrustRedundancy(on bool) { r.trusted.Store(on) }
 
-// ParityTrusted reports the last TrustParity.
-func (r *Raid35) ParityTrusted() bool { return r.trusted.Load() }
+// RedundancyTrusted reports the last TrustRedundancy.
+func (r *Raid35) RedundancyTrusted() bool { return r.trusted.Load() }
 
 // ReadsAround returns how many read runs went around a busy member.
 func (r *Raid35) ReadsAround() int64 { return r.around.Load() }
@@ -525,7 +525,7 @@ func (r *Raid35) readRun(p []byte, n0 int64, balance bool) error {
 		}
 		var errs [maxMembers]error
 		if r.m == 2 {
-			r.readRun2(p, n0, lost, errs[:])
+			r.readRun2(p, n0, lost, balance, errs[:])
 		} else if lost != 0 || !balance || !r.readAround(p, n0, errs[:]) {
 			r.readRunN(p, n0, lost, errs[:])
 		}
@@ -545,8 +545,11 @@ func (r *Raid35) readRun(p []byte, n0 int64, balance bool) error {
 
 // readRun2 reads a run from a two-member array, where each member holds
 // every block whole: block n is read from its data member, or from the
-// other one when the data member is lost.
-func (r *Raid35) readRun2(p []byte, n0 int64, lost uint64, errs []error) {
+// other one when the data member is lost, or, with parity trusted, when
+// the data member has at least two more requests in flight than the other
+// (balance). No lock is needed for that: the other member's copy is the
+// block whole, as the data member's is.
+func (r *Raid35) readRun2(p []byte, n0 int64, lost uint64, balance bool, errs []error) {
 	src := func(n int64) int {
 		m := r.g.DataMember(n, 0)
 		if lost&(1<<m) != 0 {
@@ -557,9 +560,19 @@ func (r *Raid35) readRun2(p []byte, n0 int64, lost uint64, errs []error) {
 	nb := len(p) / r.b
 	live := r.all &^ lost
 	if lost == 0 && r.oneParity(n0, nb) {
-		live = 1 << src(n0) // the whole run comes from one member
+		m := src(n0) // the whole run comes from one member
+		if balance && r.trusted.Load() && r.queue[1-m].Load()+2 <= r.queue[m].Load() {
+			m = 1 - m
+			r.around.Add(1)
+		}
+		src = func(int64) int { return m }
+		live = 1 << m
 	}
 	forEachMember(live, errs, func(m int) error {
+		if r.trusted.Load() { // only balancing reads the queues
+			r.queue[m].Add(1)
+			defer r.queue[m].Add(-1)
+		}
 		for i := 0; i < nb; {
 			if src(n0+int64(i)) != m {
 				i++
@@ -618,7 +631,7 @@ const balanceMaxBlocks = 16
 // dedicated parity this puts the otherwise idle parity member to work on
 // random reads; with rotating parity it evens out the queues. It holds the
 // run's blocks locked meanwhile, so that no write of this array is half
-// done on them, and only runs while TrustParity is on. It returns false,
+// done on them, and only runs while TrustRedundancy is on. It returns false,
 // having read nothing, when the run is to be read as usual.
 func (r *Raid35) readAround(p []byte, n0 int64, errs []error) bool {
 	nb := len(p) / r.b

@@ -41,17 +41,22 @@ type Syncer interface {
 	Fail(m int, err error)
 }
 
-// ParityTruster is a Syncer that can read through parity in place of a
-// busy member of a healthy array once its owner vouches that parity is
-// consistent (Raid35.TrustParity), and counts the reads that did.
-type ParityTruster interface {
-	TrustParity(on bool)
+// ReadBalancer is a Syncer that spreads the reads of a healthy array over
+// its redundancy once its owner vouches that the redundancy matches the
+// data wherever no write is in flight (TrustRedundancy): a raid35 reads
+// through parity in place of a busy member, a mirror reads every copy in
+// turn instead of only the first. ReadsAround counts the reads that did.
+type ReadBalancer interface {
+	TrustRedundancy(on bool)
+	RedundancyTrusted() bool
 	ReadsAround() int64
 }
 
 var (
-	_ Syncer = (*Raid35)(nil)
-	_ Syncer = (*Mirror)(nil)
+	_ Syncer       = (*Raid35)(nil)
+	_ Syncer       = (*Mirror)(nil)
+	_ ReadBalancer = (*Raid35)(nil)
+	_ ReadBalancer = (*Mirror)(nil)
 )
 
 // syncRange splits [off, off+length) into locked runs of at most maxRun

@@ -135,5 +135,13 @@ func TestStatus(t *testing.T) {
 	if out := ddraid(t, a.stateDir, "status", "data"); !strings.Contains(out, "served by pid") || !strings.Contains(out, s.socket) {
 		t.Errorf("status while serving:\n%s", out)
 	}
+	// Reads are balanced once the array is known in sync (the initial
+	// sync of a new array may still run at first).
+	waitFor(t, "read balancing on", func() bool {
+		return strings.Contains(ddraid(t, a.stateDir, "status", "data"), "read balancing on; 0 reads served around a busy member")
+	})
+	if js := ddraid(t, a.stateDir, "status", "data", "--json"); !strings.Contains(js, `"read_balancing": true`) {
+		t.Errorf("status --json while serving:\n%s", js)
+	}
 	fails(t, "no such array", "status", "nope", "--state-dir="+a.stateDir)
 }

@@ -365,7 +365,7 @@ func (a *Array) resume() {
 	}
 	dirty := a.bm.Dirty()
 	if len(dirty) == 0 {
-		a.trustParity(true) // a clean stop: parity matches everywhere
+		a.trustRedundancy(true) // a clean stop: parity matches everywhere
 		return
 	}
 	if a.degraded() {
@@ -407,7 +407,7 @@ func (a *Array) queueDirtyResync(dirty []uint64) {
 		OnRangeDone: func(r resync.Range) error { return a.bm.ClearRegions(a.regionsOf(r)) },
 	}, func(p resync.Progress, err error) {
 		if err == nil {
-			a.trustParity(true)
+			a.trustRedundancy(true)
 			a.log.Info("resync done", "bytes", p.Done)
 		}
 	})
@@ -439,21 +439,22 @@ func (a *Array) queueSync(r resync.Range, initial bool) {
 		a.eng.Flush()
 		a.update(func(sb *meta.Array) error { sb.InitialSync, sb.SyncedTo = false, 0; return nil })
 		a.clearUnmarked(a.allRoles()) // the sync's writes were marked at agent members
-		a.trustParity(true)
+		a.trustRedundancy(true)
 		a.log.Info("sync done", "bytes", p.Done)
 	})
 }
 
-// trustParity tells a raid35 engine whether reads may use parity in place
-// of a busy member (raid.Raid35.TrustParity). It does so only when this
+// trustRedundancy tells a raid35 or mirror engine whether reads may use
+// the array's redundancy: parity in place of a busy member, or every copy
+// of a mirror in turn (raid.ReadBalancer). It does so only when this
 // process is the array's only writer: not in cluster mode, and not with a
 // writer slot or epoch of its own (--slot, --epoch), where other nodes may
 // write the members too and this one cannot know which of their writes
 // are half done.
-func (a *Array) trustParity(on bool) {
-	t, ok := a.sync.(raid.ParityTruster)
+func (a *Array) trustRedundancy(on bool) {
+	t, ok := a.sync.(raid.ReadBalancer)
 	if ok && a.opts.Cluster == nil && a.opts.Gate == nil && a.opts.Writer == (raid.Writer{}) {
-		t.TrustParity(on)
+		t.TrustRedundancy(on)
 	}
 }
 

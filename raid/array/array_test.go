@@ -214,31 +214,37 @@ func TestInitialSyncResumes(t *testing.T) {
 	f.close(a)
 }
 
-// TestParityTrust checks when a raid35 array lets reads go through parity
-// in place of a busy member (raid.Raid35.TrustParity): not while the
-// initial sync runs; once it is done; after a clean stop and after the
-// resync of an unclean one; not after a check that found mismatches; again
-// after a repair.
-func TestParityTrust(t *testing.T) {
-	trusted := func(a *Array) bool { return a.sync.(*raid.Raid35).ParityTrusted() }
-	f := newFixture(t, raid.LevelRaid35, 3, true, nil)
+// TestRedundancyTrust checks when a raid35 or mirror array balances its
+// reads over its redundancy (raid.ReadBalancer): not while the initial
+// sync runs; once it is done; after a clean stop and after the resync of
+// an unclean one; not after a check that found mismatches; again after a
+// repair.
+func TestRedundancyTrust(t *testing.T) {
+	for _, c := range redundant {
+		t.Run(c.name, func(t *testing.T) { testRedundancyTrust(t, c.level, c.n) })
+	}
+}
+
+func testRedundancyTrust(t *testing.T, level raid.Level, n int) {
+	trusted := func(a *Array) bool { return a.sync.(interface{ RedundancyTrusted() bool }).RedundancyTrusted() }
+	f := newFixture(t, level, n, true, nil)
 	a := f.openWith(func(o *Options) { o.Throttle = slow })
 	waitChunk(t, a)
 	if trusted(a) {
-		t.Fatal("parity trusted while the initial sync runs")
+		t.Fatal("redundancy trusted while the initial sync runs")
 	}
 	f.close(a)
 	a = f.openArray()
 	waitIdle(t, a)
 	if !trusted(a) {
-		t.Fatal("parity not trusted after the initial sync")
+		t.Fatal("redundancy not trusted after the initial sync")
 	}
 	m := newModel(t, a)
 	f.close(a)
 
 	a = f.openArray()
 	if !trusted(a) {
-		t.Fatal("parity not trusted after a clean stop")
+		t.Fatal("redundancy not trusted after a clean stop")
 	}
 	m.writeRegions(a, 3, 9)
 	a.crash()
@@ -246,18 +252,18 @@ func TestParityTrust(t *testing.T) {
 	a = f.openArray()
 	waitIdle(t, a)
 	if j := a.Status().LastJob; j == nil || j.Kind != resync.KindResync || !trusted(a) {
-		t.Fatalf("after an unclean stop: last job %+v, parity trusted %v; want a resync and true", j, trusted(a))
+		t.Fatalf("after an unclean stop: last job %+v, redundancy trusted %v; want a resync and true", j, trusted(a))
 	}
 
 	corruptRedundancy(t, *f.stored(), 20*regionSize)
 	if n := check(t, a, false); n != 1 || trusted(a) {
-		t.Fatalf("check: %d mismatches, parity trusted %v; want 1 and false", n, trusted(a))
+		t.Fatalf("check: %d mismatches, redundancy trusted %v; want 1 and false", n, trusted(a))
 	}
-	if _, ok := f.log.find("check found parity mismatches", "mismatches=1"); !ok {
+	if _, ok := f.log.find("check found mismatches: read balancing is off", "mismatches=1"); !ok {
 		t.Fatalf("no log of the mismatches:\n%s", f.log.all())
 	}
 	if n := check(t, a, true); n != 1 || !trusted(a) {
-		t.Fatalf("repair: %d mismatches, parity trusted %v; want 1 and true", n, trusted(a))
+		t.Fatalf("repair: %d mismatches, redundancy trusted %v; want 1 and true", n, trusted(a))
 	}
 	m.verify(a)
 	f.close(a)

@@ -104,7 +104,7 @@ func TestClusterTakeoverOverAgents(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitIdle(t, cw.a)
-		if cw.a.sync.(*raid.Raid35).ParityTrusted() {
+		if cw.a.sync.(*raid.Raid35).RedundancyTrusted() {
 			t.Fatalf("writer %s (slot %d, epoch %d) trusts parity while another writes the members", id, cw.w.Slot, cw.w.Epoch)
 		}
 		writers[id] = cw

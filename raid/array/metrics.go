@@ -52,7 +52,7 @@ var (
 	descJobsQueued = prometheus.NewDesc("ddraid_resync_queued_jobs",
 		"Jobs waiting behind the running one.", arrayLabels, nil)
 	descReadsAround = prometheus.NewDesc("ddraid_array_reads_around_total",
-		"Reads served through parity in place of a busy member (raid35).", arrayLabels, nil)
+		"Reads served around a busy member through parity (raid35) or by a copy other than the first (mirror).", arrayLabels, nil)
 	descMemberState = prometheus.NewDesc("ddraid_member_state",
 		"A member's state; 1 for the current one.", []string{"array", "role", "member", "state"}, nil)
 

@@ -486,10 +486,10 @@ func (a *Array) Check(ctx context.Context, repair bool) (resync.Progress, error)
 			}
 			switch {
 			case repair && err == nil:
-				a.trustParity(true) // every block's parity was made to match
+				a.trustRedundancy(true) // every block's redundancy was made to match
 			case !repair && p.Mismatches > 0:
-				a.trustParity(false)
-				a.log.Warn("check found parity mismatches: reads stay on the data members until a repair", "mismatches", p.Mismatches)
+				a.trustRedundancy(false)
+				a.log.Warn("check found mismatches: read balancing is off until a repair", "mismatches", p.Mismatches)
 			}
 			res <- result{p, err}
 		})

@@ -16,9 +16,12 @@ type Status struct {
 	DirtyRegions int                `json:"dirty_regions"`
 	RegionSize   int64              `json:"region_size,omitempty"`
 	MemberIO     []blockdev.IOStats `json:"member_io,omitempty"`
-	// ReadsAround counts the reads that went through parity in place of
-	// a busy member (raid35; see raid.Raid35.TrustParity).
-	ReadsAround int64 `json:"reads_around,omitempty"`
+	// ReadBalancing is set while reads are spread over the array's
+	// redundancy, and ReadsAround counts the reads served around a busy
+	// member: through parity (raid35) or by a copy other than the first
+	// (mirror); see raid.ReadBalancer. Both are unset on other levels.
+	ReadBalancing *bool `json:"read_balancing,omitempty"`
+	ReadsAround   int64 `json:"reads_around,omitempty"`
 	// Fenced is set when a member host refused this node's epoch: IO has
 	// stopped (State is then "fenced"); no member was failed.
 	Fenced bool `json:"fenced,omitempty"`
@@ -31,8 +34,9 @@ func (a *Array) Status() Status {
 	if a.fenced.Load() {
 		st.Fenced, st.State = true, "fenced"
 	}
-	if t, ok := a.sync.(raid.ParityTruster); ok {
-		st.ReadsAround = t.ReadsAround()
+	if t, ok := a.sync.(raid.ReadBalancer); ok {
+		on := t.RedundancyTrusted()
+		st.ReadBalancing, st.ReadsAround = &on, t.ReadsAround()
 	}
 	if a.bm != nil {
 		st.DirtyRegions = len(a.bm.Dirty())
