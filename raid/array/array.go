@@ -90,10 +90,15 @@ type Array struct {
 	last    *resync.Progress // the last finished job
 	// replacing holds the roles a Replace is copying.
 	replacing map[int]bool
-	wake      chan struct{}
-	ctx       context.Context
-	cancel    context.CancelFunc
-	done      chan struct{}
+	// trustAfterRecovery is set when the array started degraded with
+	// dirty regions and no redundancy left among its live members to
+	// resync them with: the rebuild that makes it whole again also makes
+	// its redundancy match, and read balancing may start then.
+	trustAfterRecovery bool
+	wake               chan struct{}
+	ctx                context.Context
+	cancel             context.CancelFunc
+	done               chan struct{}
 }
 
 // queued is a job waiting for the worker.
@@ -369,6 +374,17 @@ func (a *Array) resume() {
 		return
 	}
 	if a.degraded() {
+		if raid.Level(sb.Level) == raid.LevelMirror && a.activeMembers() >= 2 {
+			// The live copies of a block whose write was in flight may
+			// differ: make them match now. The regions stay dirty for
+			// the lost member's rebuild.
+			a.log.Info("unclean stop while degraded: resyncing dirty regions on the live copies", "regions", len(dirty))
+			a.queueDegradedResync(dirty)
+			return
+		}
+		a.mu.Lock()
+		a.trustAfterRecovery = true
+		a.mu.Unlock()
 		a.log.Warn("unclean stop while degraded: dirty regions wait for recovery", "regions", len(dirty))
 		return
 	}
@@ -411,6 +427,29 @@ func (a *Array) queueDirtyResync(dirty []uint64) {
 			a.log.Info("resync done", "bytes", p.Done)
 		}
 	})
+}
+
+// queueDegradedResync resyncs the dirty regions of a degraded mirror
+// among its live copies, keeping them dirty for the lost members' rebuild.
+func (a *Array) queueDegradedResync(dirty []uint64) {
+	a.enqueue(resync.Job{Kind: resync.KindResync, Array: a.sync, Ranges: a.ranges(dirty)},
+		func(p resync.Progress, err error) {
+			if err == nil {
+				a.trustRedundancy(true)
+				a.log.Info("resync of the live copies done", "bytes", p.Done)
+			}
+		})
+}
+
+// activeMembers counts the members in the active state.
+func (a *Array) activeMembers() int {
+	n := 0
+	for _, s := range a.sync.MemberStates() {
+		if s == raid.MemberActive {
+			n++
+		}
+	}
+	return n
 }
 
 // queueSync queues the initial (or full) sync of r, checkpointing progress

@@ -225,8 +225,12 @@ func TestRedundancyTrust(t *testing.T) {
 	}
 }
 
+// trusted reports whether a balances reads over its redundancy.
+func trusted(a *Array) bool {
+	return a.sync.(interface{ RedundancyTrusted() bool }).RedundancyTrusted()
+}
+
 func testRedundancyTrust(t *testing.T, level raid.Level, n int) {
-	trusted := func(a *Array) bool { return a.sync.(interface{ RedundancyTrusted() bool }).RedundancyTrusted() }
 	f := newFixture(t, level, n, true, nil)
 	a := f.openWith(func(o *Options) { o.Throttle = slow })
 	waitChunk(t, a)

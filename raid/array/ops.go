@@ -348,6 +348,13 @@ func (a *Array) recovered(role int) {
 		if err := a.bm.ClearRegions(a.bm.Dirty()); err != nil {
 			a.log.Warn("clear bitmap after recovery", "err", err)
 		}
+		a.mu.Lock()
+		trust := a.trustAfterRecovery
+		a.trustAfterRecovery = false
+		a.mu.Unlock()
+		if trust {
+			a.trustRedundancy(true) // the rebuild made the redundancy match
+		}
 	}
 	a.clearRebuilt(role)
 }

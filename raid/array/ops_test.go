@@ -278,8 +278,15 @@ func TestReAddRebuildsDirtyRegionsOnly(t *testing.T) {
 					if _, ok := f.log.find("unclean stop while degraded"); !ok {
 						t.Fatalf("no warning about dirty regions left while degraded:\n%s", f.log.all())
 					}
-					if !a.Idle() {
-						t.Fatal("a job started on a degraded array")
+					if c.level == raid.LevelMirror {
+						// Two live copies are left: they are resynced
+						// with each other, and the regions stay dirty.
+						waitIdle(t, a)
+						if j := a.Status().LastJob; j == nil || j.Kind != resync.KindResync || j.Done != int64(len(dirty))*regionSize || !trusted(a) {
+							t.Fatalf("last job %+v, read balancing %v; want a resync of the dirty regions and true", j, trusted(a))
+						}
+					} else if !a.Idle() || trusted(a) {
+						t.Fatalf("idle %v, read balancing %v on a degraded array with no redundancy left; want true and false", a.Idle(), trusted(a))
 					}
 				}
 				if got := a.Status().DirtyRegions; got != len(dirty) {
@@ -299,6 +306,9 @@ func TestReAddRebuildsDirtyRegionsOnly(t *testing.T) {
 				}
 				if n := check(t, a, false); n != 0 {
 					t.Fatalf("check after the re-add found %d mismatches", n)
+				}
+				if !trusted(a) {
+					t.Fatal("read balancing off after the re-add made the array whole")
 				}
 				failOthers(t, a, 1)
 				m.verify(a)
@@ -722,4 +732,40 @@ func TestFailLinearRefused(t *testing.T) {
 	if err := a.Fail("0", true); err == nil || !strings.Contains(err.Error(), "no redundancy") {
 		t.Errorf("online fail of a linear member: %v", err)
 	}
+}
+
+// TestDegradedMirrorResyncsLiveCopies checks that a mirror that stopped
+// uncleanly while degraded, with two copies left, makes those two match
+// over its dirty regions at once (a write in flight at the stop may have
+// reached only one of them), keeps the regions dirty for the lost member,
+// and turns read balancing on only then.
+func TestDegradedMirrorResyncsLiveCopies(t *testing.T) {
+	f := newFixture(t, raid.LevelMirror, 3, false, nil)
+	fast := func(o *Options) { o.ClearDelay = 20 * time.Millisecond }
+	a := f.openWith(fast)
+	m := newModel(t, a)
+	m.write(a, 0, int(a.Device().Size()))
+	waitFor(t, "the marks of the first writes to clear", func() bool { return a.Status().DirtyRegions == 0 })
+	if err := a.Fail(f.members[2], false); err != nil {
+		t.Fatal(err)
+	}
+	m.writeRegions(a, 5)
+	a.crash()
+	delete(f.open, a)
+	// The write reached member 0 and not member 1.
+	corruptRedundancy(t, *f.stored(), 5*regionSize+4096)
+
+	a = f.openWith(fast)
+	waitIdle(t, a)
+	if _, ok := f.log.find("unclean stop while degraded: resyncing dirty regions on the live copies", "regions=1"); !ok {
+		t.Fatalf("no log of the resync:\n%s", f.log.all())
+	}
+	if n := check(t, a, false); n != 0 || !trusted(a) {
+		t.Fatalf("check of the live copies: %d mismatches, read balancing %v; want 0 and true", n, trusted(a))
+	}
+	if got := a.Status().DirtyRegions; got != 1 {
+		t.Fatalf("%d dirty regions after the resync, want 1 kept for the lost member", got)
+	}
+	m.verify(a)
+	f.close(a)
 }
