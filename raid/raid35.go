@@ -101,9 +101,9 @@ func (r *Raid35) Size() int64 { return r.blocks * int64(r.b) }
 // or unaligned writes are served by read-modify-write.
 func (r *Raid35) BlockSize() int { return r.b }
 
-// TrustRedundancy says whether a read may go around a busy data member, reading
-// the parity member in its place and rebuilding that member's fragments
-// (see readAround). The array's owner turns it on only while every block's
+// TrustRedundancy says whether a read may go around a busy data member,
+// reading the parity member in its place and rebuilding that member's
+// fragments (see readAround). The array's owner turns it on only while every block's
 // parity matches its data wherever no write is in flight: after a clean
 // stop, a finished resync or a finished repair, and never while others
 // write the members (cluster mode). It is off until then, and the owner

@@ -138,7 +138,7 @@ func TestStatus(t *testing.T) {
 	// Reads are balanced once the array is known in sync (the initial
 	// sync of a new array may still run at first).
 	waitFor(t, "read balancing on", func() bool {
-		return strings.Contains(ddraid(t, a.stateDir, "status", "data"), "read balancing on; 0 reads served around a busy member")
+		return strings.Contains(ddraid(t, a.stateDir, "status", "data"), "read balancing on; 0 reads balanced")
 	})
 	if js := ddraid(t, a.stateDir, "status", "data", "--json"); !strings.Contains(js, `"read_balancing": true`) {
 		t.Errorf("status --json while serving:\n%s", js)

@@ -156,12 +156,12 @@ func printStatus(s array.Status) {
 	fmt.Printf("  uuid %s\n", s.UUID)
 	if s.Serving != nil {
 		fmt.Printf("  served by pid %d at %s; %d dirty bitmap regions\n", s.Serving.PID, strings.Join(s.Serving.Listen, ", "), s.DirtyRegions)
-		switch {
-		case s.ReadBalancing == nil:
-		case *s.ReadBalancing:
-			fmt.Printf("  read balancing on; %d reads served around a busy member\n", s.ReadsAround)
-		default:
-			fmt.Printf("  read balancing off; %d reads served around a busy member\n", s.ReadsAround)
+		if s.ReadBalancing != nil {
+			on := "off"
+			if *s.ReadBalancing {
+				on = "on"
+			}
+			fmt.Printf("  read balancing %s; %d reads balanced\n", on, s.ReadsAround)
 		}
 	} else {
 		fmt.Println("  not served")
