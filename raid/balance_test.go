@@ -90,8 +90,7 @@ func TestReadAround(t *testing.T) {
 // TestReadAroundTwoMembers checks read balancing on a two-member raid35,
 // where each member holds every block whole: a read goes to the other
 // member when the data member is busy and the copies are trusted, and the
-// data it returns is the copy's, right when the copies match and wrong
-// when the copy was damaged (which is why trust is needed).
+// data is right (TestReadAroundStaleParity shows a damaged copy).
 func TestReadAroundTwoMembers(t *testing.T) {
 	g := Geometry{Members: 2, Parity: ParityDedicated}.WithDefaults()
 	b := int64(g.BlockSize)
@@ -138,59 +137,42 @@ func TestReadAroundTwoMembers(t *testing.T) {
 			}
 		})
 	}
-	t.Run("damaged copy", func(t *testing.T) {
-		mems := newMems(2, 16*b)
-		arr, err := NewRaid35(g, asDevs(mems, -1), 16*b, Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := arr.WriteAt(data, 0); err != nil {
-			t.Fatal(err)
-		}
-		mems[1-dm].Bytes()[n*b] ^= 0xff
-		arr.queue[dm].Add(5)
-		got := make([]byte, b)
-		for _, trusted := range []bool{false, true} {
-			arr.TrustRedundancy(trusted)
-			if _, err := arr.ReadAt(got, n*b); err != nil {
-				t.Fatal(err)
-			}
-			if right := bytes.Equal(got, data[n*b:(n+1)*b]); right == trusted {
-				t.Fatalf("trusted %v: read returned the right data: %v", trusted, right)
-			}
-		}
-	})
 }
 
 // TestReadAroundStaleParity shows why reads go around a member only while
-// parity is trusted: with a block's parity damaged, a trusted read around
-// returns wrong data and an untrusted one the right data.
+// parity is trusted: with a block's parity (on two members: its copy)
+// damaged, a trusted read around returns wrong data and an untrusted one
+// the right data.
 func TestReadAroundStaleParity(t *testing.T) {
-	g := Geometry{Members: 5, Parity: ParityDedicated}.WithDefaults()
-	f, b := int64(g.FragmentSize()), int64(g.BlockSize)
-	const blocks = 8
-	mems := newMems(g.Members, blocks*f)
-	arr, err := NewRaid35(g, asDevs(mems, -1), blocks*f, Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := make([]byte, arr.Size())
-	fill(data, 2)
-	if _, err := arr.WriteAt(data, 0); err != nil {
-		t.Fatal(err)
-	}
-	const n = 3
-	mems[g.ParityMember(n)].Bytes()[n*f] ^= 0xff // parity no longer matches block n
-	arr.queue[g.DataMember(n, 0)].Add(5)
-	got := make([]byte, b)
-	for _, trusted := range []bool{false, true} {
-		arr.TrustRedundancy(trusted)
-		if _, err := arr.ReadAt(got, n*b); err != nil {
-			t.Fatal(err)
-		}
-		if right := bytes.Equal(got, data[n*b:(n+1)*b]); right == trusted {
-			t.Fatalf("trusted %v: read returned the right data: %v", trusted, right)
-		}
+	for _, members := range []int{5, 2} {
+		g := Geometry{Members: members, Parity: ParityDedicated}.WithDefaults()
+		t.Run(geomName(g), func(t *testing.T) {
+			f, b := int64(g.FragmentSize()), int64(g.BlockSize)
+			const blocks = 8
+			mems := newMems(g.Members, blocks*f)
+			arr, err := NewRaid35(g, asDevs(mems, -1), blocks*f, Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			data := make([]byte, arr.Size())
+			fill(data, 2)
+			if _, err := arr.WriteAt(data, 0); err != nil {
+				t.Fatal(err)
+			}
+			const n = 3
+			mems[g.ParityMember(n)].Bytes()[n*f] ^= 0xff // parity no longer matches block n
+			arr.queue[g.DataMember(n, 0)].Add(5)
+			got := make([]byte, b)
+			for _, trusted := range []bool{false, true} {
+				arr.TrustRedundancy(trusted)
+				if _, err := arr.ReadAt(got, n*b); err != nil {
+					t.Fatal(err)
+				}
+				if right := bytes.Equal(got, data[n*b:(n+1)*b]); right == trusted {
+					t.Fatalf("trusted %v: read returned the right data: %v", trusted, right)
+				}
+			}
+		})
 	}
 }
 
