@@ -16,7 +16,7 @@ const maxMirrorMembers = 64
 // Mirror is an n-way mirror: every member holds the whole array. Writes go
 // to every live member; each read is served by one live member: the first
 // one, or, once the owner vouches that the copies match
-// (TrustRedundancy), each live member in turn. It tolerates n-1 lost
+// (TrustRedundancy), the least busy one (see pick). It tolerates n-1 lost
 // members. All methods are safe for concurrent use.
 type Mirror struct {
 	members []blockdev.Device
@@ -25,11 +25,27 @@ type Mirror struct {
 	all     uint64
 	set     memberSet
 	locks   rangeLock // in units of bs
-	next    atomic.Uint64
-	trusted atomic.Bool  // TrustRedundancy
-	around  atomic.Int64 // reads served by a copy other than the first
+	queues  []mirrorQueue
+	next    atomic.Uint64 // turns, to break ties between equally busy members
+	trusted atomic.Bool   // TrustRedundancy
+	around  atomic.Int64  // reads served by a copy other than the first
 	closed  atomic.Bool
 }
+
+// mirrorQueue is what read balancing knows of one member, kept while the
+// copies are trusted: its reads in flight and where its last read ended.
+// Each fills a cache line of its own, since every read updates one.
+type mirrorQueue struct {
+	reads atomic.Int32
+	end   atomic.Int64
+	_     [52]byte
+}
+
+// seqBonus is how many more reads in flight a member may have than the
+// least busy one and still get the read that continues its last one: a
+// sequential stream stays on one copy (a disk reading ahead, a spindle whose
+// head is there) until that copy falls behind.
+const seqBonus = 2
 
 var _ blockdev.Device = (*Mirror)(nil)
 
@@ -63,6 +79,7 @@ func NewMirror(members []blockdev.Device, memberDataSize int64, cfg Config) (*Mi
 		size:    memberDataSize,
 		bs:      bs,
 		all:     1<<len(members) - 1,
+		queues:  make([]mirrorQueue, len(members)),
 	}
 	if len(members) == maxMirrorMembers {
 		m.all = ^uint64(0)
@@ -104,9 +121,8 @@ func (m *Mirror) RedundancyTrusted() bool { return m.trusted.Load() }
 func (m *Mirror) ReadsAround() int64 { return m.around.Load() }
 
 // ReadAt implements blockdev.Device. The request goes to one live member:
-// the first, or while the copies are trusted the next in round-robin
-// order; if it fails, the member is marked failed and the next live member
-// is tried.
+// the first, or while the copies are trusted the one pick chooses; if it
+// fails, the member is marked failed and another live member is tried.
 func (m *Mirror) ReadAt(p []byte, off int64) (int, error) {
 	if err := m.check("read", off, int64(len(p))); err != nil {
 		return 0, err
@@ -114,30 +130,66 @@ func (m *Mirror) ReadAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	n := len(m.members)
-	start := 0
-	if m.trusted.Load() {
-		start = int(m.next.Add(1) % uint64(n))
-	}
 	var seen []error
-	for i := range n {
-		d := (start + i) % n
+	var tried uint64
+	for {
 		lost := m.set.lostMask()
-		if lost&(1<<d) != 0 {
-			continue
+		live := m.all &^ lost &^ tried
+		if live == 0 {
+			return 0, m.failedErr("read", off, int64(len(p)), seen)
 		}
-		err := readFull(m.members[d], p, off)
+		first := bits.TrailingZeros64(m.all &^ lost)
+		d := bits.TrailingZeros64(live)
+		var err error
+		if m.trusted.Load() {
+			d = m.pick(live, off)
+			q := &m.queues[d]
+			q.reads.Add(1)
+			err = readFull(m.members[d], p, off)
+			q.reads.Add(-1)
+			q.end.Store(off + int64(len(p)))
+		} else {
+			err = readFull(m.members[d], p, off)
+		}
 		if err == nil {
-			if d != bits.TrailingZeros64(m.all&^lost) {
+			if d != first {
 				m.around.Add(1)
 			}
 			return len(p), nil
 		}
+		tried |= 1 << d
 		err = &MemberError{Level: LevelMirror, Op: "read", Member: d, Block: off / int64(m.bs), Err: err}
 		m.set.fail(d, err)
 		seen = append(seen, err)
 	}
-	return 0, m.failedErr("read", off, int64(len(p)), seen)
+}
+
+// pick chooses the member of the mask live that reads at off: the one with
+// the fewest reads in flight, where a member whose last read ended at off
+// counts seqBonus fewer, and among equals the next in turn, so that
+// members that are equally busy share the reads.
+func (m *Mirror) pick(live uint64, off int64) int {
+	n := len(m.members)
+	start := int(m.next.Add(1) % uint64(n))
+	best, bestScore := -1, int32(0)
+	for i := range n {
+		d := start + i
+		if d >= n {
+			d -= n
+		}
+		if live&(1<<d) == 0 {
+			continue
+		}
+		q := &m.queues[d]
+		score := q.reads.Load()
+		if q.end.Load() == off {
+			score -= seqBonus
+		}
+		if best < 0 || score < bestScore {
+			best, bestScore = d, score
+		}
+	}
+	return best
 }
 
 // WriteAt implements blockdev.Device: p is written to every live member in

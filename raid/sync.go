@@ -44,8 +44,8 @@ type Syncer interface {
 // ReadBalancer is a Syncer that spreads the reads of a healthy array over
 // its redundancy once its owner vouches that the redundancy matches the
 // data wherever no write is in flight (TrustRedundancy): a raid35 reads
-// through parity in place of a busy member, a mirror reads every copy in
-// turn instead of only the first. ReadsAround counts the reads that did.
+// through parity in place of a busy member, a mirror reads the least busy
+// copy instead of only the first. ReadsAround counts the reads that did.
 type ReadBalancer interface {
 	TrustRedundancy(on bool)
 	RedundancyTrusted() bool

@@ -484,8 +484,8 @@ func (a *Array) queueSync(r resync.Range, initial bool) {
 }
 
 // trustRedundancy tells a raid35 or mirror engine whether reads may use
-// the array's redundancy: parity in place of a busy member, or every copy
-// of a mirror in turn (raid.ReadBalancer). It does so only when this
+// the array's redundancy: parity in place of a busy member, or the least
+// busy copy of a mirror (raid.ReadBalancer). It does so only when this
 // process is the array's only writer: not in cluster mode, and not with a
 // writer slot or epoch of its own (--slot, --epoch), where other nodes may
 // write the members too and this one cannot know which of their writes
