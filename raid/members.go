@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ddraid/ddraid/blockdev"
 )
@@ -98,6 +99,90 @@ func (s *memberSet) snapshot() []MemberState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]MemberState(nil), s.states...)
+}
+
+// fanout runs the member requests of an array's reads and writes: each on
+// a goroutine of its own, or, while the members answer small requests
+// within fanoutInlineNs on average, one after the other on the caller's
+// goroutine. Starting a goroutine per member and waiting for them all
+// costs more than a small request to a member that answers from memory (a
+// file in the page cache or on tmpfs): through the NBD server, a raid35 x5
+// on tmpfs files did 1.37 times the 4 KiB random writes and 1.24 times the
+// 4 KiB random reads with its members one after the other (medians of five
+// 3 s fio runs at iodepth 64, taking turns with the parallel build). A slow
+// member (a disk, a remote member) keeps the requests parallel, where its
+// latency is paid once instead of once per member. Requests that move more
+// than fanoutSmall bytes per member always run in parallel, so large
+// copies use every CPU.
+type fanout struct {
+	ns    atomic.Int64  // moving average of a small member request, in ns
+	calls atomic.Uint32 // small calls, to time one in fanoutEvery
+}
+
+const (
+	fanoutInlineNs = 20_000
+	fanoutSmall    = 64 << 10
+	fanoutEvery    = 8
+	fanoutMaxNs    = 4 * fanoutInlineNs // a longer request counts as this long
+)
+
+// init starts the average slow: until measured, members count as slow.
+func (f *fanout) init() { f.ns.Store(fanoutMaxNs) }
+
+// inline reports whether small member requests run on the caller's
+// goroutine.
+func (f *fanout) inline() bool { return f.ns.Load() < fanoutInlineNs }
+
+// run calls fn(m) for every member m in mask and stores each result in
+// errs[m], like forEachMember; memberBytes is the most any call moves.
+// One small call in fanoutEvery times its first member's request.
+func (f *fanout) run(mask uint64, memberBytes int, errs []error, fn func(m int) error) {
+	if mask == 0 {
+		return
+	}
+	if memberBytes > fanoutSmall {
+		forEachMember(mask, errs, fn)
+		return
+	}
+	timed := f.calls.Add(1)%fanoutEvery == 0
+	if !f.inline() {
+		if !timed {
+			forEachMember(mask, errs, fn)
+			return
+		}
+		first := bits.TrailingZeros64(mask)
+		forEachMember(mask, errs, func(m int) error {
+			if m != first {
+				return fn(m)
+			}
+			start := time.Now()
+			err := fn(m)
+			f.observe(time.Since(start))
+			return err
+		})
+		return
+	}
+	for rest := mask; rest != 0; rest &= rest - 1 {
+		m := bits.TrailingZeros64(rest)
+		if timed && rest == mask {
+			start := time.Now()
+			errs[m] = fn(m)
+			f.observe(time.Since(start))
+			continue
+		}
+		errs[m] = fn(m)
+	}
+}
+
+// observe moves the average an eighth of the way to d, d counting as at
+// most fanoutMaxNs: on a busy machine a fast member's request is now and
+// then held up for a scheduling slice, and one such request must not make
+// the members count as slow for the next hundred; a member that is slow
+// every time still takes the average over fanoutInlineNs within a few
+// samples.
+func (f *fanout) observe(d time.Duration) {
+	avg := f.ns.Load()
+	f.ns.Store(avg + (min(int64(d), fanoutMaxNs)-avg)/8)
 }
 
 // forEachMember calls fn(m) for every member m in mask, concurrently, and

@@ -26,6 +26,7 @@ type Mirror struct {
 	set     memberSet
 	locks   rangeLock // in units of bs
 	queues  []mirrorQueue
+	fan     fanout        // member requests of writes
 	next    atomic.Uint64 // turns, to break ties between equally busy members
 	trusted atomic.Bool   // TrustRedundancy
 	around  atomic.Int64  // reads served by a copy other than the first
@@ -85,6 +86,7 @@ func NewMirror(members []blockdev.Device, memberDataSize int64, cfg Config) (*Mi
 		m.all = ^uint64(0)
 	}
 	m.set.init(m.members, cfg.OnFail)
+	m.fan.init()
 	return m, nil
 }
 
@@ -273,7 +275,7 @@ func (m *Mirror) each(op string, off, length int64, fn func(d blockdev.Device) e
 		return m.failedErr(op, off, length, nil)
 	}
 	errs := make([]error, len(m.members))
-	forEachMember(m.set.writeMask(m.all), errs, func(i int) error {
+	m.fan.run(m.set.writeMask(m.all), int(min(length, fanoutSmall+1)), errs, func(i int) error {
 		if err := fn(m.members[i]); err != nil {
 			return &MemberError{Level: LevelMirror, Op: op, Member: i, Block: block, Err: err}
 		}

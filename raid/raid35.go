@@ -32,6 +32,7 @@ type Raid35 struct {
 	blocks  int64
 	members []blockdev.Device
 	set     memberSet
+	fan     fanout // member requests of reads and writes
 	locks   rangeLock
 	closed  atomic.Bool
 
@@ -85,6 +86,7 @@ func NewRaid35(g Geometry, members []blockdev.Device, memberDataSize int64, cfg 
 		members: append([]blockdev.Device(nil), members...),
 	}
 	r.set.init(r.members, cfg.OnFail)
+	r.fan.init()
 	return r, nil
 }
 
@@ -397,7 +399,7 @@ func (r *Raid35) writeRun(p []byte, n0 int64) error {
 		return r.failedErr("write", n0, n1, nil)
 	}
 	var errs [maxMembers]error
-	forEachMember(r.set.writeMask(r.all), errs[:], func(m int) error { return r.writeMember(m, p, n0) })
+	r.fan.run(r.set.writeMask(r.all), len(p)/r.b*r.f, errs[:], func(m int) error { return r.writeMember(m, p, n0) })
 	return r.settle("write", n0, n1, errs[:])
 }
 
@@ -568,7 +570,7 @@ func (r *Raid35) readRun2(p []byte, n0 int64, lost uint64, balance bool, errs []
 		src = func(int64) int { return m }
 		live = 1 << m
 	}
-	forEachMember(live, errs, func(m int) error {
+	r.fan.run(live, len(p), errs, func(m int) error {
 		if r.trusted.Load() { // only balancing reads the queues
 			r.queue[m].Add(1)
 			defer r.queue[m].Add(-1)
@@ -607,7 +609,7 @@ func (r *Raid35) readRunN(p []byte, n0 int64, lost uint64, errs []error) {
 	if lost == 0 && r.oneParity(n0, nb) {
 		live &^= 1 << r.g.ParityMember(n0) // it holds no data of the run
 	}
-	forEachMember(live, errs, func(m int) error { return r.readMember(m, p, par, n0, lost != 0) })
+	r.fan.run(live, nb*r.f, errs, func(m int) error { return r.readMember(m, p, par, n0, lost != 0) })
 	if lost == 0 {
 		return
 	}
