@@ -52,13 +52,7 @@ func TestReadAround(t *testing.T) {
 					}
 					pm := g.ParityMember(tc.n0)
 					busy := g.DataMember(tc.n0, 1)
-					arr.TrustRedundancy(tc.trusted)
-					arr.queue[busy].Add(tc.busy)
-					defer arr.queue[busy].Add(-tc.busy)
-					for _, c := range counts {
-						c.reset()
-					}
-					before := arr.ReadsAround()
+					before := seemBusy(t, arr, counts, tc.trusted, busy, tc.busy)
 					off, n := tc.n0*b, tc.nb*b
 					if tc.name == "trusted partial block" {
 						off, n = off+100, b-300
@@ -85,6 +79,20 @@ func TestReadAround(t *testing.T) {
 			}
 		})
 	}
+}
+
+// seemBusy trusts arr's parity or not, makes member look as if it had busy
+// more requests in flight until the test ends, zeroes the member counts
+// and returns the reads-around count to measure from.
+func seemBusy(t *testing.T, arr *Raid35, counts []*countDev, trusted bool, member int, busy int32) int64 {
+	t.Helper()
+	arr.TrustRedundancy(trusted)
+	arr.queue[member].Add(busy)
+	t.Cleanup(func() { arr.queue[member].Add(-busy) })
+	for _, c := range counts {
+		c.reset()
+	}
+	return arr.ReadsAround()
 }
 
 // TestReadAroundTwoMembers checks read balancing on a two-member raid35,
@@ -115,13 +123,7 @@ func TestReadAroundTwoMembers(t *testing.T) {
 		{"busy by one only", true, 1, 1, dm},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			arr.TrustRedundancy(tc.trusted)
-			arr.queue[dm].Add(tc.busy)
-			defer arr.queue[dm].Add(-tc.busy)
-			for _, c := range counts {
-				c.reset()
-			}
-			before := arr.ReadsAround()
+			before := seemBusy(t, arr, counts, tc.trusted, dm, tc.busy)
 			got := make([]byte, tc.nb*b)
 			if _, err := arr.ReadAt(got, n*b); err != nil {
 				t.Fatal(err)
