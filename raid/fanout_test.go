@@ -127,3 +127,27 @@ func TestFanoutObserve(t *testing.T) {
 		})
 	}
 }
+
+// TestFanoutSeesAnySlowMember: one slow member among fast ones makes the
+// requests parallel whichever member it is, in both modes.
+func TestFanoutSeesAnySlowMember(t *testing.T) {
+	const mask = 0b11110
+	for slow := 1; slow <= 4; slow++ {
+		for _, start := range []int64{0, fanoutMaxNs} { // inline, parallel
+			var f fanout
+			f.ns.Store(start)
+			errs := make([]error, 5)
+			for range 4 * fanoutEvery {
+				f.run(mask, 4096, errs, func(m int) error {
+					if m == slow {
+						time.Sleep(2 * time.Millisecond)
+					}
+					return nil
+				})
+			}
+			if f.inline() {
+				t.Errorf("member %d slow, average from %d ns: still inline (average %d ns)", slow, start, f.ns.Load())
+			}
+		}
+	}
+}

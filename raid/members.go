@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -135,7 +136,9 @@ func (f *fanout) inline() bool { return f.ns.Load() < fanoutInlineNs }
 
 // run calls fn(m) for every member m in mask and stores each result in
 // errs[m], like forEachMember; memberBytes is the most any call moves.
-// One small call in fanoutEvery times its first member's request.
+// One small call in fanoutEvery times each of its member requests and
+// feeds the slowest into the average, so that one slow member among fast
+// ones is seen whichever it is.
 func (f *fanout) run(mask uint64, memberBytes int, errs []error, fn func(m int) error) {
 	if mask == 0 {
 		return
@@ -145,32 +148,34 @@ func (f *fanout) run(mask uint64, memberBytes int, errs []error, fn func(m int) 
 		return
 	}
 	timed := f.calls.Add(1)%fanoutEvery == 0
-	if !f.inline() {
-		if !timed {
-			forEachMember(mask, errs, fn)
-			return
-		}
-		first := bits.TrailingZeros64(mask)
+	switch {
+	case !f.inline() && !timed:
+		forEachMember(mask, errs, fn)
+	case !f.inline():
+		var took [64]time.Duration // by member index; a mask has 64 bits
 		forEachMember(mask, errs, func(m int) error {
-			if m != first {
-				return fn(m)
-			}
 			start := time.Now()
 			err := fn(m)
-			f.observe(time.Since(start))
+			took[m] = time.Since(start)
 			return err
 		})
-		return
-	}
-	for rest := mask; rest != 0; rest &= rest - 1 {
-		m := bits.TrailingZeros64(rest)
-		if timed && rest == mask {
-			start := time.Now()
+		f.observe(slices.Max(took[:]))
+	case !timed:
+		for rest := mask; rest != 0; rest &= rest - 1 {
+			m := bits.TrailingZeros64(rest)
 			errs[m] = fn(m)
-			f.observe(time.Since(start))
-			continue
 		}
-		errs[m] = fn(m)
+	default:
+		var slowest time.Duration
+		last := time.Now()
+		for rest := mask; rest != 0; rest &= rest - 1 {
+			m := bits.TrailingZeros64(rest)
+			errs[m] = fn(m)
+			now := time.Now()
+			slowest = max(slowest, now.Sub(last))
+			last = now
+		}
+		f.observe(slowest)
 	}
 }
 
