@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -148,18 +147,25 @@ func (f *fanout) run(mask uint64, memberBytes int, errs []error, fn func(m int) 
 		return
 	}
 	timed := f.calls.Add(1)%fanoutEvery == 0
+	inline := f.inline()
 	switch {
-	case !f.inline() && !timed:
+	case !inline && !timed:
 		forEachMember(mask, errs, fn)
-	case !f.inline():
-		var took [64]time.Duration // by member index; a mask has 64 bits
+	case !inline:
+		var slowest atomic.Int64 // ns
 		forEachMember(mask, errs, func(m int) error {
 			start := time.Now()
 			err := fn(m)
-			took[m] = time.Since(start)
+			d := int64(time.Since(start))
+			for {
+				old := slowest.Load()
+				if d <= old || slowest.CompareAndSwap(old, d) {
+					break
+				}
+			}
 			return err
 		})
-		f.observe(slices.Max(took[:]))
+		f.observe(time.Duration(slowest.Load()))
 	case !timed:
 		for rest := mask; rest != 0; rest &= rest - 1 {
 			m := bits.TrailingZeros64(rest)
