@@ -221,6 +221,9 @@ func (c *conn) serve() {
 	phase := "handshake"
 	if c.safely("handshake", c.negotiate) {
 		phase = "transmission"
+		if f := c.s.cfg.OnTransmission; f != nil {
+			defer f()()
+		}
 		c.safely("request reader", c.readAll)
 		c.drain()
 		if c.session != nil {

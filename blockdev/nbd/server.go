@@ -100,6 +100,11 @@ type Config struct {
 	TLS *tls.Config
 	// Logger receives connection and protocol events. Default slog.Default().
 	Logger *slog.Logger
+	// OnTransmission, if set, is called as each connection finishes its
+	// handshake and starts serving requests; the function it returns is
+	// called once the connection has answered its last request. ddraid
+	// sizes GOMAXPROCS with it (internal/procs).
+	OnTransmission func() (done func())
 }
 
 // Defaults of Config.

@@ -95,6 +95,9 @@ type Config struct {
 	Wrap func(role int, dev blockdev.Device) blockdev.Device
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
+	// OnTransmission is the NBD servers' Config.OnTransmission (client
+	// connections counted for GOMAXPROCS; internal/procs). Optional.
+	OnTransmission func() (done func())
 }
 
 func (c *Config) validate() error {
@@ -379,6 +382,7 @@ func (sv *served) listen(a *array.Array) error {
 	cfg := sv.s.cfg
 	ncfg := nbd.DefaultConfig()
 	ncfg.Logger = cfg.Logger
+	ncfg.OnTransmission = cfg.OnTransmission
 	srv, err := nbd.NewServer(ncfg)
 	if err != nil {
 		return err

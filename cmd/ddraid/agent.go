@@ -29,7 +29,8 @@ type AgentCmd struct {
 	TLSCA        string        `name:"tls-ca" type:"path" help:"CA (PEM) that signs client certificates." placeholder:"FILE"`
 	ShutdownWait time.Duration `help:"How long SIGTERM waits for requests in flight." default:"30s"`
 	HTTP         string        `name:"http" help:"Also serve a read-only status page (the cluster's nodes, the arrays served here, the member disks) on this TCP address (e.g. 127.0.0.1:10881); off when empty." placeholder:"HOST:PORT"`
-	Cluster      ClusterFlags  `embed:"" group:"Cluster mode"`
+	CPUFlags
+	Cluster ClusterFlags `embed:"" group:"Cluster mode"`
 }
 
 // agentDir is the agent's part of a state directory.
@@ -40,8 +41,13 @@ func (c *AgentCmd) Run(g *Globals) error {
 	if len(c.HostDisk) == 0 && len(c.Cluster.Nodes) == 0 {
 		return errors.New("--host-disk is required (only a cluster-mode agent, with --nodes, may host no disk)")
 	}
+	gov, err := c.CPUFlags.governor()
+	if err != nil {
+		return err
+	}
 	cfg := nbd.DefaultConfig()
 	cfg.Logger = slog.Default()
+	cfg.OnTransmission = gov.Hook()
 	switch {
 	case c.TLSCert == "" && c.TLSKey == "" && c.TLSCA == "":
 	case c.TLSCert == "" || c.TLSKey == "" || c.TLSCA == "":
@@ -88,7 +94,7 @@ func (c *AgentCmd) Run(g *Globals) error {
 	if node != nil {
 		defer node.Close()
 		var specs []serve.Spec
-		if arrays, specs, err = c.Cluster.newArrays(g.StateDir, node, tc); err != nil {
+		if arrays, specs, err = c.Cluster.newArrays(g.StateDir, node, tc, gov); err != nil {
 			return err
 		}
 		if err := startCluster(node, c.Cluster.RPC); err != nil {

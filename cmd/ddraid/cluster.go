@@ -19,6 +19,7 @@ import (
 	"github.com/ddraid/ddraid/blockdev/remote"
 	"github.com/ddraid/ddraid/cluster"
 	"github.com/ddraid/ddraid/cluster/serve"
+	"github.com/ddraid/ddraid/internal/procs"
 	"github.com/ddraid/ddraid/lockd"
 	"github.com/ddraid/ddraid/lockd/membership"
 )
@@ -126,7 +127,7 @@ func controlRoutes(ctl *cluster.Control, arrays *serve.Server) []member.Route {
 // configuration tc also reaches the agent members. Every cluster node has
 // one, serving arrays or not: it answers the coordination messages of the
 // arrays whose members it hosts.
-func (c *ClusterFlags) newArrays(stateDir string, n *cluster.Node, tc *tls.Config) (*serve.Server, []serve.Spec, error) {
+func (c *ClusterFlags) newArrays(stateDir string, n *cluster.Node, tc *tls.Config, gov *procs.Governor) (*serve.Server, []serve.Spec, error) {
 	var specs []serve.Spec
 	for _, s := range c.Serve {
 		sp, err := serve.ParseSpec(s)
@@ -142,7 +143,7 @@ func (c *ClusterFlags) newArrays(stateDir string, n *cluster.Node, tc *tls.Confi
 	client := &tls.Config{Certificates: tc.Certificates, RootCAs: tc.ClientCAs, MinVersion: tls.VersionTLS12}
 	srv, err := serve.New(serve.Config{StateDir: stateDir, Node: n.Name(), Messenger: n.Messenger(),
 		Remote: remote.Config{TLS: client, Logger: slog.Default()}, Timeout: c.ServeTimeout, Wrap: memberDelay(c.ServeDelay),
-		Throttle: th, ClearDelay: c.ServeClear, Logger: slog.Default()})
+		Throttle: th, ClearDelay: c.ServeClear, Logger: slog.Default(), OnTransmission: gov.Hook()})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/ddraid/ddraid/blockdev"
 	"github.com/ddraid/ddraid/blockdev/nbd"
 	"github.com/ddraid/ddraid/blockdev/remote"
+	"github.com/ddraid/ddraid/internal/procs"
 	"github.com/ddraid/ddraid/internal/units"
 	"github.com/ddraid/ddraid/raid"
 	"github.com/ddraid/ddraid/raid/array"
@@ -46,6 +47,7 @@ type ServeCmd struct {
 	ClearDelay     time.Duration `help:"How long a write-intent bitmap region stays dirty after its last write." default:"5s"`
 	HTTP           string        `name:"http" help:"Also serve a read-only status page, GET /v1/status and Prometheus /metrics on this TCP address (e.g. 127.0.0.1:10880); off when empty." placeholder:"HOST:PORT"`
 	MemberTimeout  time.Duration `help:"How long a remote member (nbd://, HOST:/PATH) may stay unreachable, its requests waiting, before it is failed." default:"10s"`
+	CPUFlags
 	MemberTLS
 	WriterFlags
 }
@@ -79,6 +81,11 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) (err error) {
 	cfg.MaxPayload = int(c.MaxPayload)
 	cfg.Logger = slog.Default()
 	cfg.InlineLatency = c.InlineLatency
+	gov, err := c.CPUFlags.governor()
+	if err != nil {
+		return err
+	}
+	cfg.OnTransmission = gov.Hook()
 	if cfg.TLSMode, err = nbd.ParseTLSMode(c.TLS); err != nil {
 		return err
 	}
@@ -268,4 +275,14 @@ func waitForStop(serveErr <-chan error) error {
 	case err := <-serveErr:
 		return fmt.Errorf("serve: %w", err)
 	}
+}
+
+// CPUFlags are serve's and agent's --cpus.
+type CPUFlags struct {
+	CPUs string `name:"cpus" help:"How many CPUs run ddraid's own code at once (GOMAXPROCS): 'auto' (one per client connection, all of them while none is open) or a number. A GOMAXPROCS environment variable overrides auto." default:"auto" placeholder:"auto|N"`
+}
+
+// governor applies --cpus; see internal/procs.
+func (f CPUFlags) governor() (*procs.Governor, error) {
+	return procs.New(f.CPUs, slog.Default())
 }

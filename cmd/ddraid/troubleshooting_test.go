@@ -20,6 +20,7 @@ var troubleshootingPackages = []string{
 	"cmd/ddraid",
 	"internal/config",
 	"internal/certs",
+	"internal/procs",
 	"raid",
 	"raid/array",
 	"raid/meta",
