@@ -3,11 +3,9 @@ package tests
 import (
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"regexp"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -40,7 +38,7 @@ func TestServeCPUsFollowConnections(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Setenv("GOMAXPROCS", c.env)
 			a := newArray(t, "linear", 1, "16M")
-			addr := freeAddr(t)
+			addr := "127.0.0.1:" + freePort(t)
 			s := a.serve(t, append([]string{"--http=" + addr}, c.flags...)...)
 			def := gomaxprocs(t, addr)
 			if c.name == "auto" && def < 2 {
@@ -73,21 +71,8 @@ func TestServeCPUsFollowConnections(t *testing.T) {
 
 func TestServeCPUsBadValue(t *testing.T) {
 	a := newArray(t, "linear", 1, "16M")
-	out, err := runErr(ddraidBin, "serve", a.name, "--state-dir="+a.stateDir, "--listen=unix:"+a.dir+"/x.sock", "--cpus=many")
-	if err == nil || !strings.Contains(out, `--cpus "many": want auto or a number of CPUs (at least 1)`) {
-		t.Fatalf("serve --cpus=many: %v\n%s", err, out)
-	}
-}
-
-// freeAddr returns a loopback TCP address nobody listens on.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	fails(t, `--cpus "many": want auto or a number of CPUs (at least 1)`,
+		"serve", a.name, "--state-dir="+a.stateDir, "--listen=unix:"+a.dir+"/x.sock", "--cpus=many")
 }
 
 func dialUnix(t *testing.T, sock, export string) *nbd.Client {

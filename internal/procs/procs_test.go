@@ -2,6 +2,7 @@ package procs
 
 import (
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -110,7 +111,7 @@ func TestGovernorFollowsConnections(t *testing.T) {
 					t.Fatalf("after %q: Current() = %d, runtime %d; want %d", c.ops[:i+1], got, f.cur, c.cur[i])
 				}
 			}
-			if !equal(f.sets, c.sets) {
+			if !slices.Equal(f.sets, c.sets) {
 				t.Errorf("applied %v, want %v", f.sets, c.sets)
 			}
 		})
@@ -197,16 +198,4 @@ func TestNew(t *testing.T) {
 	if g, err := New("auto", nil); err != nil || g != nil {
 		t.Fatalf(`New("auto") with GOMAXPROCS set = %v, %v; want nil, nil`, g, err)
 	}
-}
-
-func equal(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
