@@ -26,6 +26,8 @@ type AssembleOptions struct {
 	Remote remote.Config
 	// Writer is this node's slot and epoch, sent to agent members.
 	Writer Writer
+	// OnSpread is the engine's Config.OnSpread.
+	OnSpread func()
 }
 
 // Assembled is a running array: its superblock as assembled and the Device
@@ -116,7 +118,7 @@ func Assemble(stateDir, name string, opts AssembleOptions) (*Assembled, error) {
 			return fail(err)
 		}
 	}
-	cfg := Config{OnFail: opts.OnFail}
+	cfg := Config{OnFail: opts.OnFail, OnSpread: opts.OnSpread}
 	var dev blockdev.Device
 	switch level {
 	case LevelRaid35:

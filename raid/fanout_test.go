@@ -43,7 +43,7 @@ func TestFanout(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var f fanout
-			f.init()
+			f.init(nil)
 			if f.inline() {
 				t.Fatal("a new fanout counts its members as fast")
 			}
@@ -95,6 +95,38 @@ func TestFanout(t *testing.T) {
 				t.Fatalf("at most %d member calls ran at once, want them in parallel", most)
 			case tc.most != 0 && most != tc.most:
 				t.Fatalf("at most %d member calls ran at once, want %d", most, tc.most)
+			}
+		})
+	}
+}
+
+// TestFanoutSpread: Config.OnSpread is called for each request whose
+// member requests run on goroutines because they are large, and for no
+// other.
+func TestFanoutSpread(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		mask        uint64
+		memberBytes int
+		want        int // calls for 10 requests
+	}{
+		{"large, several members", 0b11111, fanoutSmall + 1, 10},
+		{"large, two members", 0b101, 1 << 20, 10},
+		{"large, one member", 0b100, 1 << 20, 0},
+		{"at the threshold", 0b11111, fanoutSmall, 0},
+		{"small", 0b11111, 4096, 0},
+		{"no member", 0, 1 << 20, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var calls atomic.Int32
+			var f fanout
+			f.init(func() { calls.Add(1) })
+			errs := make([]error, 5)
+			for range 10 {
+				f.run(tc.mask, tc.memberBytes, errs, func(int) error { return nil })
+			}
+			if got := int(calls.Load()); got != tc.want {
+				t.Fatalf("OnSpread called %d times for 10 requests, want %d", got, tc.want)
 			}
 		})
 	}

@@ -86,6 +86,13 @@ type Config struct {
 	// MemberStates is fine. err is the member error (nil when Fail was
 	// called with nil).
 	OnFail func(member int, err error)
+	// OnSpread, if not nil, is called each time a request runs its member
+	// requests on goroutines of their own because each moves more than
+	// fanoutSmall bytes (large reads and writes, resync and rebuild
+	// included), so that the process can give those copies CPUs
+	// (internal/procs, Governor.Spread). It must be cheap and must not
+	// block.
+	OnSpread func()
 }
 
 // Sentinel errors. Engines wrap them with context; test with errors.Is.

@@ -113,10 +113,12 @@ func (s *memberSet) snapshot() []MemberState {
 // member (a disk, a remote member) keeps the requests parallel, where its
 // latency is paid once instead of once per member. Requests that move more
 // than fanoutSmall bytes per member always run in parallel, so large
-// copies use every CPU.
+// copies use every CPU; each such request calls Config.OnSpread, with
+// which the server gives the process those CPUs (internal/procs).
 type fanout struct {
-	ns    atomic.Int64  // moving average of a small member request, in ns
-	calls atomic.Uint32 // small calls, to time one in fanoutEvery
+	ns     atomic.Int64  // moving average of a small member request, in ns
+	calls  atomic.Uint32 // small calls, to time one in fanoutEvery
+	spread func()        // Config.OnSpread, or nil
 }
 
 const (
@@ -127,7 +129,11 @@ const (
 )
 
 // init starts the average slow: until measured, members count as slow.
-func (f *fanout) init() { f.ns.Store(fanoutMaxNs) }
+// spread is Config.OnSpread.
+func (f *fanout) init(spread func()) {
+	f.ns.Store(fanoutMaxNs)
+	f.spread = spread
+}
 
 // inline reports whether small member requests run on the caller's
 // goroutine.
@@ -143,6 +149,9 @@ func (f *fanout) run(mask uint64, memberBytes int, errs []error, fn func(m int) 
 		return
 	}
 	if memberBytes > fanoutSmall {
+		if f.spread != nil && mask&(mask-1) != 0 {
+			f.spread()
+		}
 		forEachMember(mask, errs, fn)
 		return
 	}

@@ -86,7 +86,7 @@ func NewMirror(members []blockdev.Device, memberDataSize int64, cfg Config) (*Mi
 		m.all = ^uint64(0)
 	}
 	m.set.init(m.members, cfg.OnFail)
-	m.fan.init()
+	m.fan.init(cfg.OnSpread)
 	return m, nil
 }
 

@@ -86,7 +86,7 @@ func NewRaid35(g Geometry, members []blockdev.Device, memberDataSize int64, cfg 
 		members: append([]blockdev.Device(nil), members...),
 	}
 	r.set.init(r.members, cfg.OnFail)
-	r.fan.init()
+	r.fan.init(cfg.OnSpread)
 	return r, nil
 }
 

@@ -69,6 +69,52 @@ func TestServeCPUsFollowConnections(t *testing.T) {
 	}
 }
 
+// A raid35 request large enough that each member's part is copied on a
+// goroutine of its own gives the process every CPU, whatever the
+// connections, until a second has passed without one; small requests do
+// not.
+func TestServeCPUsSpread(t *testing.T) {
+	t.Setenv("GOMAXPROCS", "")
+	a := newArray(t, "raid35", 5, "64M", "--assume-clean")
+	addr := "127.0.0.1:" + freePort(t)
+	s := a.serve(t, "--http="+addr)
+	def := gomaxprocs(t, addr)
+	if def < 2 {
+		t.Fatalf("the server runs on %d CPU: this test needs at least 2 to see the setting change", def)
+	}
+	cl := dialUnix(t, s.socket, a.name)
+	small := make([]byte, 4096)
+	for i := range 64 {
+		if _, err := cl.WriteAt(small, int64(i)*4096); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+	}
+	if got := gomaxprocs(t, addr); got != 1 {
+		t.Fatalf("one connection, 4 KiB writes: GOMAXPROCS %d, want 1", got)
+	}
+	// 1 MiB over 4 data members: 256 KiB each, over the 64 KiB at which
+	// member requests always run in parallel.
+	large := make([]byte, 1<<20)
+	if _, err := cl.WriteAt(large, 0); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if got := gomaxprocs(t, addr); got != def {
+		t.Fatalf("right after a 1 MiB write: GOMAXPROCS %d, want %d\n%s", got, def, s.output())
+	}
+	if _, err := cl.ReadAt(large, 0); err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	waitGOMAXPROCS(t, addr, 1, s)
+	for i := range 64 {
+		if _, err := cl.ReadAt(small, int64(i)*4096); err != nil {
+			t.Fatalf("read: %v", err)
+		}
+	}
+	if got := gomaxprocs(t, addr); got != 1 {
+		t.Fatalf("one connection, 4 KiB reads after the hold: GOMAXPROCS %d, want 1", got)
+	}
+}
+
 func TestServeCPUsBadValue(t *testing.T) {
 	a := newArray(t, "linear", 1, "16M")
 	fails(t, `--cpus "many": want auto or a number of CPUs (at least 1)`,
@@ -111,7 +157,7 @@ func gomaxprocs(t *testing.T, addr string) int {
 
 // waitGOMAXPROCS waits for the server to apply want after a connection
 // closed (it does so as the connection's last reply is out, after the
-// client has seen the close).
+// client has seen the close) or after the hold of spread work ends.
 func waitGOMAXPROCS(t *testing.T, addr string, want int, s *server) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)

@@ -98,6 +98,9 @@ type Config struct {
 	// OnTransmission is the NBD servers' Config.OnTransmission (client
 	// connections counted for GOMAXPROCS; internal/procs). Optional.
 	OnTransmission func() (done func())
+	// OnSpread is the arrays' raid.Config.OnSpread (internal/procs).
+	// Optional.
+	OnSpread func()
 }
 
 func (c *Config) validate() error {
@@ -321,7 +324,7 @@ func (sv *served) assemble() error {
 	var local *countingLocal
 	run, err := Array(ctx, ArrayConfig{Node: cfg.Node, Lockd: sv.s.locks, Router: sv.s.router,
 		Array: array.Options{StateDir: cfg.StateDir, Name: sv.spec.Name, Throttle: cfg.Throttle, ClearDelay: cfg.ClearDelay,
-			Remote: cfg.Remote, Wrap: cfg.Wrap, Logger: cfg.Logger},
+			Remote: cfg.Remote, Wrap: cfg.Wrap, Logger: cfg.Logger, OnSpread: cfg.OnSpread},
 		Timeout: cfg.Timeout, Poll: cfg.Poll, Throttle: cfg.Throttle, Logger: cfg.Logger,
 		WrapLocal: func(l coord.Local) coord.Local {
 			local = &countingLocal{Local: l}

@@ -143,7 +143,7 @@ func (c *ClusterFlags) newArrays(stateDir string, n *cluster.Node, tc *tls.Confi
 	client := &tls.Config{Certificates: tc.Certificates, RootCAs: tc.ClientCAs, MinVersion: tls.VersionTLS12}
 	srv, err := serve.New(serve.Config{StateDir: stateDir, Node: n.Name(), Messenger: n.Messenger(),
 		Remote: remote.Config{TLS: client, Logger: slog.Default()}, Timeout: c.ServeTimeout, Wrap: memberDelay(c.ServeDelay),
-		Throttle: th, ClearDelay: c.ServeClear, Logger: slog.Default(), OnTransmission: gov.Hook()})
+		Throttle: th, ClearDelay: c.ServeClear, Logger: slog.Default(), OnTransmission: gov.Hook(), OnSpread: gov.SpreadHook()})
 	if err != nil {
 		return nil, nil, err
 	}

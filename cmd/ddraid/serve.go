@@ -125,7 +125,7 @@ func serveArrays(stateDir string, names []string, c *ServeCmd) (err error) {
 			StateDir: stateDir, Name: name, Direct: c.Direct, Wrap: memberDelay(c.MemberDelay),
 			Throttle: th, ClearDelay: c.ClearDelay, Logger: slog.Default(),
 			Remote: remote.Config{FailAfter: c.MemberTimeout, TLS: memberTLS, Logger: slog.Default()},
-			Writer: c.WriterFlags.writer(),
+			Writer: c.WriterFlags.writer(), OnSpread: gov.SpreadHook(),
 		})
 		if err != nil {
 			return err
@@ -279,7 +279,7 @@ func waitForStop(serveErr <-chan error) error {
 
 // CPUFlags are serve's and agent's --cpus.
 type CPUFlags struct {
-	CPUs string `name:"cpus" help:"How many CPUs run ddraid's own code at once (GOMAXPROCS): 'auto' (one per client connection, all of them while none is open) or a number. A GOMAXPROCS environment variable overrides auto." default:"auto" placeholder:"auto|N"`
+	CPUs string `name:"cpus" help:"How many CPUs run ddraid's own code at once (GOMAXPROCS): 'auto' (one per client connection; all of them while none is open or while large array requests run) or a number. A GOMAXPROCS environment variable overrides auto." default:"auto" placeholder:"auto|N"`
 }
 
 // governor applies --cpus; see internal/procs.

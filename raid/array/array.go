@@ -40,6 +40,9 @@ type Options struct {
 	// Writer is this node's slot and fencing epoch, sent to agent members
 	// (HOST:/PATH).
 	Writer raid.Writer
+	// OnSpread is the engine's raid.Config.OnSpread (large requests that
+	// run their member requests in parallel; internal/procs). Optional.
+	OnSpread func()
 	// Gate, if set, admits every write, trim and zero before the bitmap
 	// (cluster mode: cluster/coord.WriteGate; see cluster.go).
 	Gate WriteGate
@@ -121,10 +124,11 @@ func Open(o Options) (*Array, error) {
 	a := &Array{opts: o, log: o.Logger.With("array", o.Name), wake: make(chan struct{}, 1), done: make(chan struct{}), replacing: map[int]bool{}}
 	var mu sync.Mutex
 	asm, err := raid.Assemble(o.StateDir, o.Name, raid.AssembleOptions{
-		Direct: o.Direct,
-		Remote: o.Remote,
-		Writer: o.Writer,
-		OnFail: a.onFail,
+		Direct:   o.Direct,
+		Remote:   o.Remote,
+		Writer:   o.Writer,
+		OnFail:   a.onFail,
+		OnSpread: o.OnSpread,
 		Wrap: func(role int, dev blockdev.Device) blockdev.Device {
 			mu.Lock()
 			defer mu.Unlock()
