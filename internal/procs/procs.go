@@ -21,8 +21,8 @@
 // each member's part on a goroutine of its own (raid, fanout), and on one P
 // those copies take turns, while every member syscall long enough to span
 // a sysmon tick has its P taken and handed to another thread. One
-// connection's 1 MiB requests to a raid35 x5 on tmpfs ran 1.2 to 1.3 times
-// as fast on two Ps as on one (medians of seven 3 s runs). Such requests
+// connection's 1 MiB requests to a raid35 x5 on tmpfs ran 1.14 to 1.28
+// times as fast on two Ps as on one (medians of seven 3 s runs). Such requests
 // call Spread, and for spreadHold after the last one the process runs on
 // the default, whatever the connections; background jobs (resync,
 // rebuild, check) read and write through the same engines and count too.
