@@ -129,7 +129,10 @@ func (f *fakeRuntime) advance(d time.Duration) {
 	}
 }
 
-func TestGovernorSpread(t *testing.T) {
+// TestGovernorSequences runs sequences of connections opened and closed,
+// Spread calls and waits, and checks the setting after each step and what
+// was applied.
+func TestGovernorSequences(t *testing.T) {
 	ms := time.Millisecond
 	cases := []struct {
 		name  string
@@ -139,6 +142,11 @@ func TestGovernorSpread(t *testing.T) {
 		sets  []int           // what is applied, in order (0: the default)
 		cur   []int           // the setting after each op
 	}{
+		{"one connection on two CPUs", 2, "oc", nil, []int{1, 0}, []int{1, 2}},
+		{"second connection", 2, "oocc", nil, []int{1, 2, 1, 0}, []int{1, 2, 1, 2}},
+		{"beyond the CPU count", 2, "ooocc", nil, []int{1, 2, 1}, []int{1, 2, 2, 2, 1}},
+		{"one CPU, connections only", 1, "ooocc", nil, nil, []int{1, 1, 1, 1, 1}},
+		{"eight CPUs", 8, "oooccc", nil, []int{1, 2, 3, 2, 1, 0}, []int{1, 2, 3, 2, 1, 8}},
 		{"spread widens one connection", 2, "oswc", []time.Duration{spreadHold},
 			[]int{1, 2, 1, 0}, []int{1, 2, 1, 2}},
 		{"spreads keep it wide", 2, "oswswswwc", []time.Duration{600 * ms, 600 * ms, 600 * ms, 600 * ms},
@@ -213,44 +221,6 @@ func TestGovernorSpreadConcurrent(t *testing.T) {
 	done()
 	if got := g.Current(); got != 2 {
 		t.Fatalf("no connection: Current() = %d, want 2", got)
-	}
-}
-
-func TestGovernorFollowsConnections(t *testing.T) {
-	cases := []struct {
-		name string
-		def  int
-		ops  string // o: open a connection, c: close the oldest
-		sets []int  // what is applied, in order (0: the default)
-		cur  []int  // the setting after each op
-	}{
-		{"one connection on two CPUs", 2, "oc", []int{1, 0}, []int{1, 2}},
-		{"second connection", 2, "oocc", []int{1, 2, 1, 0}, []int{1, 2, 1, 2}},
-		{"beyond the CPU count", 2, "ooocc", []int{1, 2, 1}, []int{1, 2, 2, 2, 1}},
-		{"one CPU changes nothing", 1, "ooocc", nil, []int{1, 1, 1, 1, 1}},
-		{"eight CPUs", 8, "oooccc", []int{1, 2, 3, 2, 1, 0}, []int{1, 2, 3, 2, 1, 8}},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			f := &fakeRuntime{def: c.def}
-			g := f.governor()
-			var open []func()
-			for i, op := range c.ops {
-				switch op {
-				case 'o':
-					open = append(open, g.Opened())
-				case 'c':
-					open[0]()
-					open = open[1:]
-				}
-				if got := g.Current(); got != c.cur[i] || f.cur != got {
-					t.Fatalf("after %q: Current() = %d, runtime %d; want %d", c.ops[:i+1], got, f.cur, c.cur[i])
-				}
-			}
-			if !slices.Equal(f.sets, c.sets) {
-				t.Errorf("applied %v, want %v", f.sets, c.sets)
-			}
-		})
 	}
 }
 
