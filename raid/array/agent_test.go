@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -426,5 +427,112 @@ func TestSlotTakeoverCalls(t *testing.T) {
 		if rs, err := raid.MemberDirtyRegions(ctx, sb, role, cfg, 1); err != nil || len(rs) != 0 {
 			t.Fatalf("member %d still holds %v %v for slot 1 after the clear", role, rs, err)
 		}
+	}
+}
+
+// recordingCluster is a Cluster that records the changes asked of it and
+// applies none.
+type recordingCluster struct {
+	mu   sync.Mutex
+	what []string
+}
+
+func (c *recordingCluster) Update(_ context.Context, what string, _ func(*meta.Array) error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.what = append(c.what, what)
+	return nil
+}
+
+func (c *recordingCluster) AddMember(ctx context.Context, spec string, fn func(*meta.Array) error) error {
+	return c.Update(ctx, "add "+spec, fn)
+}
+
+func (c *recordingCluster) ScrubWindow(context.Context, int64, int64) error { return nil }
+func (c *recordingCluster) EndScrubWindow()                                 {}
+
+// TestCorruptBitmapStoreAgentMembers: a state directory holds a raid35
+// array of agent members ("a") and a mirror of local files ("b"), and its
+// bitmap store is found corrupt when "a" opens. A writer alone records the
+// full resync for both (nothing but the lost store knew where it wrote).
+// A writer in cluster mode records it for "b" only: the marks of "a" are
+// kept per slot at the member hosts, and a superblock change of "a" made
+// here alone would fork the cluster's event numbering.
+func TestCorruptBitmapStoreAgentMembers(t *testing.T) {
+	for _, cluster := range []bool{false, true} {
+		name := "single writer"
+		if cluster {
+			name = "cluster mode"
+		}
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			ah := startAgentHost(t, dir, 3, 8<<20)
+			stateDir := filepath.Join(dir, "state")
+			err := meta.View(stateDir, func(s *meta.Store) error {
+				if _, err := raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: ah.members(), RegionSize: 128 << 10, AssumeClean: true}); err != nil {
+					return err
+				}
+				_, err := raid.Create(s, raid.CreateOptions{Name: "b", Level: raid.LevelMirror, RegionSize: 128 << 10, AssumeClean: true, CreateSize: 4 << 20,
+					Members: []string{filepath.Join(dir, "b0"), filepath.Join(dir, "b1")}})
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			stored := func(n string) meta.Array {
+				t.Helper()
+				var sb *meta.Array
+				if err := meta.View(stateDir, func(s *meta.Store) error { sb, err = s.Get(n); return err }); err != nil {
+					t.Fatal(err)
+				}
+				return *sb
+			}
+			log := &logSink{}
+			cl := &recordingCluster{}
+			open := func() *Array {
+				t.Helper()
+				o := Options{StateDir: stateDir, Name: "a", Throttle: unthrottled, ClearDelay: time.Hour,
+					Logger: slog.New(log), Writer: raid.Writer{Epoch: 1}, Remote: remote.Config{Logger: slog.New(log)}}
+				if cluster {
+					o.Cluster = cl
+				}
+				a, err := Open(o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return a
+			}
+			a := open()
+			if err := a.Close(); err != nil {
+				t.Fatal(err)
+			}
+			before := map[string]meta.Array{"a": stored("a"), "b": stored("b")}
+			garbleStore(t, stateDir)
+
+			a = open()
+			defer a.Close()
+			if _, ok := log.find("WARN", "bitmap store is corrupt"); !ok {
+				t.Fatalf("no warning about the corrupt store:\n%s", log.all())
+			}
+			for _, n := range []string{"a", "b"} {
+				sb := stored(n)
+				want := n == "b" || !cluster
+				if sb.InitialSync != want {
+					t.Errorf("array %s: InitialSync %v after the corrupt store, want %v", n, sb.InitialSync, want)
+				}
+				if want && sb.Events != before[n].Events+1 {
+					t.Errorf("array %s: event %d, want %d (one change: the full resync)", n, sb.Events, before[n].Events+1)
+				}
+				if !want && sb.Events != before[n].Events {
+					t.Errorf("array %s: event %d changed from %d outside the cluster", n, sb.Events, before[n].Events)
+				}
+			}
+			if got := a.Superblock(); got.InitialSync != !cluster {
+				t.Errorf("running array: InitialSync %v, want %v", got.InitialSync, !cluster)
+			}
+			if _, ok := log.find("WARN", "marks are kept at its member hosts", "array_in_state_dir=a"); ok != cluster {
+				t.Errorf("warning that the marks of a are at its member hosts: %v, want %v:\n%s", ok, cluster, log.all())
+			}
+		})
 	}
 }

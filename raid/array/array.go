@@ -235,7 +235,7 @@ func (a *Array) openStore() (*bitmap.Store, error) {
 	store, err := bitmap.OpenStore(dir, bitmap.StoreConfig{})
 	if errors.Is(err, bitmap.ErrCorrupt) {
 		aside := fmt.Sprintf("%s.corrupt-%d", dir, time.Now().Unix())
-		a.log.Warn("bitmap store is corrupt; set aside, every array of the state directory will be resynced in full", "dir", dir, "moved_to", aside, "err", err)
+		a.log.Warn("bitmap store is corrupt; set aside, every array of the state directory whose marks it held will be resynced in full", "dir", dir, "moved_to", aside, "err", err)
 		// Record the full syncs before the marks go, so that neither a
 		// stop during a sync nor an array opened later forgets one.
 		if merr := a.syncAll(); merr != nil {
@@ -257,6 +257,14 @@ func (a *Array) openStore() (*bitmap.Store, error) {
 // syncAll records in the superblock of every redundant array of the state
 // directory that it needs a full sync (the initial sync, resumable), as
 // after a create on disks that held data.
+//
+// In cluster mode it leaves alone the arrays whose members in use are all
+// hosted by ddraid agents. Their writers' marks that count are kept per
+// writer slot at the member hosts, and a writer resyncs them when it takes
+// a slot over (cluster/coord); the store here only paces the clears. And a
+// superblock changed here alone, outside the cluster's token, would carry
+// an event number that another writer may also give to a different
+// change.
 func (a *Array) syncAll() error {
 	return meta.View(a.opts.StateDir, func(s *meta.Store) error {
 		names, err := s.List()
@@ -275,6 +283,10 @@ func (a *Array) syncAll() error {
 			if sb.Level == string(raid.LevelLinear) {
 				continue
 			}
+			if a.opts.Cluster != nil && marksAtHosts(sb) {
+				a.log.Warn("bitmap store lost: the array's marks are kept at its member hosts; no full resync", "array_in_state_dir", n)
+				continue
+			}
 			sb.InitialSync, sb.SyncedTo = true, 0
 			sb.Events++
 			if err := s.Put(sb); err != nil {
@@ -288,6 +300,18 @@ func (a *Array) syncAll() error {
 		}
 		return nil
 	})
+}
+
+// marksAtHosts reports whether every member of sb in use (active or
+// recovering) is hosted by a ddraid agent, which keeps each writer slot's
+// marks: the members a cluster of writers can serve.
+func marksAtHosts(sb *meta.Array) bool {
+	for _, m := range sb.Members {
+		if (m.State == meta.StateActive || m.State == meta.StateRecovering) && !raid.IsAgentMember(m.Path) {
+			return false
+		}
+	}
+	return true
 }
 
 // releaseStore drops an array's use of the store in dir and closes the
