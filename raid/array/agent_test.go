@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -430,26 +429,13 @@ func TestSlotTakeoverCalls(t *testing.T) {
 	}
 }
 
-// recordingCluster is a Cluster that records the changes asked of it and
-// applies none.
-type recordingCluster struct {
-	mu   sync.Mutex
-	what []string
-}
+// nopCluster is a Cluster that applies no change.
+type nopCluster struct{}
 
-func (c *recordingCluster) Update(_ context.Context, what string, _ func(*meta.Array) error) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.what = append(c.what, what)
-	return nil
-}
-
-func (c *recordingCluster) AddMember(ctx context.Context, spec string, fn func(*meta.Array) error) error {
-	return c.Update(ctx, "add "+spec, fn)
-}
-
-func (c *recordingCluster) ScrubWindow(context.Context, int64, int64) error { return nil }
-func (c *recordingCluster) EndScrubWindow()                                 {}
+func (nopCluster) Update(context.Context, string, func(*meta.Array) error) error    { return nil }
+func (nopCluster) AddMember(context.Context, string, func(*meta.Array) error) error { return nil }
+func (nopCluster) ScrubWindow(context.Context, int64, int64) error                  { return nil }
+func (nopCluster) EndScrubWindow()                                                  {}
 
 // TestCorruptBitmapStoreAgentMembers: a state directory holds a raid35
 // array of agent members ("a") and a mirror of local files ("b"), and its
@@ -488,13 +474,12 @@ func TestCorruptBitmapStoreAgentMembers(t *testing.T) {
 				return *sb
 			}
 			log := &logSink{}
-			cl := &recordingCluster{}
 			open := func() *Array {
 				t.Helper()
 				o := Options{StateDir: stateDir, Name: "a", Throttle: unthrottled, ClearDelay: time.Hour,
 					Logger: slog.New(log), Writer: raid.Writer{Epoch: 1}, Remote: remote.Config{Logger: slog.New(log)}}
 				if cluster {
-					o.Cluster = cl
+					o.Cluster = nopCluster{}
 				}
 				a, err := Open(o)
 				if err != nil {
