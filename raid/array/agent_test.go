@@ -445,12 +445,12 @@ func (nopCluster) EndScrubWindow()                                              
 // kept per slot at the member hosts, and a superblock change of "a" made
 // here alone would fork the cluster's event numbering.
 func TestCorruptBitmapStoreAgentMembers(t *testing.T) {
-	for _, cluster := range []bool{false, true} {
-		name := "single writer"
-		if cluster {
-			name = "cluster mode"
-		}
-		t.Run(name, func(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		cluster bool
+	}{{"single writer", false}, {"cluster mode", true}} {
+		cluster := c.cluster
+		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
 			ah := startAgentHost(t, dir, 3, 8<<20)
 			stateDir := filepath.Join(dir, "state")
@@ -468,7 +468,12 @@ func TestCorruptBitmapStoreAgentMembers(t *testing.T) {
 			stored := func(n string) meta.Array {
 				t.Helper()
 				var sb *meta.Array
-				if err := meta.View(stateDir, func(s *meta.Store) error { sb, err = s.Get(n); return err }); err != nil {
+				err := meta.View(stateDir, func(s *meta.Store) error {
+					var err error
+					sb, err = s.Get(n)
+					return err
+				})
+				if err != nil {
 					t.Fatal(err)
 				}
 				return *sb
