@@ -127,7 +127,7 @@ func Assemble(stateDir, name string, opts AssembleOptions) (*Assembled, error) {
 	case LevelMirror:
 		dev, err = NewMirror(devs, a.MemberDataSize, cfg)
 	case LevelLinear:
-		dev, err = NewLinear(devs)
+		dev, err = NewLinear(devs, cfg)
 	}
 	if err != nil {
 		return fail(err)

@@ -176,7 +176,7 @@ func TestLinearExtents(t *testing.T) {
 	for i, size := range []int64{64 << 10, 4096, 100 << 10} {
 		devs[i] = sectorMapDev{blockdev.NewMem(size, 512)}
 	}
-	l, err := NewLinear(devs)
+	l, err := NewLinear(devs, Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +187,7 @@ func TestLinearExtents(t *testing.T) {
 	}
 
 	// A member without extents reports flags 0 for its part.
-	mixed, err := NewLinear([]blockdev.Device{sectorMapDev{blockdev.NewMem(8192, 512)}, plainDev{blockdev.NewMem(8192, 512)}})
+	mixed, err := NewLinear([]blockdev.Device{sectorMapDev{blockdev.NewMem(8192, 512)}, plainDev{blockdev.NewMem(8192, 512)}}, Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +206,7 @@ func TestLinearZeroNoHole(t *testing.T) {
 	a, b := blockdev.NewMem(8192, 512), blockdev.NewMem(8192, 512)
 	fill(a.Bytes(), 1)
 	fill(b.Bytes(), 2)
-	l, err := NewLinear([]blockdev.Device{a, b})
+	l, err := NewLinear([]blockdev.Device{a, b}, Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +221,7 @@ func TestLinearZeroNoHole(t *testing.T) {
 	c := blockdev.NewMem(8192, 512)
 	fill(c.Bytes(), 3)
 	before := bytes.Clone(c.Bytes())
-	l2, err := NewLinear([]blockdev.Device{blockdev.NewMem(8192, 512), plainDev{c}})
+	l2, err := NewLinear([]blockdev.Device{blockdev.NewMem(8192, 512), plainDev{c}}, Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -100,9 +100,8 @@ func TestFanout(t *testing.T) {
 	}
 }
 
-// TestFanoutSpread: Config.OnSpread is called for each request whose
-// member requests run on goroutines because they are large, and for no
-// other.
+// TestFanoutSpread: Config.OnSpread is called for each request that moves
+// more than fanoutSmall bytes to a member, and for no other.
 func TestFanoutSpread(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
@@ -112,7 +111,7 @@ func TestFanoutSpread(t *testing.T) {
 	}{
 		{"large, several members", 0b11111, fanoutSmall + 1, 10},
 		{"large, two members", 0b101, 1 << 20, 10},
-		{"large, one member", 0b100, 1 << 20, 0},
+		{"large, one member", 0b100, 1 << 20, 10},
 		{"at the threshold", 0b11111, fanoutSmall, 0},
 		{"small", 0b11111, 4096, 0},
 		{"no member", 0, 1 << 20, 0},

@@ -86,12 +86,13 @@ type Config struct {
 	// MemberStates is fine. err is the member error (nil when Fail was
 	// called with nil).
 	OnFail func(member int, err error)
-	// OnSpread, if not nil, is called each time a request runs its member
-	// requests on goroutines of their own because each moves more than
-	// fanoutSmall bytes (large reads and writes, resync and rebuild
-	// included), so that the process can give those copies CPUs
-	// (internal/procs, Governor.Spread). It must be cheap and must not
-	// block.
+	// OnSpread, if not nil, is called each time a request moves more than
+	// fanoutSmall bytes to or from a member (large reads and writes,
+	// resync and rebuild included), so that the process can give it CPUs
+	// (internal/procs, Governor.Spread): several members' parts run on
+	// goroutines of their own, and even one member's part is a syscall
+	// long enough to span the Go scheduler's sysmon ticks. It must be
+	// cheap and must not block.
 	OnSpread func()
 }
 

@@ -18,6 +18,7 @@ type Linear struct {
 	members []blockdev.Device
 	starts  []int64 // starts[i] is member i's first byte; starts[n] is Size
 	bs      int
+	spread  func() // Config.OnSpread, or nil
 	closed  atomic.Bool
 }
 
@@ -25,12 +26,13 @@ var _ blockdev.Device = (*Linear)(nil)
 
 // NewLinear concatenates members (at least one, none nil) in order; the
 // array size is the sum of their sizes. The array owns the members: Close
-// closes them.
-func NewLinear(members []blockdev.Device) (*Linear, error) {
+// closes them. Of cfg only OnSpread applies: a linear array has no member
+// to fail over to.
+func NewLinear(members []blockdev.Device, cfg Config) (*Linear, error) {
 	if len(members) < 1 {
 		return nil, errors.New("linear needs at least 1 member, got 0")
 	}
-	l := &Linear{members: append([]blockdev.Device(nil), members...), starts: make([]int64, len(members)+1)}
+	l := &Linear{members: append([]blockdev.Device(nil), members...), starts: make([]int64, len(members)+1), spread: cfg.OnSpread}
 	for i, d := range members {
 		if d == nil {
 			return nil, fmt.Errorf("linear: member %d is missing; a linear array cannot run without a member", i)
@@ -50,8 +52,20 @@ func (l *Linear) Size() int64 { return l.starts[len(l.members)] }
 // BlockSize implements blockdev.Device: the largest member block size.
 func (l *Linear) BlockSize() int { return l.bs }
 
+// large calls Config.OnSpread for a request that moves more than
+// fanoutSmall bytes: the member syscall that copies it spans sysmon ticks,
+// and while the process has a single P sysmon takes that P from the
+// syscall at every tick and hands it on; with an idle P beside it, it
+// leaves it alone.
+func (l *Linear) large(n int) {
+	if n > fanoutSmall && l.spread != nil {
+		l.spread()
+	}
+}
+
 // ReadAt implements blockdev.Device.
 func (l *Linear) ReadAt(p []byte, off int64) (int, error) {
+	l.large(len(p))
 	if i, moff := l.within(off, int64(len(p))); i >= 0 {
 		if err := l.memberErr("read", off, i, moff, int64(len(p)), readFull(l.members[i], p, moff)); err != nil {
 			return 0, err
@@ -69,6 +83,7 @@ func (l *Linear) ReadAt(p []byte, off int64) (int, error) {
 
 // WriteAt implements blockdev.Device.
 func (l *Linear) WriteAt(p []byte, off int64) (int, error) {
+	l.large(len(p))
 	if i, moff := l.within(off, int64(len(p))); i >= 0 {
 		if err := l.memberErr("write", off, i, moff, int64(len(p)), writeFull(l.members[i], p, moff)); err != nil {
 			return 0, err

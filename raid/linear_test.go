@@ -25,7 +25,7 @@ func TestLinearModel(t *testing.T) {
 			devs[0] = blockdev.NewMem(512, 512)
 			size = 512
 		}
-		arr, err := NewLinear(devs)
+		arr, err := NewLinear(devs, Config{})
 		if err != nil {
 			rt.Fatalf("NewLinear: %v", err)
 		}
@@ -57,7 +57,7 @@ func TestLinearSplit(t *testing.T) {
 		counts[i] = &countDev{Device: blockdev.NewMem(s, 512)}
 		devs[i] = counts[i]
 	}
-	arr, err := NewLinear(devs)
+	arr, err := NewLinear(devs, Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,18 +79,18 @@ func TestLinearSplit(t *testing.T) {
 }
 
 func TestLinearErrors(t *testing.T) {
-	if _, err := NewLinear(nil); err == nil || !strings.Contains(err.Error(), "at least 1 member") {
+	if _, err := NewLinear(nil, Config{}); err == nil || !strings.Contains(err.Error(), "at least 1 member") {
 		t.Fatalf("no members: %v", err)
 	}
-	if _, err := NewLinear([]blockdev.Device{blockdev.NewMem(512, 512), nil}); err == nil || !strings.Contains(err.Error(), "member 1 is missing") {
+	if _, err := NewLinear([]blockdev.Device{blockdev.NewMem(512, 512), nil}, Config{}); err == nil || !strings.Contains(err.Error(), "member 1 is missing") {
 		t.Fatalf("nil member: %v", err)
 	}
-	if _, err := NewLinear([]blockdev.Device{blockdev.NewMem(0, 512)}); err == nil {
+	if _, err := NewLinear([]blockdev.Device{blockdev.NewMem(0, 512)}, Config{}); err == nil {
 		t.Fatal("empty array accepted")
 	}
 	bad := &faultDev{Device: blockdev.NewMem(4096, 4096), failReads: true, failWrites: true}
 	bad.tripped.Store(true)
-	arr, err := NewLinear([]blockdev.Device{blockdev.NewMem(4096, 512), bad})
+	arr, err := NewLinear([]blockdev.Device{blockdev.NewMem(4096, 512), bad}, Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func TestLinearErrors(t *testing.T) {
 // TestLinearSingleMemberIOAllocatesNothing: a request inside one member
 // takes the fast path (the NBD server's hot path for linear arrays).
 func TestLinearSingleMemberIOAllocatesNothing(t *testing.T) {
-	l, err := NewLinear([]blockdev.Device{blockdev.NewMem(1<<20, 512), blockdev.NewMem(1<<20, 512)})
+	l, err := NewLinear([]blockdev.Device{blockdev.NewMem(1<<20, 512), blockdev.NewMem(1<<20, 512)}, Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,5 +135,48 @@ func TestLinearSingleMemberIOAllocatesNothing(t *testing.T) {
 		}); n != 0 {
 			t.Errorf("offset %d: %.1f allocations per write+read", off, n)
 		}
+	}
+}
+
+// TestLinearSpread: Config.OnSpread is called for each read or write that
+// moves more than fanoutSmall bytes, within one member or across two, and
+// for no smaller one.
+func TestLinearSpread(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		write  bool
+		off    int64
+		length int
+		want   int // calls for 10 requests
+	}{
+		{"large read", false, 0, 1 << 20, 10},
+		{"large write", true, 4096, fanoutSmall + 4096, 10},
+		{"large write across members", true, 2<<20 - 64<<10, 256 << 10, 10},
+		{"at the threshold", true, 0, fanoutSmall, 0},
+		{"small read", false, 0, 4096, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var calls int
+			l, err := NewLinear([]blockdev.Device{blockdev.NewMem(2<<20, 512), blockdev.NewMem(2<<20, 512)},
+				Config{OnSpread: func() { calls++ }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			p := make([]byte, tc.length)
+			for range 10 {
+				if tc.write {
+					_, err = l.WriteAt(p, tc.off)
+				} else {
+					_, err = l.ReadAt(p, tc.off)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if calls != tc.want {
+				t.Fatalf("OnSpread called %d times for 10 requests, want %d", calls, tc.want)
+			}
+		})
 	}
 }

@@ -149,7 +149,7 @@ func (f *fanout) run(mask uint64, memberBytes int, errs []error, fn func(m int) 
 		return
 	}
 	if memberBytes > fanoutSmall {
-		if f.spread != nil && mask&(mask-1) != 0 {
+		if f.spread != nil {
 			f.spread()
 		}
 		forEachMember(mask, errs, fn)

@@ -631,7 +631,7 @@ func TestNesting(t *testing.T) {
 		if err != nil {
 			rt.Fatal(err)
 		}
-		lin, err := NewLinear([]blockdev.Device{top, mirror})
+		lin, err := NewLinear([]blockdev.Device{top, mirror}, Config{})
 		if err != nil {
 			rt.Fatal(err)
 		}
