@@ -87,12 +87,12 @@ type Config struct {
 	// called with nil).
 	OnFail func(member int, err error)
 	// OnSpread, if not nil, is called each time a request moves more than
-	// fanoutSmall bytes to or from a member (large reads and writes,
-	// resync and rebuild included), so that the process can give it CPUs
-	// (internal/procs, Governor.Spread): several members' parts run on
-	// goroutines of their own, and even one member's part is a syscall
-	// long enough to span the Go scheduler's sysmon ticks. It must be
-	// cheap and must not block.
+	// fanoutSmall bytes to or from a member (a linear array: in all;
+	// large reads and writes, resync and rebuild included), so that the
+	// process can give it CPUs (internal/procs, Governor.Spread): several
+	// members' parts run on goroutines of their own, and even one
+	// member's part is a syscall long enough to span the Go scheduler's
+	// sysmon ticks. It must be cheap and must not block.
 	OnSpread func()
 }
 
