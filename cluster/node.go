@@ -179,14 +179,20 @@ func (n *Node) Start() (err error) {
 		}
 	}()
 	// The incarnation grows from boot to boot (lockd needs that) and is
-	// the one gossip publishes.
-	n.inc = uint64(time.Now().UnixNano())
+	// the one gossip publishes. It is stored before lockd starts, so that
+	// the next boot stays above it even if the clock is set back.
+	n.inc = nextIncarnation(time.Now().UnixNano(), hs.Incarnation)
 	var save func(lockd.HardState) error
 	if cfg.StatePath != "" {
-		save = func(h lockd.HardState) error { return saveHardState(cfg.StatePath, h) }
+		if err := saveHardState(cfg.StatePath, nodeState{HardState: hs.HardState, Incarnation: n.inc}); err != nil {
+			return err
+		}
+		save = func(h lockd.HardState) error {
+			return saveHardState(cfg.StatePath, nodeState{HardState: h, Incarnation: n.inc})
+		}
 	}
 	n.locks, err = lockd.StartNode(lockd.NodeConfig{
-		Config:       lockd.Config{ID: cfg.Name, Incarnation: n.inc, Voters: cfg.Voters, HardState: hs},
+		Config:       lockd.Config{ID: cfg.Name, Incarnation: n.inc, Voters: cfg.Voters, HardState: hs.HardState},
 		Transport:    n.mux.Lockd(),
 		TickInterval: cfg.TickInterval,
 		// Save before send: lockd drops the step's messages if this fails.

@@ -3,10 +3,12 @@ package cluster
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -234,10 +236,10 @@ func gather(t *testing.T, n *Node) string {
 func TestHardStateFile(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "lockd.state")
 	hs, err := loadHardState(p)
-	if err != nil || hs != (lockd.HardState{}) {
+	if err != nil || hs != (nodeState{}) {
 		t.Fatalf("missing file: %+v, %v", hs, err)
 	}
-	want := lockd.HardState{Promised: lockd.Ballot{N: 3, Node: "a", Inc: 9}, Accepted: 2, AcceptedBy: lockd.Ballot{N: 2, Node: "b", Inc: 1}}
+	want := nodeState{HardState: lockd.HardState{Promised: lockd.Ballot{N: 3, Node: "a", Inc: 9}, Accepted: 2, AcceptedBy: lockd.Ballot{N: 2, Node: "b", Inc: 1}}, Incarnation: 77}
 	if err := saveHardState(p, want); err != nil {
 		t.Fatal(err)
 	}
@@ -364,5 +366,79 @@ func TestNodeOversizeMessages(t *testing.T) {
 	}
 	if _, err := nodes[0].Messenger().Call(ctx, "n1", Message{Type: "big"}); !errorsContain(err, "reply not sent") {
 		t.Fatalf("oversize reply: %v", err)
+	}
+}
+
+func TestNextIncarnation(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		now  int64
+		last uint64
+		want uint64
+	}{
+		{"first boot", 1000, 0, 1000},
+		{"clock ahead of the last boot", 2000, 1000, 2000},
+		{"clock equal to the last boot", 1000, 1000, 1001},
+		{"clock set back", 500, 1000, 1001},
+		{"clock before 1970", -5, 1000, 1001},
+		{"no clock, first boot", 0, 0, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := nextIncarnation(tc.now, tc.last); got != tc.want {
+				t.Fatalf("nextIncarnation(%d, %d) = %d, want %d", tc.now, tc.last, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestHardStateFileWithoutIncarnation: a state file written before the
+// incarnation was kept (lockd's hard state alone) still reads, with
+// incarnation 0.
+func TestHardStateFileWithoutIncarnation(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "lockd.state")
+	old := lockd.HardState{Promised: lockd.Ballot{N: 4, Node: "a", Inc: 3}, Accepted: 4, AcceptedBy: lockd.Ballot{N: 4, Node: "a", Inc: 3}}
+	b, err := json.Marshal(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hs, err := loadHardState(p)
+	if err != nil || hs != (nodeState{HardState: old}) {
+		t.Fatalf("load = %+v, %v; want %+v with incarnation 0", hs, err, old)
+	}
+}
+
+// TestIncarnationAboveLastBoot: a node whose last boot's incarnation is
+// ahead of the clock (the clock was set back since) starts one above it,
+// stores that before anything else, and keeps lockd's hard state.
+func TestIncarnationAboveLastBoot(t *testing.T) {
+	last := uint64(time.Now().Add(time.Hour).UnixNano())
+	hard := lockd.HardState{Promised: lockd.Ballot{N: 2, Node: "n0", Inc: last}}
+	var path string
+	nodes := testNodes(t, 1, func(_ int, cfg *Config) {
+		path = cfg.StatePath
+		if err := saveHardState(path, nodeState{HardState: hard, Incarnation: last}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	n := nodes[0]
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.stop() })
+	if got := n.Status().Incarnation; got != last+1 {
+		t.Fatalf("incarnation %d, want %d (one above the last boot's)", got, last+1)
+	}
+	st, err := loadHardState(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Incarnation != last+1 {
+		t.Fatalf("stored incarnation %d, want %d", st.Incarnation, last+1)
+	}
+	if st.Promised.N < hard.Promised.N {
+		t.Fatalf("stored hard state %+v lost the promised ballot %+v", st.HardState, hard.Promised)
 	}
 }

@@ -80,10 +80,30 @@ func (n *Node) Status() Status {
 	return st
 }
 
-// loadHardState reads lockd's hard state from path; a missing file (or
-// path "") is a node that never ran.
-func loadHardState(path string) (lockd.HardState, error) {
-	var hs lockd.HardState
+// nodeState is what Config.StatePath holds: lockd's hard state and the
+// incarnation of the boot that wrote it. The hard state's fields stay at
+// the top level, so a file written before the incarnation was kept reads
+// as one with incarnation 0.
+type nodeState struct {
+	lockd.HardState
+	Incarnation uint64 `json:"incarnation,omitempty"`
+}
+
+// nextIncarnation returns the incarnation of a boot at wall-clock time now
+// (ns) after one with incarnation last: now, unless the clock reads no
+// later than last (set back, or a boot without a clock source), and then
+// last+1, since lockd needs incarnations to grow from boot to boot.
+func nextIncarnation(now int64, last uint64) uint64 {
+	if now > 0 && uint64(now) > last {
+		return uint64(now)
+	}
+	return last + 1
+}
+
+// loadHardState reads lockd's hard state and the last boot's incarnation
+// from path; a missing file (or path "") is a node that never ran.
+func loadHardState(path string) (nodeState, error) {
+	var hs nodeState
 	if path == "" {
 		return hs, nil
 	}
@@ -102,7 +122,7 @@ func loadHardState(path string) (lockd.HardState, error) {
 
 // saveHardState writes hs to path durably: a synced temporary file renamed
 // over the old one, then the directory synced.
-func saveHardState(path string, hs lockd.HardState) error {
+func saveHardState(path string, hs nodeState) error {
 	b, err := json.Marshal(hs)
 	if err != nil {
 		return err

@@ -11,8 +11,10 @@ import (
 type Config struct {
 	// ID is this node. It must be one of Voters.
 	ID NodeID
-	// Incarnation distinguishes boots of the same ID; it must grow from boot to boot (the
-	// Node uses the boot time in nanoseconds).
+	// Incarnation distinguishes boots of the same ID; it must grow from boot to boot:
+	// masters ignore lock requests from an incarnation below one they have seen (the
+	// cluster node uses the boot time in nanoseconds, or one above the last boot's, which
+	// it stores, when the clock reads no later than that).
 	Incarnation uint64
 	// Voters is the configured node set; quorum is a strict majority of it. Every node must
 	// be given the same set.
