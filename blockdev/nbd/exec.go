@@ -59,11 +59,7 @@ func (c *conn) execute(r *request) {
 			c.refuse(r, EINVAL, "READ longer than the maximum block size")
 			return
 		}
-		if errno := c.checkRange(r, EINVAL); errno != 0 {
-			c.refuse(r, errno, rangeWhy(errno, "READ"))
-			return
-		}
-		if r.Length == 0 {
+		if !c.admit(r, false, EINVAL) {
 			return
 		}
 		c.takeBuf(r, int(r.Length))
@@ -74,18 +70,7 @@ func (c *conn) execute(r *request) {
 		r.data = *r.bufp
 
 	case CmdWrite:
-		if e.ReadOnly {
-			c.refuse(r, EPERM, "WRITE to a read-only export")
-			return
-		}
-		if errno := c.checkRange(r, ENOSPC); errno != 0 {
-			c.refuse(r, errno, rangeWhy(errno, "WRITE"))
-			return
-		}
-		if r.Length == 0 {
-			return
-		}
-		end, ok := c.startWrite(r)
+		end, ok := c.startWrite(r, ENOSPC)
 		if !ok {
 			return
 		}
@@ -106,18 +91,7 @@ func (c *conn) execute(r *request) {
 		}
 
 	case CmdTrim:
-		if e.ReadOnly {
-			c.refuse(r, EPERM, "TRIM on a read-only export")
-			return
-		}
-		if errno := c.checkRange(r, EINVAL); errno != 0 {
-			c.refuse(r, errno, rangeWhy(errno, "TRIM"))
-			return
-		}
-		if r.Length == 0 {
-			return
-		}
-		end, ok := c.startWrite(r)
+		end, ok := c.startWrite(r, EINVAL)
 		if !ok {
 			return
 		}
@@ -129,18 +103,7 @@ func (c *conn) execute(r *request) {
 		c.fua(r)
 
 	case CmdWriteZeroes:
-		if e.ReadOnly {
-			c.refuse(r, EPERM, "WRITE_ZEROES on a read-only export")
-			return
-		}
-		if errno := c.checkRange(r, ENOSPC); errno != 0 {
-			c.refuse(r, errno, rangeWhy(errno, "WRITE_ZEROES"))
-			return
-		}
-		if r.Length == 0 {
-			return
-		}
-		end, ok := c.startWrite(r)
+		end, ok := c.startWrite(r, ENOSPC)
 		if !ok {
 			return
 		}
@@ -148,21 +111,17 @@ func (c *conn) execute(r *request) {
 		c.writeZeroes(r)
 
 	case CmdCache:
-		if errno := c.checkRange(r, EINVAL); errno != 0 {
-			c.refuse(r, errno, rangeWhy(errno, "CACHE"))
-		}
+		c.admit(r, false, EINVAL) // nothing to do: the device has no cache of ours to fill
 
 	case CmdBlockStatus:
 		if !c.blockStatus && !c.dirtySelected() {
 			c.refuse(r, EINVAL, "BLOCK_STATUS without a metadata context selected")
 			return
 		}
-		if errno := c.checkRange(r, EINVAL); errno != 0 {
-			c.refuse(r, errno, rangeWhy(errno, "BLOCK_STATUS"))
-			return
-		}
-		if r.Length == 0 {
-			c.refuse(r, EINVAL, "BLOCK_STATUS of zero length")
+		if !c.admit(r, false, EINVAL) {
+			if r.errno == 0 {
+				c.refuse(r, EINVAL, "BLOCK_STATUS of zero length")
+			}
 			return
 		}
 		if c.blockStatus {
@@ -177,11 +136,7 @@ func (c *conn) execute(r *request) {
 			c.refuse(r, EINVAL, "CLEAR needs writer identity (NBD_OPT_DDRAID_WRITER)")
 			return
 		}
-		if errno := c.checkRange(r, EINVAL); errno != 0 {
-			c.refuse(r, errno, rangeWhy(errno, "CLEAR"))
-			return
-		}
-		if r.Length == 0 {
+		if !c.admit(r, false, EINVAL) {
 			return
 		}
 		err := c.session.Clear(int64(r.Offset), int64(r.Length))
@@ -198,12 +153,32 @@ func (c *conn) execute(r *request) {
 // ddraid:dirty/SLOT context of a member export.
 func (c *conn) dirtySelected() bool { return c.dirty >= 0 && c.exp.Member != nil }
 
-// startWrite applies the member export rules before a write-type command:
-// without a writer session it is refused with EPERM; with one, the
-// session marks the regions first (or refuses a fenced writer with
-// EPERM). ok is false when r was refused; otherwise end must be called
-// once the command is done.
-func (c *conn) startWrite(r *request) (end func(), ok bool) {
+// admit applies the checks every command on a range shares, refusing r
+// when one fails: a write-type command (write) on a read-only export gets
+// EPERM, and a range past the end or not aligned gets beyond there (see
+// checkRange) and EINVAL otherwise. It reports whether r goes on, which a
+// request of zero length does not: it succeeds at once.
+func (c *conn) admit(r *request, write bool, beyond Errno) bool {
+	if write && c.exp.ReadOnly {
+		c.refuse(r, EPERM, r.Type.String()+" on a read-only export")
+		return false
+	}
+	if errno := c.checkRange(r, beyond); errno != 0 {
+		c.refuse(r, errno, rangeWhy(errno, r.Type.String()))
+		return false
+	}
+	return r.Length != 0
+}
+
+// startWrite admits a write-type command (admit, with beyond) and applies
+// the member export rules: without a writer session it is refused with
+// EPERM; with one, the session marks the regions first (or refuses a
+// fenced writer with EPERM). ok is false when r was refused or is of zero
+// length; otherwise end must be called once the command is done.
+func (c *conn) startWrite(r *request, beyond Errno) (end func(), ok bool) {
+	if !c.admit(r, true, beyond) {
+		return nil, false
+	}
 	if c.exp.Member == nil {
 		return noop, true
 	}
