@@ -194,7 +194,51 @@ func checkMember(a *meta.Array, role int, f blockdev.Device) error {
 	if f.Size() < need {
 		return fmt.Errorf("truncated: %d bytes, needs %d", f.Size(), need)
 	}
+	return CheckFragment(a, f)
+}
+
+// CheckFragment refuses dev as a member of a if a is a raid35 and dev may
+// refuse requests of a's fragment size (see checkFragment).
+func CheckFragment(a *meta.Array, dev blockdev.Device) error {
+	if r, ok := dev.(minBlockSizer); ok {
+		return checkFragment(a.Level, len(a.Members), a.BlockSize, r.MinBlockSize())
+	}
 	return nil
+}
+
+// minBlockSizer is implemented by members that may refuse requests that
+// are not whole multiples of a size: remote exports that advertised a
+// minimum block size (remote.Device). A local file or disk takes any
+// request (the page cache, or a bounce buffer with --direct, aligns it).
+type minBlockSizer interface{ MinBlockSize() int }
+
+// checkFragment refuses a member whose minimum block size (minBS, 0 for
+// none) does not divide the smallest request the array sends it: a raid35
+// of members members and blockSize-byte blocks reads and writes whole
+// fragments; a mirror or linear array passes the front end's requests
+// through, 512-byte sectors at the smallest. Every smaller write would be
+// refused and fail the member, and in a raid35 all such members at once.
+func checkFragment(level string, members, blockSize, minBS int) error {
+	if minBS <= 1 {
+		return nil
+	}
+	if level != string(LevelRaid35) {
+		if 512%minBS == 0 {
+			return nil
+		}
+		return fmt.Errorf("the export takes requests in multiples of %d bytes (its minimum block size), "+
+			"but a %s array passes 512-byte requests through to its members; use an export with a minimum of 512 or less", minBS, level)
+	}
+	if members < 2 {
+		return nil
+	}
+	frag := blockSize / (members - 1)
+	if frag%minBS == 0 {
+		return nil
+	}
+	return fmt.Errorf("the export takes requests in multiples of %d bytes (its minimum block size), "+
+		"but a raid35 of %d members with %d-byte blocks reads and writes it in %d-byte fragments; "+
+		"use a block size of %d or more, or an export with a smaller minimum", minBS, members, blockSize, frag, minBS*(members-1))
 }
 
 // RecordFailure marks a member failed in the stored superblock.

@@ -157,3 +157,33 @@ func TestRuntimeFailureIsRecorded(t *testing.T) {
 		t.Fatalf("status %s, want degraded", st.State)
 	}
 }
+
+// TestCheckFragment: a member's minimum block size must divide the
+// smallest request the array sends it.
+func TestCheckFragment(t *testing.T) {
+	for _, tc := range []struct {
+		level            Level
+		members, bs, min int
+		want             string // "" for accepted, else part of the error
+	}{
+		{LevelRaid35, 5, 4096, 0, ""},
+		{LevelRaid35, 5, 4096, 1, ""},
+		{LevelRaid35, 5, 4096, 1024, ""},
+		{LevelRaid35, 5, 4096, 2048, "block size of 8192 or more"},
+		{LevelRaid35, 5, 4096, 4096, "in 1024-byte fragments; use a block size of 16384 or more"},
+		{LevelRaid35, 9, 512, 64, ""},
+		{LevelRaid35, 9, 512, 512, "block size of 4096 or more"},
+		{LevelRaid35, 2, 4096, 4096, ""},
+		{LevelMirror, 2, 4096, 512, ""},
+		{LevelMirror, 2, 4096, 4096, "a mirror array passes 512-byte requests"},
+		{LevelLinear, 1, 4096, 1024, "a linear array passes 512-byte requests"},
+	} {
+		err := checkFragment(string(tc.level), tc.members, tc.bs, tc.min)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s x%d, %d-byte blocks, minimum %d: %v", tc.level, tc.members, tc.bs, tc.min, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s x%d, %d-byte blocks, minimum %d: %v, want %q", tc.level, tc.members, tc.bs, tc.min, err, tc.want)
+		}
+	}
+}

@@ -148,6 +148,7 @@ type plannedMember struct {
 	path   string
 	exists bool
 	size   int64
+	minBS  int // a remote export's advertised minimum block size, 0 if none
 	info   os.FileInfo
 }
 
@@ -165,6 +166,11 @@ func Create(s *meta.Store, opts CreateOptions) (*meta.Array, error) {
 	plan, err := planMembers(opts)
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", opts.Name, err)
+	}
+	for _, m := range plan {
+		if err := checkFragment(string(opts.Level), len(plan), opts.Geometry.BlockSize, m.minBS); err != nil {
+			return nil, fmt.Errorf("create %s: member %s: %w", opts.Name, m.path, err)
+		}
 	}
 	a := &meta.Array{
 		Name: opts.Name, UUID: meta.NewUUID(), Level: string(opts.Level),
@@ -238,6 +244,9 @@ func planMembers(opts CreateOptions) ([]plannedMember, error) {
 				return nil, fmt.Errorf("member %s: %w", p, err)
 			}
 			m.size = dev.Size()
+			if r, ok := dev.(minBlockSizer); ok {
+				m.minBS = r.MinBlockSize()
+			}
 			h, herr := meta.ReadHeader(dev)
 			dev.Close()
 			if herr == nil && !opts.Force {

@@ -222,3 +222,65 @@ func TestRemoteMemberSwappedWhileDisconnected(t *testing.T) {
 		t.Fatal("the swapped-in disk was written to")
 	}
 }
+
+// TestRemoteMemberMinBlockSize: a raid35 refuses, at create and at
+// assemble, an export whose minimum block size does not divide the
+// fragment (every small write to it would be refused and fail it), and
+// takes it with blocks large enough.
+func TestRemoteMemberMinBlockSize(t *testing.T) {
+	dir := t.TempDir()
+	var exports []*memExport
+	var members []string
+	for range 3 {
+		e := serveMem(t, blockdev.NewMem(6<<20, 4096))
+		exports = append(exports, e)
+		members = append(members, e.uri)
+	}
+	members = append(members, filepath.Join(dir, "f3"), filepath.Join(dir, "f4"))
+
+	// 4096-byte blocks over 5 members: 1024-byte fragments.
+	_, err := createRemote(filepath.Join(dir, "s1"), CreateOptions{Name: "a", Level: LevelRaid35, Members: members, CreateSize: 8 << 20, AssumeClean: true})
+	if err == nil || !strings.Contains(err.Error(), "multiples of 4096 bytes") || !strings.Contains(err.Error(), "block size of 16384 or more") {
+		t.Fatalf("create with 1024-byte fragments: %v, want the minimum block size named", err)
+	}
+	for i, e := range exports {
+		if _, err := meta.ReadHeader(e.mem); !errors.Is(err, meta.ErrNoHeader) {
+			t.Fatalf("export %d was written by a refused create: %v", i, err)
+		}
+	}
+
+	// 16384-byte blocks: 4096-byte fragments, and a 4 KiB write works.
+	stateDir := filepath.Join(dir, "s2")
+	if _, err := createRemote(stateDir, CreateOptions{Name: "a", Level: LevelRaid35, Members: members, CreateSize: 8 << 20,
+		AssumeClean: true, Geometry: Geometry{BlockSize: 16384}}); err != nil {
+		t.Fatal(err)
+	}
+	asm, err := Assemble(stateDir, "a", AssembleOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := bytes.Repeat([]byte("frag"), 1024)
+	if _, err := asm.Device().WriteAt(p, 4096); err != nil {
+		t.Fatalf("4 KiB write: %v", err)
+	}
+	got := make([]byte, len(p))
+	if _, err := asm.Device().ReadAt(got, 4096); err != nil || !bytes.Equal(got, p) {
+		t.Fatalf("read back: %v (equal %v)", err, bytes.Equal(got, p))
+	}
+	if err := asm.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// An export that comes back with a larger minimum is refused at
+	// assembly, naming the member.
+	e := exports[1]
+	e.stop()
+	bigger := blockdev.NewMem(6<<20, 8192)
+	copy(bigger.Bytes(), e.mem.Bytes())
+	e.mem = bigger
+	e.start(t)
+	_, err = Assemble(stateDir, "a", AssembleOptions{})
+	if err == nil || !strings.Contains(err.Error(), "multiples of 8192 bytes") {
+		t.Fatalf("assemble with an 8192-byte minimum: %v, want the member refused", err)
+	}
+}

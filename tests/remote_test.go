@@ -24,6 +24,7 @@ type kit struct {
 	ip   string
 	port string
 	uri  string
+	args []string // nbdkit arguments after the file name: filter parameters
 	cmd  *exec.Cmd
 	done chan error
 
@@ -43,12 +44,13 @@ func freePortOn(t *testing.T, ip string) string {
 }
 
 // startKits starts n nbdkit file servers on 127.0.0.2, 127.0.0.3, … over
-// sparse files of size bytes; they are killed when the test ends.
-func startKits(t *testing.T, dir string, n int, size string) []*kit {
+// sparse files of size bytes; they are killed when the test ends. args, if
+// any, are given to each nbdkit (filters with their parameters).
+func startKits(t *testing.T, dir string, n int, size string, args ...string) []*kit {
 	t.Helper()
 	var kits []*kit
 	for i := range n {
-		k := &kit{file: filepath.Join(dir, fmt.Sprintf("disk%d", i)), ip: fmt.Sprintf("127.0.0.%d", i+2)}
+		k := &kit{file: filepath.Join(dir, fmt.Sprintf("disk%d", i)), ip: fmt.Sprintf("127.0.0.%d", i+2), args: args}
 		run(t, "truncate", "-s", size, k.file)
 		k.port = freePortOn(t, k.ip)
 		k.uri = fmt.Sprintf("nbd://%s:%s/d%d", k.ip, k.port, i)
@@ -67,7 +69,16 @@ func startKits(t *testing.T, dir string, n int, size string) []*kit {
 // start runs nbdkit and waits until it accepts connections.
 func (k *kit) start(t *testing.T) {
 	t.Helper()
-	k.cmd = exec.Command("nbdkit", "-f", "-i", k.ip, "-p", k.port, "file", k.file)
+	var filters, params []string
+	for _, a := range k.args {
+		if strings.HasPrefix(a, "--filter=") {
+			filters = append(filters, a)
+		} else {
+			params = append(params, a)
+		}
+	}
+	args := append(append([]string{"-f", "-i", k.ip, "-p", k.port}, filters...), "file", k.file)
+	k.cmd = exec.Command("nbdkit", append(args, params...)...)
 	// The readiness probe below makes nbdkit log a reset connection; its
 	// log is shown only when the test fails.
 	k.cmd.Stderr = &lockedWriter{mu: &k.logMu, w: &k.log}
@@ -276,4 +287,35 @@ func TestRemoteMemberRefusals(t *testing.T) {
 	if err == nil || !strings.Contains(out, `already belongs to array "a"`) {
 		t.Fatalf("create over another array's member: %v\n%s", err, out)
 	}
+}
+
+// TestRemoteMemberMinBlockSize: members behind nbdkit's blocksize-policy
+// filter refuse requests smaller than 4 KiB. A raid35 of five such members
+// with 4 KiB blocks (1 KiB fragments) would fail all five on its first
+// small write, so create refuses it and names the block size that works;
+// with that block size fio writes and verifies 4 KiB blocks through it.
+func TestRemoteMemberMinBlockSize(t *testing.T) {
+	needTools(t, "nbdkit", "fio", "truncate")
+	dir := t.TempDir()
+	kits := startKits(t, dir, 5, "64M", "--filter=blocksize-policy",
+		"blocksize-minimum=4096", "blocksize-error-policy=error")
+	a := &array{name: "data", dir: dir, stateDir: filepath.Join(dir, "state")}
+	for _, k := range kits {
+		a.members = append(a.members, k.uri)
+	}
+	create := append([]string{"create", a.name, "--level=raid35", "--assume-clean"}, a.members...)
+	out, err := runErr(ddraidBin, append(create, "--state-dir="+a.stateDir)...)
+	if err == nil || !strings.Contains(out, "multiples of 4096 bytes") || !strings.Contains(out, "block size of 16384 or more") {
+		t.Fatalf("create with 1 KiB fragments over 4 KiB-minimum exports: %v\n%s", err, out)
+	}
+	out = ddraid(t, a.stateDir, append(create, "--block-size=16384")...)
+	if !strings.Contains(out, "block size 16384") {
+		t.Fatalf("create: %s", out)
+	}
+	s := a.serve(t)
+	fio := remoteFio(s.uri, "--bs=4k", "--size=8M", "--do_verify=1")
+	if out, err := fio.CombinedOutput(); err != nil || !strings.Contains(string(out), "err= 0") {
+		t.Fatalf("fio 4k writes: %v\n%s\nserver log:\n%s", err, out, s.output())
+	}
+	checkClean(t, a)
 }

@@ -54,17 +54,20 @@ type Info struct {
 // matched to them by cookie, so they may complete in any order.
 //
 // The client negotiates with NBD_OPT_GO (falling back to
-// NBD_OPT_EXPORT_NAME for old servers) and does not request
-// NBD_INFO_BLOCK_SIZE, so it stays free to send requests that are not
-// aligned to the advertised minimum block size; servers that enforce
-// alignment anyway refuse those with EINVAL. It does not reconnect: once
-// the connection breaks, every call fails.
+// NBD_OPT_EXPORT_NAME for old servers). Unless ClientOptions.BlockSizes
+// is set it does not request NBD_INFO_BLOCK_SIZE, so it stays free to
+// send requests that are not aligned to the advertised minimum block size;
+// servers that enforce alignment anyway refuse those with EINVAL. With
+// BlockSizes it keeps to the minimum itself (align.go). It does not
+// reconnect: once the connection breaks, every call fails.
 type Client struct {
 	nc         net.Conn
 	br         *bufio.Reader
 	info       Info
-	maxPayload int  // largest READ/WRITE payload sent in one request
-	writer     bool // identified with NBD_OPT_DDRAID_WRITER: EPERM on writes means fenced
+	maxPayload int        // largest READ/WRITE payload sent in one request
+	align      int64      // the minimum block size the client promised to keep to, or 1 (align.go)
+	rmw        sync.Mutex // held by read-modify-writes (align.go)
+	writer     bool       // identified with NBD_OPT_DDRAID_WRITER: EPERM on writes means fenced
 
 	// Requests are queued as header bytes plus WRITE payloads under wmu;
 	// whichever caller finds no write under way sends the whole queue in
@@ -139,6 +142,13 @@ type ClientOptions struct {
 	// error wrapping ErrFenced, from the handshake or, once connected,
 	// from any write-type command the server refuses with EPERM.
 	Writer *Writer
+	// BlockSizes asks for NBD_INFO_BLOCK_SIZE in NBD_OPT_GO, so that
+	// Info.MinBlockSize reports the server's minimum even from servers
+	// that send it only when asked. A client that asks promises to keep
+	// to the minimum, and the server may then refuse misaligned requests;
+	// the Client turns them into aligned ones (reading whole blocks, and
+	// read-modify-write for writes), which costs extra round trips.
+	BlockSizes bool
 }
 
 // NewClient runs the handshake for exportName on an established
@@ -189,8 +199,12 @@ func NewClientWith(ctx context.Context, nc net.Conn, o ClientOptions) (*Client, 
 	if m := c.info.MaxBlockSize; m != 0 && int64(m) < int64(c.maxPayload) {
 		c.maxPayload = int(m)
 	}
+	c.align = 1
 	if m := int(c.info.MinBlockSize); m > 1 {
 		c.maxPayload = max(c.maxPayload/m*m, m)
+		if o.BlockSizes {
+			c.align = int64(m)
+		}
 	}
 	go c.readLoop()
 	return c, nil
@@ -218,7 +232,7 @@ func (c *Client) handshake(o ClientOptions) error {
 		c.writer = true
 	}
 	if fixed {
-		ok, err := c.optGo(name)
+		ok, err := c.optGo(name, o.BlockSizes)
 		if err != nil || ok {
 			return err
 		}
@@ -343,14 +357,19 @@ func (c *Client) readOptReply(opt uint32) (typ uint32, data []byte, err error) {
 
 // optGo negotiates with NBD_OPT_GO. ok is false when the server does not
 // support it and the caller should fall back to NBD_OPT_EXPORT_NAME.
-func (c *Client) optGo(name string) (ok bool, err error) {
-	data := make([]byte, 4+len(name)+2+4)
+func (c *Client) optGo(name string, blockSizes bool) (ok bool, err error) {
+	infos := []uint16{infoName, infoDescription}
+	if blockSizes {
+		infos = append(infos, infoBlockSize)
+	}
+	data := make([]byte, 4+len(name)+2+2*len(infos))
 	binary.BigEndian.PutUint32(data[0:], uint32(len(name)))
 	copy(data[4:], name)
 	rest := data[4+len(name):]
-	binary.BigEndian.PutUint16(rest[0:], 2)
-	binary.BigEndian.PutUint16(rest[2:], infoName)
-	binary.BigEndian.PutUint16(rest[4:], infoDescription)
+	binary.BigEndian.PutUint16(rest[0:], uint16(len(infos)))
+	for i, info := range infos {
+		binary.BigEndian.PutUint16(rest[2+2*i:], info)
+	}
 	if err := c.sendOption(optGo, data); err != nil {
 		return false, err
 	}
@@ -389,6 +408,9 @@ func (c *Client) optGo(name string) (ok bool, err error) {
 					return false, fmt.Errorf("NBD_INFO_BLOCK_SIZE of %d bytes", len(d))
 				}
 				c.info.MinBlockSize = binary.BigEndian.Uint32(d[2:])
+				if m := c.info.MinBlockSize; m == 0 || m > minBlockSizeCap || m&(m-1) != 0 {
+					return false, fmt.Errorf("NBD_INFO_BLOCK_SIZE with minimum %d: not a power of two up to %d", m, minBlockSizeCap)
+				}
 				c.info.PreferredBlockSize = binary.BigEndian.Uint32(d[6:])
 				c.info.MaxBlockSize = binary.BigEndian.Uint32(d[10:])
 			}
@@ -665,6 +687,14 @@ func (c *Client) ReadAt(p []byte, off int64) (int, error) {
 	if err := blockdev.CheckRange(off, int64(len(p)), c.info.Size); err != nil {
 		return 0, fmt.Errorf("nbd: read export %q: %w", c.info.Name, err)
 	}
+	if c.misaligned(off, int64(len(p))) {
+		return c.readSpans(p, off)
+	}
+	return c.read(p, off)
+}
+
+// read is ReadAt for a checked, aligned range.
+func (c *Client) read(p []byte, off int64) (int, error) {
 	done := 0
 	for done < len(p) {
 		n := min(len(p)-done, c.maxPayload)
@@ -683,6 +713,17 @@ func (c *Client) WriteAt(p []byte, off int64) (int, error) {
 	if err := c.checkWrite(off, int64(len(p))); err != nil {
 		return 0, fmt.Errorf("nbd: write export %q: %w", c.info.Name, err)
 	}
+	if c.misaligned(off, int64(len(p))) {
+		if err := c.writeSpans(p, off, int64(len(p))); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	return c.write(p, off)
+}
+
+// write is WriteAt for a checked, aligned range.
+func (c *Client) write(p []byte, off int64) (int, error) {
 	done := 0
 	for done < len(p) {
 		n := min(len(p)-done, c.maxPayload)
@@ -727,6 +768,13 @@ func (c *Client) Trim(off, length int64) error {
 	if c.info.Flags&FlagSendTrim == 0 {
 		return nil
 	}
+	if c.misaligned(off, length) {
+		lo, hi, ok := c.trimSpan(off, length)
+		if !ok {
+			return nil
+		}
+		off, length = lo, hi-lo
+	}
 	return c.ranged(CmdTrim, off, length)
 }
 
@@ -736,12 +784,20 @@ func (c *Client) Zero(off, length int64) error {
 	if err := c.checkWrite(off, length); err != nil {
 		return fmt.Errorf("nbd: zero export %q: %w", c.info.Name, err)
 	}
+	if c.misaligned(off, length) {
+		return c.writeSpans(nil, off, length)
+	}
+	return c.zero(off, length)
+}
+
+// zero is Zero for a checked, aligned range.
+func (c *Client) zero(off, length int64) error {
 	if c.info.Flags&FlagSendWriteZeroes != 0 {
 		return c.ranged(CmdWriteZeroes, off, length)
 	}
 	for length > 0 {
 		n := min(length, int64(len(zeroes)), int64(c.maxPayload))
-		if _, err := c.WriteAt(zeroes[:n], off); err != nil {
+		if _, err := c.write(zeroes[:n], off); err != nil {
 			return err
 		}
 		off += n

@@ -95,7 +95,7 @@ func (c *Client) queryDirty(o ClientOptions, slot uint32) ([]blockdev.Extent, er
 	if !found {
 		return nil, fmt.Errorf("export %q does not offer %s (is it a disk served by a ddraid agent?)", o.Export, ctxName)
 	}
-	ok, err := c.optGo(o.Export)
+	ok, err := c.optGo(o.Export, o.BlockSizes)
 	if err != nil {
 		return nil, err
 	}

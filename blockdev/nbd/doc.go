@@ -18,7 +18,8 @@
 //     follow unless the client set C_NO_ZEROES.
 //   - NBD_OPT_INFO and NBD_OPT_GO: NBD_INFO_EXPORT always; NBD_INFO_NAME and
 //     NBD_INFO_DESCRIPTION when requested (the description only when set);
-//     NBD_INFO_BLOCK_SIZE always, with minimum = Export.MinBlockSize or
+//     NBD_INFO_BLOCK_SIZE always, with minimum = Export.MinBlockSize, or 1
+//     on a member export (its writers send fragments of any size), or
 //     Device.BlockSize() rounded down to a power of two within [1, 64 KiB],
 //     preferred = max(minimum, 4096, device block size), maximum =
 //     Config.MaxPayload rounded down to a multiple of the minimum. The

@@ -342,6 +342,12 @@ func (s *Server) AddExport(e Export) error {
 		return fmt.Errorf("nbd: add export %q: minimum block size %d is not a power of two up to %d", e.Name, e.MinBlockSize, minBlockSizeCap)
 	}
 	x.minBS = minBlockSize(e.Device.BlockSize())
+	if e.Member != nil {
+		// A member export's writers (raid35 arrays) send fragments of
+		// any size down to a few bytes, and its disk takes them (the
+		// page cache, or a bounce buffer with O_DIRECT, aligns them).
+		x.minBS = 1
+	}
 	if e.MinBlockSize > 0 {
 		x.minBS = uint32(e.MinBlockSize)
 	}

@@ -40,6 +40,7 @@ type Device struct {
 	name    string // canonical URI, for messages
 	size    int64
 	bs      int
+	minBS   int  // the minimum block size the server advertised, 0 if none
 	keepLog bool // the server has a write cache (it advertised SEND_FLUSH)
 
 	ctx    context.Context // cancelled by Close
@@ -107,7 +108,7 @@ func Open(ctx context.Context, uri string, cfg Config) (*Device, error) {
 	}
 	info := l.c.Info()
 	d := &Device{
-		cfg: cfg, uri: u, name: name, size: info.Size, bs: l.c.BlockSize(),
+		cfg: cfg, uri: u, name: name, size: info.Size, bs: l.c.BlockSize(), minBS: int(info.MinBlockSize),
 		keepLog: info.Flags&nbd.FlagSendFlush != 0,
 		cur:     l,
 	}
@@ -121,7 +122,7 @@ func Open(ctx context.Context, uri string, cfg Config) (*Device, error) {
 
 // clientOptions are the NBD client options for u under cfg.
 func clientOptions(cfg *Config, u URI) nbd.ClientOptions {
-	o := nbd.ClientOptions{Export: u.Export, Writer: cfg.Writer}
+	o := nbd.ClientOptions{Export: u.Export, Writer: cfg.Writer, BlockSizes: true}
 	if cfg.TLS != nil {
 		o.TLS = cfg.TLS.Clone()
 		if o.TLS.ServerName == "" && u.Network == "tcp" {
@@ -186,6 +187,11 @@ func (d *Device) Size() int64 { return d.size }
 // BlockSize implements blockdev.Device: the server's minimum block size as
 // the NBD client reports it (512 when the server gave none).
 func (d *Device) BlockSize() int { return d.bs }
+
+// MinBlockSize returns the minimum block size the server advertised when
+// the device was opened, or 0 if it advertised none. The server may refuse
+// a request whose offset or length is not a multiple of it (EINVAL).
+func (d *Device) MinBlockSize() int { return d.minBS }
 
 // ReadAt implements blockdev.Device. A read interrupted by a connection
 // loss is sent again after the reconnect.

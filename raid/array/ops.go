@@ -145,6 +145,9 @@ func planAdd(sb *meta.Array, path string, force bool, mo raid.MemberOptions) (pl
 	if need := sb.DataOffset + sb.MemberDataSize; f.Size() < need {
 		return plan{}, fmt.Errorf("%w: %s is too small: %d bytes, array %s needs %d", ErrRefused, path, f.Size(), sb.Name, need)
 	}
+	if err := raid.CheckFragment(sb, f); err != nil {
+		return plan{}, fmt.Errorf("%w: %s: %w", ErrRefused, path, err)
+	}
 	for _, m := range append(append([]meta.Member(nil), sb.Members...), sb.Spares...) {
 		if m.Path == abs && m.State != meta.StateFailed && m.State != meta.StateMissing {
 			return plan{}, fmt.Errorf("%w: %s is already in array %s (%s)", ErrRefused, path, sb.Name, m.State)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ddraid/ddraid/blockdev"
+	"github.com/ddraid/ddraid/blockdev/nbd"
 	"github.com/ddraid/ddraid/raid"
 	"github.com/ddraid/ddraid/raid/meta"
 	"github.com/ddraid/ddraid/resync"
@@ -335,6 +337,8 @@ func TestAddRefused(t *testing.T) {
 		{"another array's member", other.members[0], false, true, `belongs to array "a"`},
 		{"a member of this array", f.members[2], false, true, "already in array"},
 		{"no such file", filepath.Join(f.dir, "nothing"), false, false, "no such file"},
+		// 4096-byte blocks over 3 members: 2048-byte fragments.
+		{"an export with a larger minimum block size", serveMemExport(t, blockdev.NewMem(memberSize, 4096)), true, true, "multiples of 4096 bytes"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -768,4 +772,32 @@ func TestDegradedMirrorResyncsLiveCopies(t *testing.T) {
 	}
 	m.verify(a)
 	f.close(a)
+}
+
+// serveMemExport serves mem over NBD on a unix socket as export "m" until
+// the test ends and returns its URI. The export's minimum block size is
+// mem's block size.
+func serveMemExport(t *testing.T, mem *blockdev.Mem) string {
+	t.Helper()
+	cfg := nbd.DefaultConfig()
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	srv, err := nbd.NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.AddExport(nbd.Export{Name: "m", Device: mem}); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "m.sock")
+	l, err := nbd.Listen("unix:" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(l) }()
+	t.Cleanup(func() {
+		srv.Shutdown(context.Background())
+		<-done
+	})
+	return "nbd+unix:///m?socket=" + sock
 }
