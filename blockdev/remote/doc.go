@@ -32,6 +32,13 @@
 // Extenter and FastZeroer are left out: the client negotiates
 // neither block status nor fast zero.
 //
+// The client asks for the server's block sizes (nbd.ClientOptions
+// BlockSizes), so MinBlockSize reports the minimum even of servers that
+// send it only when asked, and the raid engine can refuse a member that
+// would refuse its requests. Requests need not be aligned to it: the
+// client reads whole blocks and read-modify-writes partial ones, at the
+// cost of extra round trips.
+//
 // # Reconnecting
 //
 // When the connection fails (a reset or closed socket, a protocol error, an
