@@ -699,9 +699,11 @@ func TestRouterUnservedArray(t *testing.T) {
 	})
 }
 
-// A member failure seen by one writer halts its writes, and fails those in
-// flight, until every live writer has recorded it; a refusal keeps them
-// halted and the loop retries.
+// A member failure seen by one writer halts its writes, and holds the
+// acknowledgement of those in flight, until every live writer has recorded
+// it; a refusal keeps them halted and the loop retries. A held write is
+// acknowledged once the failure is recorded, and fails if that takes
+// longer than the gate's timeout.
 func TestMemberFailedHaltsUntilRecorded(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	synctest.Test(t, func(t *testing.T) {
@@ -713,18 +715,36 @@ func TestMemberFailedHaltsUntilRecorded(t *testing.T) {
 		c.nodes["n3"].local.refuse = errors.New("pebble: disk full")
 		c.nodes["n3"].local.mu.Unlock()
 
-		inFlight, err := n1.gate.Enter(ctx, 0, tBlock) // a write admitted before the failure
-		if err != nil {
-			t.Fatal(err)
+		// Two writes admitted before the failure.
+		var inFlight [2]uint32
+		for i := range inFlight {
+			tk, err := n1.gate.Enter(ctx, int64(i)*tBlock, tBlock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			inFlight[i] = tk
 		}
 		if err := n1.co.MemberFailed(ctx, 1, errors.New("EIO")); err == nil || !strings.Contains(err.Error(), "n3") {
 			t.Fatalf("member failure refused by n3: %v", err)
 		}
-		if err := n1.gate.Leave(inFlight); !errors.Is(err, ErrHalted) {
-			t.Errorf("a write in flight during an unrecorded member failure left with %v, want ErrHalted", err)
-		}
+		// The first leaves now: held, then failed when the refusal
+		// outlasts the gate's timeout, as a new write is.
+		left := make(chan error, 1)
+		go func() { left <- n1.gate.Leave(inFlight[0]) }()
 		if err := n1.write(ctx, pattern(1, 3, 1), 3*tBlock); !errors.Is(err, ErrHalted) || !strings.Contains(err.Error(), "member 1 failed") {
 			t.Errorf("write while the failure is unrecorded: %v", err)
+		}
+		if err := <-left; !errors.Is(err, ErrHalted) {
+			t.Errorf("a write in flight while the failure stayed unrecorded past the timeout left with %v, want ErrHalted", err)
+		}
+		// The second leaves: held until the failure is recorded, then
+		// acknowledged.
+		go func() { left <- n1.gate.Leave(inFlight[1]) }()
+		synctest.Wait()
+		select {
+		case err := <-left:
+			t.Fatalf("a write in flight during an unrecorded member failure left at once with %v, want it held", err)
+		default:
 		}
 		c.nodes["n3"].local.mu.Lock()
 		c.nodes["n3"].local.refuse = nil
@@ -737,6 +757,9 @@ func TestMemberFailedHaltsUntilRecorded(t *testing.T) {
 			}
 			return n1.gate.Halted() == nil
 		})
+		if err := <-left; err != nil {
+			t.Errorf("a write held during the member failure left with %v after it was recorded, want nil", err)
+		}
 		if err := n1.write(ctx, pattern(1, 3, 2), 3*tBlock); err != nil {
 			t.Errorf("write after the failure was recorded: %v", err)
 		}

@@ -142,12 +142,25 @@ func (g *WriteGate) Enter(ctx context.Context, off, length int64) (ticket uint32
 	}
 }
 
-// Leave ends a write admitted by Enter. An error means the write must not
-// be acknowledged (fail it): a halt set with HaltAcks is in force.
+// Leave ends a write admitted by Enter. While a halt set with HaltAcks is
+// in force it holds the write's acknowledgement: it returns nil once every
+// such halt is lifted, or an error wrapping ErrHalted if one outlasts the
+// gate's timeout; the write must then not be acknowledged (fail it).
 func (g *WriteGate) Leave(ticket uint32) error {
 	g.leave(ticket & 1)
-	if err := g.state.Load().noAck; err != nil {
-		return fmt.Errorf("%w: %w", ErrHalted, err)
+	st := g.state.Load()
+	if st.noAck == nil {
+		return nil
+	}
+	t := time.NewTimer(g.timeout)
+	defer t.Stop()
+	for st.noAck != nil {
+		select {
+		case <-st.changed:
+			st = g.state.Load()
+		case <-t.C:
+			return fmt.Errorf("%w: %w", ErrHalted, st.noAck)
+		}
 	}
 	return nil
 }
@@ -230,10 +243,12 @@ func (g *WriteGate) DropOwner(owner lockd.NodeID) {
 // already admitted go on.
 func (g *WriteGate) Halt(key string, why error) { g.halt(key, why, false) }
 
-// HaltAcks is Halt that also fails the writes already admitted when they
+// HaltAcks is Halt that also holds the writes already admitted when they
 // leave: none of them may be acknowledged until the reason is lifted (a
 // member failure not yet known to every writer: they may have written
-// without the member).
+// without the member, and a writer that does not know would still read
+// the member). Leave waits for the lift, and fails the write if it does
+// not come within the gate's timeout.
 func (g *WriteGate) HaltAcks(key string, why error) { g.halt(key, why, true) }
 
 type haltReason struct {

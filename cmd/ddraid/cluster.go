@@ -43,6 +43,7 @@ type ClusterFlags struct {
 	ServeTimeout   time.Duration `name:"serve-timeout" help:"Cluster mode: bound on every wait of a served array's coordination (superblock fetch, slot, metadata update, takeover step, resync window)." default:"30s"`
 	ServeSpeedMin  string        `name:"serve-speed-min" help:"Cluster mode: minimum speed of the served arrays' resync, rebuild and check, kept even under foreground IO." default:"1M"`
 	ServeSpeedMax  string        `name:"serve-speed-max" help:"Cluster mode: maximum speed of the served arrays' resync, rebuild and check (the initial sync and rebuilds of a cluster included); 0 for no limit." default:"200M"`
+	ServeMemberTO  time.Duration `name:"serve-member-timeout" help:"Cluster mode: how long a member of a served array may stay unreachable, its requests waiting, before this writer fails it." default:"10s"`
 	ServeClear     time.Duration `name:"serve-clear-delay" help:"Cluster mode: how long a write-intent bitmap region of a served array stays dirty after its last write." default:"5s"`
 }
 
@@ -136,13 +137,16 @@ func (c *ClusterFlags) newArrays(stateDir string, n *cluster.Node, tc *tls.Confi
 		}
 		specs = append(specs, sp)
 	}
+	if c.ServeMemberTO < time.Millisecond {
+		return nil, nil, fmt.Errorf("--serve-member-timeout %v: want at least 1ms", c.ServeMemberTO)
+	}
 	th, err := parseThrottle(c.ServeSpeedMin, c.ServeSpeedMax, "serve-")
 	if err != nil {
 		return nil, nil, err
 	}
 	client := &tls.Config{Certificates: tc.Certificates, RootCAs: tc.ClientCAs, MinVersion: tls.VersionTLS12}
 	srv, err := serve.New(serve.Config{StateDir: stateDir, Node: n.Name(), Messenger: n.Messenger(),
-		Remote: remote.Config{TLS: client, Logger: slog.Default()}, Timeout: c.ServeTimeout, Wrap: memberDelay(c.ServeDelay),
+		Remote: remote.Config{FailAfter: c.ServeMemberTO, TLS: client, Logger: slog.Default()}, Timeout: c.ServeTimeout, Wrap: memberDelay(c.ServeDelay),
 		Throttle: th, ClearDelay: c.ServeClear, Logger: slog.Default(), OnTransmission: gov.Hook(), OnSpread: gov.SpreadHook()})
 	if err != nil {
 		return nil, nil, err

@@ -55,8 +55,9 @@ func (s scrubSyncer) Check(off, length int64, repair bool) (int64, error) {
 
 // WriteGate admits writes (cluster/coord.WriteGate implements it). Enter
 // may wait; every admitted write calls Leave with Enter's ticket when it
-// is done, and fails if Leave returns an error (the write must not be
-// acknowledged, e.g. a member failure is not yet known to every writer).
+// is done. Leave may wait too (a member failure not yet known to every
+// writer holds the acknowledgement), and the write fails if it returns an
+// error (the write must not be acknowledged).
 type WriteGate interface {
 	Enter(ctx context.Context, off, length int64) (ticket uint32, err error)
 	Leave(ticket uint32) error
