@@ -506,7 +506,7 @@ func startWrites(t *testing.T, uri, dir string, seed int, off int64) (wait func(
 // (suspects, at most the queue depth) may fail.
 func verifyHalf(t *testing.T, uri, dir string, seed int, off int64, suspects map[string]bool) {
 	t.Helper()
-	cmd := exec.Command("fio", halfArgs(uri, dir, seed, fmt.Sprint(off), "24M", "--do_verify=1", "--verify_only", "--verify_state_load=1")...)
+	cmd := exec.Command("fio", halfArgs(uri, dir, seed, fmt.Sprint(off), "24M", "--do_verify=1", "--verify_only", "--verify_state_load=1", "--verify_state_save=0")...)
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
 	bad := badBlockRE.FindAllStringSubmatch(string(out), -1)
