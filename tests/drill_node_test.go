@@ -23,35 +23,11 @@ import (
 func TestDrillClusterKillNode(t *testing.T) {
 	needTools(t, "fio", "nbdinfo", "nbdcopy", "cmp", "truncate")
 	dir := t.TempDir()
-	dn := loopbackNet(t, 5)
-	dn.disks = [][]string{nil, {"d2"}, nil, {"d0", "d1"}, nil}
-	dn.serving = []bool{true, true, false, false, false}
-	dn.writerFlags = []string{"--serve-member-timeout=3s"}
-	dc := startDrillCluster(t, dir, dn)
-	n0, n1 := dc.nodes[0], dc.nodes[1]
-	role := slices.Index(dc.hosts, n1)
-	s1, _ := served(t, n1)
-	slot1 := s1.Coord.Slot
-	const half = int64(32 << 20) // n0 writes [0, 24M), n1 [32M, 56M)
-
-	d0, d1 := filepath.Join(dir, "fio0"), filepath.Join(dir, "fio1")
-	wait0 := startWrites(t, dc.uri(0), d0, 51, 0)
-	wait1 := startWrites(t, dc.uri(1), d1, 52, half)
-	time.Sleep(1500 * time.Millisecond) // the kill lands in the middle of both writers' writes
-	if len(dc.dirtyRegions(t, slot1)) == 0 {
-		t.Fatal("n1 writes but the member hosts hold no marks for its slot")
-	}
-	n1.kill9(t)
-	killed := time.Now()
-	failed1 := wait1()
-	// n0's writes stall for the member timeout, then complete degraded:
-	// none of them fails.
-	if failed0 := wait0(); len(failed0) != 0 {
-		t.Fatalf("n0's writes failed across n1's death: %v\n%s", failed0, n0.output())
-	}
-	waitFor(t, "n0 to fail member "+fmt.Sprint(role)+" and take n1's slot over", func() bool {
+	k := killNode(t, dir, nil)
+	dc, n0, n1, role, d0, d1, failed1, killed := k.dc, k.n0, k.n1, k.role, k.d0, k.d1, k.failed1, k.killed
+	waitFor(t, "n0 to take n1's slot over", func() bool {
 		st, _ := served(t, n0)
-		return arrayStatus(t, n0).Members[role].State == "failed" && st.Coord != nil && len(st.Coord.Takeovers) == 0 &&
+		return st.Coord != nil && len(st.Coord.Takeovers) == 0 &&
 			strings.Contains(n0.output(), "array degraded: a slot's dirty regions wait for the rebuild")
 	})
 	took := time.Since(killed)
@@ -61,7 +37,7 @@ func TestDrillClusterKillNode(t *testing.T) {
 	// Every acknowledged write is there, read with n1's disk rebuilt from
 	// parity on the fly.
 	verifyAcked(t, dc.uri(0), d0, 51, 0)
-	verifyHalf(t, dc.uri(0), d1, 52, half, failed1)
+	verifyHalf(t, dc.uri(0), d1, 52, killHalf, failed1)
 	degraded := filepath.Join(dir, "degraded.img")
 	run(t, "nbdcopy", dc.uri(0), degraded)
 	t.Logf("n1's half through degraded n0: %d suspect blocks", len(failed1))
@@ -121,4 +97,91 @@ func verifyAcked(t *testing.T, uri, dir string, seed int, off int64) {
 	if len(bad) > 0 {
 		t.Fatalf("%d acknowledged blocks fail verification through %s: %v", len(bad), uri, bad)
 	}
+}
+
+// killHalf is where n1's half starts: n0 writes [0, 24M), n1 [32M, 56M).
+const killHalf = int64(32 << 20)
+
+// killedNode is the state kill-node drills start from.
+type killedNode struct {
+	dc      *drillCluster
+	n0, n1  *clusterNode
+	role    int    // the member n1 hosted
+	d0, d1  string // fio's verify state of n0's and n1's writes
+	failed1 map[string]bool
+	killed  time.Time
+}
+
+// killNode starts five agents, n1 serving the array and hosting member
+// 0, n0 serving it, n3 hosting members 1 and 2 and, with spare, n4 hosting
+// a spare added to the array; kills n1 under writes on both writers;
+// checks that none of n0's writes failed; and returns once n0 has failed
+// n1's member.
+func killNode(t *testing.T, dir string, spare []string) *killedNode {
+	t.Helper()
+	dn := loopbackNet(t, 5)
+	dn.disks = [][]string{nil, {"d2"}, nil, {"d0", "d1"}, nil}
+	dn.serving = []bool{true, true, false, false, false}
+	dn.writerFlags = []string{"--serve-member-timeout=3s"}
+	dn.spares = [][]string{nil, nil, nil, nil, spare}
+	k := &killedNode{dc: startDrillCluster(t, dir, dn)}
+	dc := k.dc
+	k.n0, k.n1 = dc.nodes[0], dc.nodes[1]
+	k.role = slices.Index(dc.hosts, k.n1)
+	for _, sp := range dc.spares {
+		if out := run(t, ddraidBin, "add-device", "data", sp, "--state-dir="+k.n0.stateDir); !strings.Contains(out, "as a spare") {
+			t.Fatalf("add spare: %s", out)
+		}
+	}
+	s1, _ := served(t, k.n1)
+	k.d0, k.d1 = filepath.Join(dir, "fio0"), filepath.Join(dir, "fio1")
+	wait0 := startWrites(t, dc.uri(0), k.d0, 51, 0)
+	wait1 := startWrites(t, dc.uri(1), k.d1, 52, killHalf)
+	time.Sleep(1500 * time.Millisecond) // the kill lands in the middle of both writers' writes
+	if len(dc.dirtyRegions(t, s1.Coord.Slot)) == 0 {
+		t.Fatal("n1 writes but the member hosts hold no marks for its slot")
+	}
+	k.n1.kill9(t)
+	k.killed = time.Now()
+	k.failed1 = wait1()
+	// n0's writes stall for the member timeout, then complete degraded:
+	// none of them fails.
+	if failed0 := wait0(); len(failed0) != 0 {
+		t.Fatalf("n0's writes failed across n1's death: %v\n%s", failed0, k.n0.output())
+	}
+	waitFor(t, "n0 to fail member "+fmt.Sprint(k.role), func() bool {
+		m := arrayStatus(t, k.n0).Members[k.role]
+		return m.Path != dc.members[k.role] || m.State == "failed"
+	})
+	return k
+}
+
+// TestDrillClusterKillNodeSpare: kill-node with a spare disk on n4. When
+// n0 fails n1's member after its IO timeout, the spare takes its role and
+// n0 rebuilds it, with no operator: the array is clean again with n1
+// still dead, parity checks, and every acknowledged write verifies.
+func TestDrillClusterKillNodeSpare(t *testing.T) {
+	needTools(t, "fio", "nbdinfo", "truncate")
+	dir := t.TempDir()
+	k := killNode(t, dir, []string{"s0"})
+	n0, role := k.n0, k.role
+	name := fmt.Sprintf("recover/%d", role)
+	waitFor(t, "the spare to take member "+fmt.Sprint(role)+"'s role and be rebuilt", func() bool {
+		m := arrayStatus(t, n0).Members[role]
+		st, _ := served(t, n0)
+		return m.Path == k.dc.spares[0] && m.State == "active" && st.Coord != nil && len(st.Coord.Takeovers) == 0
+	})
+	took := time.Since(k.killed)
+	starts := jobStarts(n0, name)
+	if len(starts) == 0 {
+		t.Fatalf("n0 shows the spare active but never ran %s:\n%s", name, n0.output())
+	}
+	if st := arrayStatus(t, n0); st.State != "clean" {
+		t.Fatalf("n0's array is %s after the spare's rebuild", st.State)
+	}
+	checkServed(t, n0, "after the spare's rebuild")
+	verifyAcked(t, k.dc.uri(0), k.d0, 51, 0)
+	verifyHalf(t, k.dc.uri(0), k.d1, 52, killHalf, k.failed1)
+	fmt.Printf("drill kill-node-spare: ok, the spare took member %d's role and was rebuilt (%d bytes) %v after the kill\n",
+		role, starts[len(starts)-1][1], took.Round(10*time.Millisecond))
 }
