@@ -18,6 +18,8 @@ type AssembleOptions struct {
 	// OnFail is called when a member fails at runtime, after the array has
 	// marked it failed in memory; the caller records it (see RecordFailure).
 	OnFail func(member int, err error)
+	// BeforeFail is the engine's Config.BeforeFail.
+	BeforeFail func(member int, err error)
 	// Wrap, if set, wraps each member's data area before the engine sees it
 	// (latency or fault injection for benchmarks and drills). The wrapper
 	// must close the device it wraps.
@@ -118,7 +120,7 @@ func Assemble(stateDir, name string, opts AssembleOptions) (*Assembled, error) {
 			return fail(err)
 		}
 	}
-	cfg := Config{OnFail: opts.OnFail, OnSpread: opts.OnSpread}
+	cfg := Config{OnFail: opts.OnFail, BeforeFail: opts.BeforeFail, OnSpread: opts.OnSpread}
 	var dev blockdev.Device
 	switch level {
 	case LevelRaid35:

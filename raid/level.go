@@ -86,6 +86,13 @@ type Config struct {
 	// MemberStates is fine. err is the member error (nil when Fail was
 	// called with nil).
 	OnFail func(member int, err error)
+	// BeforeFail, if not nil, is called for each member about to go from
+	// active to failed, before any IO can see the change: an IO that goes
+	// on without the member, or finds it failed, returns after BeforeFail
+	// did. A cluster writer holds the acknowledgement of writes there
+	// until every writer knows of the failure. It runs under the engine's
+	// member lock, so it must be quick and must not call into the array.
+	BeforeFail func(member int, err error)
 	// OnSpread, if not nil, is called each time a request moves more than
 	// fanoutSmall bytes to or from a member (a linear array: in all;
 	// large reads and writes, resync and rebuild included), so that the

@@ -20,12 +20,13 @@ type memberSet struct {
 	lost   atomic.Uint64 // bit i set when member i is failed, missing or recovering
 	// recovering is the subset of lost that still takes writes.
 	recovering atomic.Uint64
+	beforeFail func(member int, err error)
 	onFail     func(member int, err error)
 }
 
-func (s *memberSet) init(devs []blockdev.Device, onFail func(int, error)) {
+func (s *memberSet) init(devs []blockdev.Device, cfg Config) {
 	s.states = make([]MemberState, len(devs))
-	s.onFail = onFail
+	s.beforeFail, s.onFail = cfg.BeforeFail, cfg.OnFail
 	var lost uint64
 	for i, d := range devs {
 		s.states[i] = MemberActive
@@ -41,12 +42,18 @@ func (s *memberSet) init(devs []blockdev.Device, onFail func(int, error)) {
 func (s *memberSet) lostMask() uint64 { return s.lost.Load() }
 
 // fail marks an active member failed and calls onFail; it does nothing for
-// a member that is already failed or missing, or out of range.
+// a member that is already failed or missing, or out of range. beforeFail
+// runs under mu before the loss is published, so every IO that goes on
+// without the member, or finds it failed, does so after beforeFail
+// returned.
 func (s *memberSet) fail(m int, err error) {
 	s.mu.Lock()
 	if m < 0 || m >= len(s.states) || (s.states[m] != MemberActive && s.states[m] != MemberRecovering) {
 		s.mu.Unlock()
 		return
+	}
+	if s.beforeFail != nil {
+		s.beforeFail(m, err)
 	}
 	s.states[m] = MemberFailed
 	s.lost.Store(s.lost.Load() | 1<<m)

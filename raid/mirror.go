@@ -85,7 +85,7 @@ func NewMirror(members []blockdev.Device, memberDataSize int64, cfg Config) (*Mi
 	if len(members) == maxMirrorMembers {
 		m.all = ^uint64(0)
 	}
-	m.set.init(m.members, cfg.OnFail)
+	m.set.init(m.members, cfg)
 	m.fan.init(cfg.OnSpread)
 	return m, nil
 }

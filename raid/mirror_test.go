@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -308,5 +309,69 @@ func TestNewMirrorErrors(t *testing.T) {
 	}
 	if err := m.Flush(); !errors.Is(err, blockdev.ErrClosed) {
 		t.Fatalf("flush after close: %v", err)
+	}
+}
+
+// TestBeforeFailPrecedesDegradedWrites: Config.BeforeFail returns before
+// any write completes without the failing member. Writers keep writing
+// while member 1 starts failing; BeforeFail dawdles, so that a write that
+// saw the member lost before the hook returned would finish first. Every
+// write that succeeded but did not land on member 1 must have returned
+// after the hook.
+func TestBeforeFailPrecedesDegradedWrites(t *testing.T) {
+	const (
+		bs      = 4096
+		writers = 8
+		each    = 64
+	)
+	size := int64(writers * each * bs)
+	m0, m1 := blockdev.NewMem(size, bs), blockdev.NewMem(size, bs)
+	f1 := &faultDev{Device: m1, failWrites: true}
+	f1.arm(writers * each / 4)
+	var seq, hookDone atomic.Int64
+	m, err := NewMirror([]blockdev.Device{m0, f1}, size, Config{BeforeFail: func(member int, err error) {
+		time.Sleep(20 * time.Millisecond)
+		hookDone.Store(seq.Add(1))
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	returned := make([]int64, writers*each) // seq at return, 0 if the write failed
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				b := w*each + i
+				if _, err := m.WriteAt(bytes.Repeat([]byte{byte(b) | 1}, bs), int64(b)*bs); err == nil {
+					returned[b] = seq.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if hookDone.Load() == 0 {
+		t.Fatal("member 1 failed without BeforeFail")
+	}
+	got := make([]byte, bs)
+	degraded := 0
+	for b, at := range returned {
+		if at == 0 {
+			t.Fatalf("write %d failed; a mirror with one member left takes writes", b)
+		}
+		if _, err := m1.ReadAt(got, int64(b)*bs); err != nil {
+			t.Fatal(err)
+		}
+		if got[0] == byte(b)|1 {
+			continue // it landed on member 1
+		}
+		degraded++
+		if at < hookDone.Load() {
+			t.Errorf("write %d went on without member 1 and returned before BeforeFail did", b)
+		}
+	}
+	if degraded == 0 {
+		t.Fatal("no write went on without member 1: the test did not exercise the failure")
 	}
 }

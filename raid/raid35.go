@@ -85,7 +85,7 @@ func NewRaid35(g Geometry, members []blockdev.Device, memberDataSize int64, cfg 
 		blocks:  blocks,
 		members: append([]blockdev.Device(nil), members...),
 	}
-	r.set.init(r.members, cfg.OnFail)
+	r.set.init(r.members, cfg)
 	r.fan.init(cfg.OnSpread)
 	return r, nil
 }

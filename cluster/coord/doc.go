@@ -19,9 +19,10 @@
 //     failed writers ([Coordinator.Scan]); [Coordinator.Update],
 //     [Coordinator.FailMember] and [Coordinator.AddMember] change the
 //     superblock under the "token" lock, acknowledged by every live node;
-//     [Coordinator.MemberFailed] is the array's hook for a member failure
-//     it saw (writes halt, and those in flight are not acknowledged, until
-//     every writer recorded it).
+//     [Coordinator.MemberFailing] and [Coordinator.MemberFailed] are the
+//     array's hooks for a member failure it saw (before the engine
+//     publishes it, and after: writes halt, and those in flight are held
+//     unacknowledged, until every writer recorded it).
 //   - [Router]: the node's one set of handlers on the Messenger, which
 //     hands each message to the coordinator of its array.
 //   - [MemberHost]: fence, dirty query and clear at one member host;

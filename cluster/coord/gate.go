@@ -81,7 +81,8 @@ type WriteGate struct {
 	drained  chan struct{} // a token whenever a count may have reached zero
 	timeout  time.Duration
 
-	mu    sync.Mutex              // serialises changes of state and phase
+	drainMu sync.Mutex            // serialises Install's phase flips and drains
+	mu      sync.Mutex            // serialises changes of state; never held while waiting
 	seen  map[lockd.NodeID]uint64 // newest Seq installed per owner; guarded by mu
 	halts map[string]haltReason   // halt reasons by key; guarded by mu
 }
@@ -188,11 +189,17 @@ func (g *WriteGate) setLocked(windows []Window) {
 // waits until the writes admitted before it have left, or until ctx ends
 // (the window then stays installed and the error says the drain did not
 // finish).
+//
+// The drain holds drainMu, not mu: a write in flight may halt the gate
+// (a member failure seen on its IO path, HaltAcks) while a drain waits
+// for it to leave.
 func (g *WriteGate) Install(ctx context.Context, w Window) error {
+	g.drainMu.Lock()
+	defer g.drainMu.Unlock()
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	if w.Seq != 0 {
 		if w.Seq <= g.seen[w.Owner] {
+			g.mu.Unlock()
 			return nil
 		}
 		g.seen[w.Owner] = w.Seq
@@ -201,15 +208,17 @@ func (g *WriteGate) Install(ctx context.Context, w Window) error {
 	ws := slices.DeleteFunc(slices.Clone(st.windows), func(x Window) bool { return x.Owner == w.Owner && x.Slot == w.Slot })
 	if w.Empty() {
 		g.setLocked(ws)
+		g.mu.Unlock()
 		return nil
 	}
 	g.setLocked(append(ws, w))
-	return g.drainLocked(ctx)
+	g.mu.Unlock()
+	return g.drain(ctx)
 }
 
-// drainLocked flips the phase and waits for the writes of the old phase
-// to leave. g.mu is held, so phases never overtake a drain.
-func (g *WriteGate) drainLocked(ctx context.Context) error {
+// drain flips the phase and waits for the writes of the old phase to
+// leave. g.drainMu is held, so phases never overtake a drain.
+func (g *WriteGate) drain(ctx context.Context) error {
 	old := g.phase.Add(1) - 1
 	p := old & 1
 	g.draining.Store(true)

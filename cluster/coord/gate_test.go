@@ -218,3 +218,48 @@ func BenchmarkGateEnterLeave(b *testing.B) {
 		}
 	})
 }
+
+// A write in flight may halt the gate (a member failure on its IO path)
+// while a window's Install waits for it to leave: HaltAcks does not wait
+// behind the drain, the write leaves (its acknowledgement held), the
+// Install returns, and Resume acknowledges the write.
+func TestGateHaltAcksDuringDrain(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	synctest.Test(t, func(t *testing.T) {
+		g := NewWriteGate(time.Minute)
+		ctx := context.Background()
+		tk, err := g.Enter(ctx, 0, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		installed := make(chan error, 1)
+		go func() { installed <- g.Install(ctx, Window{Owner: "n2", Slot: 1, Lo: 1000, Hi: 2000, Seq: 1}) }()
+		synctest.Wait() // the Install is draining: it waits for our write
+		halted := make(chan struct{})
+		go func() {
+			g.HaltAcks("member/1", errors.New("member 1 failed"))
+			close(halted)
+		}()
+		synctest.Wait()
+		select {
+		case <-halted:
+		default:
+			t.Fatal("HaltAcks waits behind the drain of a write that is the one halting")
+		}
+		left := make(chan error, 1)
+		go func() { left <- g.Leave(tk) }()
+		if err := <-installed; err != nil {
+			t.Fatalf("Install after the write left: %v", err)
+		}
+		synctest.Wait()
+		select {
+		case err := <-left:
+			t.Fatalf("the write left with %v while its acknowledgement should be held", err)
+		default:
+		}
+		g.Resume("member/1")
+		if err := <-left; err != nil {
+			t.Fatalf("the held write after Resume: %v", err)
+		}
+	})
+}

@@ -186,17 +186,29 @@ func (c *Coordinator) handleNewDisk(ctx context.Context, body []byte) ([]byte, e
 // refused), writes stay halted, the coordinator's loop retries, and the
 // error says why.
 func (c *Coordinator) MemberFailed(ctx context.Context, role int, cause error) error {
-	reason := "IO error"
-	if cause != nil {
-		reason = cause.Error()
-	}
-	c.cfg.Gate.HaltAcks(haltMember(role), fmt.Errorf("member %d failed (%s); waiting until every writer has recorded it", role, reason))
+	reason := c.MemberFailing(role, cause)
 	c.mu.Lock()
 	if _, ok := c.pendingFail[role]; !ok {
 		c.pendingFail[role] = reason
 	}
 	c.mu.Unlock()
 	return c.recordFailures(ctx)
+}
+
+// MemberFailing halts this writer's writes and holds the acknowledgement
+// of those in flight (WriteGate.HaltAcks) for a member failure that
+// MemberFailed is about to record. The array calls it before its engine
+// lets any IO see the failure (raid.Config.BeforeFail), so no write that
+// went on without the member is acknowledged before every writer knows.
+// It returns the reason it gave; MemberFailed calls it too, and a second
+// call for the same failure changes nothing.
+func (c *Coordinator) MemberFailing(role int, cause error) (reason string) {
+	reason = "IO error"
+	if cause != nil {
+		reason = cause.Error()
+	}
+	c.cfg.Gate.HaltAcks(haltMember(role), fmt.Errorf("member %d failed (%s); waiting until every writer has recorded it", role, reason))
+	return reason
 }
 
 // recordFailures records the pending member failures cluster-wide and

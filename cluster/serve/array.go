@@ -92,6 +92,7 @@ func Array(ctx context.Context, cfg ArrayConfig) (*Running, error) {
 		defer cancel()
 		return co.MemberFailed(ctx, role, cause)
 	}
+	opts.MemberFailing = func(role int, cause error) { co.MemberFailing(role, cause) }
 	a, err := array.Open(opts)
 	if err != nil {
 		co.Leave(ctx, false)

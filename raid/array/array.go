@@ -51,6 +51,11 @@ type Options struct {
 	// Coordinator.MemberFailed records it with every writer). It is called
 	// synchronously from the IO that saw the error; no spare is taken.
 	MemberFailed func(role int, err error) error
+	// MemberFailing, if set, is called before the engine lets any IO see
+	// a member failure that MemberFailed will then record (raid.Config's
+	// BeforeFail); cluster mode holds the acknowledgement of writes there
+	// (cluster/coord's Coordinator.MemberFailing). It must be quick.
+	MemberFailing func(role int, err error)
 	// Cluster, if set, makes every superblock change of this array a
 	// cluster-wide one (see Cluster in cluster.go); the initial sync and
 	// rebuilds are then the cluster's jobs, not this array's.
@@ -124,11 +129,12 @@ func Open(o Options) (*Array, error) {
 	a := &Array{opts: o, log: o.Logger.With("array", o.Name), wake: make(chan struct{}, 1), done: make(chan struct{}), replacing: map[int]bool{}}
 	var mu sync.Mutex
 	asm, err := raid.Assemble(o.StateDir, o.Name, raid.AssembleOptions{
-		Direct:   o.Direct,
-		Remote:   o.Remote,
-		Writer:   o.Writer,
-		OnFail:   a.onFail,
-		OnSpread: o.OnSpread,
+		Direct:     o.Direct,
+		Remote:     o.Remote,
+		Writer:     o.Writer,
+		OnFail:     a.onFail,
+		BeforeFail: a.beforeFail,
+		OnSpread:   o.OnSpread,
 		Wrap: func(role int, dev blockdev.Device) blockdev.Device {
 			mu.Lock()
 			defer mu.Unlock()
@@ -563,6 +569,15 @@ func (a *Array) updateWhat(what string, fn func(*meta.Array) error) error {
 
 // ErrNoChange abandons an update that has nothing to change.
 var ErrNoChange = errors.New("no change")
+
+// beforeFail tells the cluster of a member failure MemberFailed will
+// record, before the engine lets any IO see it (raid.Config.BeforeFail).
+func (a *Array) beforeFail(member int, err error) {
+	if a.opts.MemberFailing == nil || a.fenced.Load() || errors.Is(err, remote.ErrFenced) || errors.Is(err, errFailedElsewhere) {
+		return
+	}
+	a.opts.MemberFailing(member, err)
+}
 
 // onFail records a member failure reported by the engine.
 func (a *Array) onFail(member int, err error) {
