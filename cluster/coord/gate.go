@@ -81,10 +81,10 @@ type WriteGate struct {
 	drained  chan struct{} // a token whenever a count may have reached zero
 	timeout  time.Duration
 
-	drainMu sync.Mutex            // serialises Install's phase flips and drains
-	mu      sync.Mutex            // serialises changes of state; never held while waiting
-	seen  map[lockd.NodeID]uint64 // newest Seq installed per owner; guarded by mu
-	halts map[string]haltReason   // halt reasons by key; guarded by mu
+	drainMu sync.Mutex              // serialises Install's phase flips and drains
+	mu      sync.Mutex              // serialises changes of state; never held while waiting
+	seen    map[lockd.NodeID]uint64 // newest Seq installed per owner; guarded by mu
+	halts   map[string]haltReason   // halt reasons by key; guarded by mu
 }
 
 type paddedCount struct {
