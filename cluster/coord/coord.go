@@ -152,10 +152,12 @@ var (
 // Coordinator coordinates one array with the other writers of the
 // cluster. All methods are safe for concurrent use.
 type Coordinator struct {
-	cfg  Config
-	log  *slog.Logger
-	uuid string
-	ls   *lockd.Lockspace
+	cfg Config
+	log *slog.Logger
+	// repeats quiets log lines retried every poll (repeats.go).
+	repeats repeats
+	uuid    string
+	ls      *lockd.Lockspace
 
 	mu          sync.Mutex
 	slot        *lockd.Lock
@@ -475,7 +477,11 @@ func (c *Coordinator) startScan() {
 		c.lastErr = err // a later scan that succeeds clears it
 		c.mu.Unlock()
 		if err != nil {
-			c.log.Warn("takeover scan", "err", err)
+			lvl := slog.LevelWarn
+			if c.repeats.quiet("scan", err.Error(), time.Now()) {
+				lvl = slog.LevelDebug
+			}
+			c.log.Log(context.Background(), lvl, "takeover scan", "err", err)
 		}
 	}()
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+	"time"
 
 	"github.com/ddraid/ddraid/cluster"
 	"github.com/ddraid/ddraid/lockd"
@@ -70,7 +72,11 @@ func (c *Coordinator) tryTakeover(ctx context.Context, n uint32, sweep bool) err
 	if sweep {
 		c.log.Debug("sweeping a free writer slot", "slot", n, "epoch", tok.Epoch)
 	} else {
-		c.log.Info("taking over a writer slot", "slot", n, "epoch", tok.Epoch)
+		lvl := slog.LevelInfo
+		if c.repeats.quiet(fmt.Sprintf("takeover/%d", n), fmt.Sprint(tok.Epoch), time.Now()) {
+			lvl = slog.LevelDebug // a retry: the scan's warning says why
+		}
+		c.log.Log(ctx, lvl, "taking over a writer slot", "slot", n, "epoch", tok.Epoch)
 	}
 	if err := c.recoverSlot(ctx, n, l, tok.Epoch); err != nil {
 		// Keep the value block as it is (not clean): the next scan, ours or
