@@ -199,8 +199,8 @@ func checkMember(a *meta.Array, role int, f blockdev.Device) error {
 	return CheckFragment(a, f)
 }
 
-// CheckFragment refuses dev as a member of a if a is a raid35 and dev may
-// refuse requests of a's fragment size (see checkFragment).
+// CheckFragment refuses dev as a member of a if dev may refuse the
+// smallest requests a sends its members (see checkFragment).
 func CheckFragment(a *meta.Array, dev blockdev.Device) error {
 	if r, ok := dev.(minBlockSizer); ok {
 		return checkFragment(a.Level, len(a.Members), a.BlockSize, r.MinBlockSize())
@@ -234,13 +234,14 @@ func checkFragment(level string, members, blockSize, minBS int) error {
 	if members < 2 {
 		return nil
 	}
-	frag := blockSize / (members - 1)
+	g := Geometry{Members: members, BlockSize: blockSize}
+	frag := g.FragmentSize()
 	if frag%minBS == 0 {
 		return nil
 	}
 	return fmt.Errorf("the export takes requests in multiples of %d bytes (its minimum block size), "+
 		"but a raid35 of %d members with %d-byte blocks reads and writes it in %d-byte fragments; "+
-		"use a block size of %d or more, or an export with a smaller minimum", minBS, members, blockSize, frag, minBS*(members-1))
+		"use a block size of %d or more, or an export with a smaller minimum", minBS, members, blockSize, frag, minBS*g.DataFragments())
 }
 
 // RecordFailure marks a member failed in the stored superblock.

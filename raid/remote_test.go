@@ -37,6 +37,20 @@ func serveMem(t *testing.T, mem *blockdev.Mem) *memExport {
 	return e
 }
 
+// remoteFive returns the members of a five-member array: three memory
+// exports of bs-byte blocks served over NBD, then two files in dir.
+func remoteFive(t *testing.T, dir string, bs int) ([]*memExport, []string) {
+	t.Helper()
+	var exports []*memExport
+	var members []string
+	for range 3 {
+		e := serveMem(t, blockdev.NewMem(6<<20, bs))
+		exports = append(exports, e)
+		members = append(members, e.uri)
+	}
+	return exports, append(members, filepath.Join(dir, "f3"), filepath.Join(dir, "f4"))
+}
+
 func (e *memExport) start(t *testing.T) {
 	t.Helper()
 	cfg := nbd.DefaultConfig()
@@ -80,14 +94,7 @@ func createRemote(stateDir string, opts CreateOptions) (*meta.Array, error) {
 func TestRemoteMembers(t *testing.T) {
 	dir := t.TempDir()
 	stateDir := filepath.Join(dir, "state")
-	var exports []*memExport
-	var members []string
-	for range 3 {
-		e := serveMem(t, blockdev.NewMem(6<<20, 512))
-		exports = append(exports, e)
-		members = append(members, e.uri)
-	}
-	members = append(members, filepath.Join(dir, "f3"), filepath.Join(dir, "f4"))
+	exports, members := remoteFive(t, dir, 512)
 	a, err := createRemote(stateDir, CreateOptions{Name: "a", Level: LevelRaid35, Members: members, CreateSize: 8 << 20, AssumeClean: true})
 	if err != nil {
 		t.Fatal(err)
@@ -229,14 +236,7 @@ func TestRemoteMemberSwappedWhileDisconnected(t *testing.T) {
 // takes it with blocks large enough.
 func TestRemoteMemberMinBlockSize(t *testing.T) {
 	dir := t.TempDir()
-	var exports []*memExport
-	var members []string
-	for range 3 {
-		e := serveMem(t, blockdev.NewMem(6<<20, 4096))
-		exports = append(exports, e)
-		members = append(members, e.uri)
-	}
-	members = append(members, filepath.Join(dir, "f3"), filepath.Join(dir, "f4"))
+	exports, members := remoteFive(t, dir, 4096)
 
 	// 4096-byte blocks over 5 members: 1024-byte fragments.
 	_, err := createRemote(filepath.Join(dir, "s1"), CreateOptions{Name: "a", Level: LevelRaid35, Members: members, CreateSize: 8 << 20, AssumeClean: true})
