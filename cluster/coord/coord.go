@@ -169,8 +169,8 @@ type Coordinator struct {
 	seq         uint64            // of this node's announcements
 	takeovers   map[uint32]bool   // slots this node is taking over
 	scanning    bool
-	pendingFail map[int]string // member failures not yet recorded cluster-wide
-	dirtySlot   bool           // our slot's previous holder did not leave it clean
+	pendingFail map[int]pendingFailure // member failures not yet recorded cluster-wide, by role
+	dirtySlot   bool                   // our slot's previous holder did not leave it clean
 	started     bool
 	trying      map[string]bool    // jobs whose lock this node is asking for or holds
 	running     map[string]*jobRun // jobs running here
@@ -191,7 +191,7 @@ func New(cfg Config) (*Coordinator, error) {
 	sb := cfg.Local.Superblock()
 	c := &Coordinator{
 		cfg: cfg, uuid: sb.UUID.String(),
-		mine: map[uint32]Window{}, takeovers: map[uint32]bool{}, pendingFail: map[int]string{},
+		mine: map[uint32]Window{}, takeovers: map[uint32]bool{}, pendingFail: map[int]pendingFailure{},
 		trying: map[string]bool{}, running: map[string]*jobRun{},
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}

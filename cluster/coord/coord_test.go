@@ -29,7 +29,7 @@ func TestMetadataUpdateAcknowledgedByAll(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := newTCluster(t, "n1", "n2", "n3")
 		c.join("n1", "n2", "n3")
-		sb, err := c.nodes["n2"].co.FailMember(context.Background(), 1, "IO error seen by n2")
+		sb, err := c.nodes["n2"].co.FailMember(context.Background(), 1, meta.UUID{2}, "IO error seen by n2")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -44,11 +44,11 @@ func TestMetadataUpdateAcknowledgedByAll(t *testing.T) {
 		}
 		// Failing it again changes nothing (the superblock is confirmed
 		// with every node again).
-		sb, err = c.nodes["n1"].co.FailMember(context.Background(), 1, "again")
+		sb, err = c.nodes["n1"].co.FailMember(context.Background(), 1, meta.UUID{2}, "again")
 		if err != nil || sb.Events != 8 {
 			t.Errorf("second fail: events %d, %v", sb.Events, err)
 		}
-		if _, err := c.nodes["n1"].co.FailMember(context.Background(), 7, "x"); err == nil || !strings.Contains(err.Error(), "no member 7") {
+		if _, err := c.nodes["n1"].co.FailMember(context.Background(), 7, meta.UUID{}, "x"); err == nil || !strings.Contains(err.Error(), "no member 7") {
 			t.Errorf("fail of a member that does not exist: %v", err)
 		}
 	})
@@ -60,7 +60,7 @@ func TestMetadataUpdateRefusedByOneNode(t *testing.T) {
 		c := newTCluster(t, "n1", "n2", "n3")
 		c.join("n1", "n2", "n3")
 		c.nodes["n3"].local.refuse = errors.New("pebble: disk full")
-		_, err := c.nodes["n1"].co.FailMember(context.Background(), 0, "operator")
+		_, err := c.nodes["n1"].co.FailMember(context.Background(), 0, meta.UUID{1}, "operator")
 		if err == nil {
 			t.Fatal("update succeeded although n3 refused it")
 		}
@@ -508,7 +508,7 @@ func partitionRun(t *testing.T, seed uint64) {
 	c.checkBlocks(c.nodes["n1"], want)
 
 	// Without quorum, coordinated operations fail and say why.
-	if _, err := n3.co.FailMember(context.Background(), 0, "seen by the cut-off node"); !errors.Is(err, lockd.ErrNoQuorum) {
+	if _, err := n3.co.FailMember(context.Background(), 0, meta.UUID{1}, "seen by the cut-off node"); !errors.Is(err, lockd.ErrNoQuorum) {
 		t.Errorf("metadata update without quorum: %v, want ErrNoQuorum", err)
 	}
 	// Healed, n3 learns that its slot was taken: its array stops for good.
@@ -770,6 +770,49 @@ func TestMemberFailedHaltsUntilRecorded(t *testing.T) {
 		if h := n1.gate.Halted(); h != nil {
 			t.Errorf("halted after a recorded failure: %v", h)
 		}
+	})
+}
+
+// A member failure recorded late (the coordinator loop's retry that
+// copied the pending failures before the IO path recorded them) does not
+// fail the device that took the role since, and lifts its halt.
+func TestLateFailureLeavesNewDevice(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	synctest.Test(t, func(t *testing.T) {
+		c := newTCluster(t, "n1", "n2", "n3")
+		c.join("n1", "n2", "n3")
+		ctx := context.Background()
+		n1 := c.nodes["n1"]
+		if err := n1.co.MemberFailed(ctx, 0, errors.New("EIO")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := n1.co.AddMember(ctx, "h2:10810:/spare", func(sb *meta.Array) error {
+			m := &sb.Members[0]
+			m.State, m.UUID = meta.StateRecovering, meta.UUID{9}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		// The retry runs now, with its copy of the failure of the device
+		// that was in role 0.
+		n1.co.MemberFailing(0, errors.New("EIO"))
+		n1.co.mu.Lock()
+		n1.co.pendingFail[0] = pendingFailure{member: meta.UUID{1}, reason: "EIO"}
+		n1.co.mu.Unlock()
+		if err := n1.co.recordFailures(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range c.ids {
+			if m := c.nodes[id].local.Superblock().Members[0]; m.UUID != (meta.UUID{9}) || m.State == meta.StateFailed {
+				t.Errorf("%s: role 0 holds %v %s after a late recording of the old device's failure; want the new device, not failed", id, m.UUID, m.State)
+			}
+		}
+		if h := n1.gate.Halted(); h != nil {
+			t.Errorf("halted after the late recording: %v", h)
+		}
+		c.waitFor("the new device rebuilt everywhere", func() bool {
+			return c.everyone(func(n *tnode) bool { return n.local.Superblock().Members[0].State == meta.StateActive })
+		})
 	})
 }
 

@@ -282,7 +282,7 @@ func TestJobTakenOverFromCheckpoint(t *testing.T) {
 func (c *tcluster) failAndAdd(n *tnode, role int, dirtyOnly bool, between func()) {
 	c.t.Helper()
 	ctx := context.Background()
-	if _, err := n.co.FailMember(ctx, role, "test"); err != nil {
+	if _, err := n.co.FailMember(ctx, role, n.local.Superblock().Members[role].UUID, "test"); err != nil {
 		c.t.Fatal(err)
 	}
 	if between != nil {

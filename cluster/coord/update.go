@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 
 	"github.com/ddraid/ddraid/cluster"
 	"github.com/ddraid/ddraid/lockd"
@@ -91,15 +92,18 @@ func cloneSuperblock(sb meta.Array) (*meta.Array, error) {
 }
 
 // FailMember records member role as failed cluster-wide; only once every
-// live node acknowledged may anyone write the array degraded. A member
-// already failed here keeps its event counter, and the superblock is
-// broadcast again (a node that missed it gets it).
-func (c *Coordinator) FailMember(ctx context.Context, role int, reason string) (*meta.Array, error) {
+// live node acknowledged may anyone write the array degraded. member is
+// the UUID of the device that failed: when the role holds another device
+// by the time the update runs (a spare or an added device took it), that
+// device is not failed, and nothing changes. A member already failed here
+// keeps its event counter; either way the superblock is broadcast again
+// (a node that missed it gets it).
+func (c *Coordinator) FailMember(ctx context.Context, role int, member meta.UUID, reason string) (*meta.Array, error) {
 	return c.Update(ctx, fmt.Sprintf("fail member %d: %s", role, reason), func(sb *meta.Array) error {
 		if role < 0 || role >= len(sb.Members) {
 			return fmt.Errorf("no member %d (the array has %d)", role, len(sb.Members))
 		}
-		if sb.Members[role].State == meta.StateFailed {
+		if m := sb.Members[role]; m.UUID != member || m.State == meta.StateFailed {
 			return ErrUnchanged
 		}
 		sb.Members[role].State = meta.StateFailed
@@ -187,12 +191,24 @@ func (c *Coordinator) handleNewDisk(ctx context.Context, body []byte) ([]byte, e
 // error says why.
 func (c *Coordinator) MemberFailed(ctx context.Context, role int, cause error) error {
 	reason := c.MemberFailing(role, cause)
+	f := pendingFailure{reason: reason}
+	if sb := c.cfg.Local.Superblock(); role >= 0 && role < len(sb.Members) {
+		f.member = sb.Members[role].UUID
+	}
 	c.mu.Lock()
-	if _, ok := c.pendingFail[role]; !ok {
-		c.pendingFail[role] = reason
+	if old, ok := c.pendingFail[role]; !ok || old.member != f.member {
+		c.pendingFail[role] = f
 	}
 	c.mu.Unlock()
 	return c.recordFailures(ctx)
+}
+
+// pendingFailure is a member failure not yet recorded cluster-wide: the
+// device that failed (its UUID, so a late recording cannot fail a device
+// that took the role since) and why.
+type pendingFailure struct {
+	member meta.UUID
+	reason string
 }
 
 // MemberFailing halts this writer's writes and holds the acknowledgement
@@ -212,24 +228,28 @@ func (c *Coordinator) MemberFailing(role int, cause error) (reason string) {
 }
 
 // recordFailures records the pending member failures cluster-wide and
-// lifts their halts.
+// lifts their halts. Two may run at once (the IO path and the loop's
+// retry); a failure is forgotten, and its halt lifted, only by the one
+// that recorded that very failure.
 func (c *Coordinator) recordFailures(ctx context.Context) error {
 	c.mu.Lock()
-	pending := make(map[int]string, len(c.pendingFail))
-	for r, why := range c.pendingFail {
-		pending[r] = why
-	}
+	pending := maps.Clone(c.pendingFail)
 	c.mu.Unlock()
 	var errs []error
-	for role, why := range pending {
-		if _, err := c.FailMember(ctx, role, why); err != nil {
+	for role, f := range pending {
+		if _, err := c.FailMember(ctx, role, f.member, f.reason); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		c.mu.Lock()
-		delete(c.pendingFail, role)
+		done := c.pendingFail[role] == f
+		if done {
+			delete(c.pendingFail, role)
+		}
 		c.mu.Unlock()
-		c.cfg.Gate.Resume(haltMember(role))
+		if done {
+			c.cfg.Gate.Resume(haltMember(role))
+		}
 	}
 	return errors.Join(errs...)
 }
