@@ -2,7 +2,6 @@ package raid
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -15,25 +14,26 @@ import (
 	"github.com/ddraid/ddraid/blockdev"
 	"github.com/ddraid/ddraid/blockdev/nbd"
 	"github.com/ddraid/ddraid/blockdev/remote"
+	"github.com/ddraid/ddraid/internal/nbdtest"
 	"github.com/ddraid/ddraid/raid/meta"
 )
 
-// memExport serves a memory disk over NBD on a unix socket as export "m"
-// until the test ends (or stop is called) and returns its URI.
+// memExport is a memory disk served over NBD on a unix socket as export
+// "m", at uri.
 type memExport struct {
 	mem  *blockdev.Mem
 	uri  string
 	sock string
-	srv  *nbd.Server
-	done chan struct{}
+	srv  *nbdtest.Server
 }
 
+// serveMem serves mem over NBD on a unix socket until the test ends; stop
+// and start stop and restart it on the same socket.
 func serveMem(t *testing.T, mem *blockdev.Mem) *memExport {
 	t.Helper()
 	e := &memExport{mem: mem, sock: filepath.Join(t.TempDir(), "m.sock")}
 	e.uri = "nbd+unix:///m?socket=" + e.sock
 	e.start(t)
-	t.Cleanup(e.stop)
 	return e
 }
 
@@ -53,30 +53,10 @@ func remoteFive(t *testing.T, dir string, bs int) ([]*memExport, []string) {
 
 func (e *memExport) start(t *testing.T) {
 	t.Helper()
-	cfg := nbd.DefaultConfig()
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv, err := nbd.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.AddExport(nbd.Export{Name: "m", Device: e.mem}); err != nil {
-		t.Fatal(err)
-	}
-	l, err := nbd.Listen("unix:" + e.sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.srv, e.done = srv, make(chan struct{})
-	go func() { defer close(e.done); srv.Serve(l) }()
+	e.srv = nbdtest.Serve(t, nbdtest.Listen(t, "unix:"+e.sock), nil, nbd.Export{Name: "m", Device: e.mem})
 }
 
-func (e *memExport) stop() {
-	if e.srv != nil {
-		e.srv.Shutdown(context.Background())
-		<-e.done
-		e.srv = nil
-	}
-}
+func (e *memExport) stop() { e.srv.Stop() }
 
 func createRemote(stateDir string, opts CreateOptions) (*meta.Array, error) {
 	var a *meta.Array

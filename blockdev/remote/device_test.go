@@ -15,6 +15,7 @@ import (
 	"github.com/ddraid/ddraid/blockdev"
 	"github.com/ddraid/ddraid/blockdev/blockdevtest"
 	"github.com/ddraid/ddraid/blockdev/nbd"
+	"github.com/ddraid/ddraid/internal/nbdtest"
 )
 
 // testTimeout bounds the waits of the tests on real sockets, so that a bug
@@ -22,16 +23,10 @@ import (
 const testTimeout = 30 * time.Second
 
 // unixServer serves dev on a new unix socket in t.TempDir().
-func unixServer(t *testing.T, dev blockdev.Device) (*incarnation, string) {
+func unixServer(t *testing.T, dev blockdev.Device) (*nbdtest.Server, string) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	ln, err := nbd.Listen("unix:" + sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	inc := serve(t, ln, dev)
-	t.Cleanup(inc.stop)
-	return inc, sock
+	return serve(t, nbdtest.Listen(t, "unix:"+sock), dev), sock
 }
 
 func unixURI(sock string) string { return "nbd+unix:///disk?socket=" + sock }
@@ -147,10 +142,7 @@ func TestManyConcurrentRequests(t *testing.T) {
 	if err := d.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	inc.mu.Lock()
-	conns := len(inc.conns)
-	inc.mu.Unlock()
-	if conns != 1 {
+	if conns := inc.Accepted(); conns != 1 {
 		t.Fatalf("%d connections, want 1", conns)
 	}
 	all := contents(mem)
@@ -181,11 +173,7 @@ func TestReconnectUnixSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var (
-		mu      sync.Mutex
-		current = serve(t, ln, gate)
-	)
-	t.Cleanup(func() { mu.Lock(); defer mu.Unlock(); current.stop() })
+	current := serve(t, ln, gate)
 	restart := make(chan struct{}, 1)
 	var failedDials atomic.Int32
 	var dialer net.Dialer
@@ -220,7 +208,7 @@ func TestReconnectUnixSocket(t *testing.T) {
 	case <-time.After(testTimeout):
 		t.Fatal("writes did not reach the server")
 	}
-	current.kill()
+	current.Kill()
 	gate.release()
 	select {
 	case <-restart:
@@ -231,9 +219,7 @@ func TestReconnectUnixSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	current = serve(t, ln, mem)
-	mu.Unlock()
+	serve(t, ln, mem)
 	wg.Wait()
 	close(errs)
 	for err := range errs {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ddraid/ddraid/blockdev"
 	"github.com/ddraid/ddraid/blockdev/nbd"
+	"github.com/ddraid/ddraid/internal/nbdtest"
 )
 
 // testLogger discards logs unless the test runs with -v.
@@ -24,79 +25,11 @@ func testLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-// incarnation is one run of an NBD server exporting dev as "disk", which a
-// test can kill like a process: the listener and every connection close at
-// once, without NBD_CMD_DISC, flush or shutdown.
-type incarnation struct {
-	srv  *nbd.Server
-	ln   net.Listener
-	done chan struct{}
-
-	mu    sync.Mutex
-	conns []net.Conn
-	dead  bool
-}
-
-// serve starts a server for dev on ln.
-func serve(t testing.TB, ln net.Listener, dev blockdev.Device) *incarnation {
+// serve starts an NBD server exporting dev as "disk" on ln: one run of
+// it, which a test can kill like a process (Kill) or stop.
+func serve(t testing.TB, ln net.Listener, dev blockdev.Device) *nbdtest.Server {
 	t.Helper()
-	cfg := nbd.DefaultConfig()
-	cfg.Logger = testLogger()
-	srv, err := nbd.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.AddExport(nbd.Export{Name: "disk", Device: dev}); err != nil {
-		t.Fatal(err)
-	}
-	inc := &incarnation{srv: srv, done: make(chan struct{})}
-	inc.ln = &trackingListener{Listener: ln, inc: inc}
-	go func() {
-		defer close(inc.done)
-		srv.Serve(inc.ln)
-	}()
-	return inc
-}
-
-// kill drops the listener and every connection and waits for Serve to
-// return. Requests the server is still executing finish on their own.
-func (inc *incarnation) kill() {
-	inc.mu.Lock()
-	inc.dead = true
-	conns := inc.conns
-	inc.conns = nil
-	inc.mu.Unlock()
-	inc.ln.Close()
-	for _, c := range conns {
-		c.Close()
-	}
-	<-inc.done
-}
-
-// stop shuts the server down cleanly (a no-op after kill).
-func (inc *incarnation) stop() {
-	inc.srv.Shutdown(context.Background())
-	<-inc.done
-}
-
-type trackingListener struct {
-	net.Listener
-	inc *incarnation
-}
-
-func (l *trackingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	l.inc.mu.Lock()
-	defer l.inc.mu.Unlock()
-	if l.inc.dead {
-		c.Close()
-		return nil, net.ErrClosed
-	}
-	l.inc.conns = append(l.inc.conns, c)
-	return c, nil
+	return nbdtest.Serve(t, ln, testLogger(), nbd.Export{Name: "disk", Device: dev})
 }
 
 // pipeNet is an in-memory network of net.Pipe connections to at most one

@@ -71,7 +71,7 @@ func TestReconnectWithinFailAfter(t *testing.T) {
 		}
 		<-gate.entered // the server may read the others only after this one
 		killed := time.Now()
-		inc.kill()
+		inc.Kill()
 		gate.release()
 		// A read issued while the server is down waits too.
 		go func() {
@@ -107,7 +107,7 @@ func TestReconnectWithinFailAfter(t *testing.T) {
 		if err := d.Close(); err != nil {
 			t.Fatal(err)
 		}
-		inc.stop()
+		inc.Stop()
 	})
 }
 
@@ -137,7 +137,7 @@ func TestUnreachableAfterFailAfter(t *testing.T) {
 		}
 		<-gate.entered // the server may read the others only after this one
 		killed := time.Now()
-		inc.kill()
+		inc.Kill()
 		gate.release()
 		for range 8 {
 			r := <-results
@@ -170,7 +170,7 @@ func TestUnreachableAfterFailAfter(t *testing.T) {
 		if err := d.Close(); err != nil {
 			t.Fatal(err)
 		}
-		inc.stop()
+		inc.Stop()
 	})
 }
 
@@ -208,7 +208,7 @@ func TestReplayAfterServerLostItsCache(t *testing.T) {
 			t.Fatal(err)
 		}
 		clear(model[204<<10 : 212<<10])
-		inc.kill()
+		inc.Kill()
 		c1.crash()
 		if bytes.Equal(contents(disk), model) {
 			t.Fatal("the crash lost nothing; the test proves nothing")
@@ -230,7 +230,7 @@ func TestReplayAfterServerLostItsCache(t *testing.T) {
 		if err := d.Close(); err != nil {
 			t.Fatal(err)
 		}
-		inc.stop()
+		inc.Stop()
 	})
 }
 
@@ -268,7 +268,7 @@ func TestReplacedExport(t *testing.T) {
 				if _, err := d.WriteAt(pattern(1, 4096), 8192); err != nil {
 					t.Fatal(err)
 				}
-				inc.kill()
+				inc.Kill()
 				other := c.newDev()
 				if c.name == "other size" {
 					other.WriteAt(magic, 0)
@@ -285,7 +285,7 @@ func TestReplacedExport(t *testing.T) {
 					t.Fatalf("write after the swap: %v", err)
 				}
 				d.Close()
-				inc.stop()
+				inc.Stop()
 			})
 		})
 	}
@@ -296,7 +296,7 @@ func TestReplacedExport(t *testing.T) {
 			n := &pipeNet{}
 			inc := serve(t, n.listen(), mem)
 			d := openPipe(t, n, Config{Verify: verify})
-			inc.kill()
+			inc.Kill()
 			inc = serve(t, n.listen(), mem)
 			if _, err := d.ReadAt(make([]byte, 512), 0); err != nil {
 				t.Fatalf("read after the restart: %v", err)
@@ -304,7 +304,7 @@ func TestReplacedExport(t *testing.T) {
 			if err := d.Close(); err != nil {
 				t.Fatal(err)
 			}
-			inc.stop()
+			inc.Stop()
 		})
 	})
 }
@@ -345,7 +345,7 @@ func TestIOTimeout(t *testing.T) {
 		if err := d.Close(); err != nil {
 			t.Fatal(err)
 		}
-		inc.stop()
+		inc.Stop()
 	})
 }
 
@@ -382,7 +382,7 @@ func TestReplayBudget(t *testing.T) {
 				t.Fatalf("chunk %d not durable after Close", i)
 			}
 		}
-		inc.stop()
+		inc.Stop()
 	})
 }
 
@@ -398,7 +398,7 @@ func TestCloseWhileReconnecting(t *testing.T) {
 		if _, err := d.WriteAt(pattern(1, 4096), 0); err != nil {
 			t.Fatal(err)
 		}
-		inc.kill()
+		inc.Kill()
 		done := make(chan error, 1)
 		go func() {
 			_, err := d.ReadAt(make([]byte, 4096), 0)
@@ -416,7 +416,7 @@ func TestCloseWhileReconnecting(t *testing.T) {
 		if err := <-done; !errors.Is(err, blockdev.ErrClosed) {
 			t.Fatalf("waiting read: %v, want ErrClosed", err)
 		}
-		inc.stop()
+		inc.Stop()
 	})
 }
 
@@ -433,7 +433,7 @@ func TestCleanServerRestart(t *testing.T) {
 			if _, err := d.WriteAt(pattern(round, 8192), int64(round)*8192); err != nil {
 				t.Fatalf("round %d: %v", round, err)
 			}
-			inc.stop()
+			inc.Stop()
 			inc = serve(t, n.listen(), mem)
 		}
 		if err := d.Flush(); err != nil {
@@ -448,7 +448,7 @@ func TestCleanServerRestart(t *testing.T) {
 		if err := d.Close(); err != nil {
 			t.Fatal(err)
 		}
-		inc.stop()
+		inc.Stop()
 	})
 }
 
@@ -480,7 +480,7 @@ func randomOutages(t *testing.T, seed uint64) {
 		restart.Wait() // the previous outage is over
 		mu.Lock()
 		defer mu.Unlock()
-		inc.kill()
+		inc.Kill()
 		cache.crash()
 		outages++
 		down := time.Duration(rng.Int64N(int64(3 * time.Second)))
@@ -548,7 +548,7 @@ func randomOutages(t *testing.T, seed uint64) {
 		t.Fatal(err)
 	}
 	mu.Lock()
-	inc.stop()
+	inc.Stop()
 	mu.Unlock()
 }
 

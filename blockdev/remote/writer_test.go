@@ -10,6 +10,7 @@ import (
 
 	"github.com/ddraid/ddraid/blockdev"
 	"github.com/ddraid/ddraid/blockdev/nbd"
+	"github.com/ddraid/ddraid/internal/nbdtest"
 )
 
 // fenceMember is a member export that fences writers below a minimum
@@ -68,24 +69,9 @@ func (s *fenceSession) Clear(off, n int64) error {
 func (s *fenceSession) Close() {}
 
 // serveMember serves mem as the member export "disk" backed by f.
-func serveMember(t *testing.T, n *pipeNet, mem *blockdev.Mem, f *fenceMember) *incarnation {
+func serveMember(t *testing.T, n *pipeNet, mem *blockdev.Mem, f *fenceMember) *nbdtest.Server {
 	t.Helper()
-	cfg := nbd.DefaultConfig()
-	cfg.Logger = testLogger()
-	srv, err := nbd.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.AddExport(nbd.Export{Name: "disk", Device: mem, Member: f}); err != nil {
-		t.Fatal(err)
-	}
-	inc := &incarnation{srv: srv, done: make(chan struct{})}
-	inc.ln = &trackingListener{Listener: n.listen(), inc: inc}
-	go func() {
-		defer close(inc.done)
-		srv.Serve(inc.ln)
-	}()
-	return inc
+	return nbdtest.Serve(t, n.listen(), testLogger(), nbd.Export{Name: "disk", Device: mem, Member: f})
 }
 
 // TestWriterIdentity: every connection carries the writer identity (the
@@ -108,7 +94,7 @@ func TestWriterIdentity(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The connection drops and comes back: identity again.
-		inc.kill()
+		inc.Kill()
 		inc = serveMember(t, n, mem, f)
 		if _, err := d.WriteAt(make([]byte, 4096), 4096); err != nil {
 			t.Fatalf("write across a reconnect: %v", err)
@@ -133,7 +119,7 @@ func TestWriterIdentity(t *testing.T) {
 
 		// Lost connection, fenced at the reconnect.
 		start := time.Now()
-		inc.kill()
+		inc.Kill()
 		inc = serveMember(t, n, mem, f)
 		_, err := d.ReadAt(make([]byte, 512), 0)
 		if !errors.Is(err, ErrFenced) || errors.Is(err, ErrUnreachable) {
@@ -147,6 +133,6 @@ func TestWriterIdentity(t *testing.T) {
 			t.Fatalf("Open of a fenced writer = %v", err)
 		}
 		d.Close()
-		inc.stop()
+		inc.Stop()
 	})
 }

@@ -3,9 +3,7 @@ package serve
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -13,10 +11,10 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ddraid/ddraid/blockdev/member"
-	"github.com/ddraid/ddraid/blockdev/nbd"
 	"github.com/ddraid/ddraid/blockdev/remote"
 	"github.com/ddraid/ddraid/cluster"
 	"github.com/ddraid/ddraid/cluster/coord"
+	"github.com/ddraid/ddraid/internal/nbdtest"
 	"github.com/ddraid/ddraid/lockd"
 	"github.com/ddraid/ddraid/lockd/memnet"
 	"github.com/ddraid/ddraid/raid"
@@ -31,52 +29,6 @@ func TestMain(m *testing.M) {
 	// pebble leaves a disk-health ticker behind when an Open retries on a
 	// store another Open of this process holds (see raid/array's TestMain).
 	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/cockroachdb/pebble/v2/vfs.(*diskHealthCheckingFS).startTickerLocked.func1"))
-}
-
-// startAgent serves n disk files of size bytes from an in-process member
-// host on loopback and returns them as agent members.
-func startAgent(t *testing.T, dir string, n int, size int64) (*member.Host, []string) {
-	t.Helper()
-	h, err := member.Open(member.Config{StateDir: filepath.Join(dir, "agent"), Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := nbd.DefaultConfig()
-	cfg.Logger = quiet
-	srv, err := nbd.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := nbd.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var members []string
-	for i := range n {
-		p := filepath.Join(dir, fmt.Sprintf("disk%d", i))
-		if err := os.WriteFile(p, nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Truncate(p, size); err != nil {
-			t.Fatal(err)
-		}
-		d, err := h.AddDisk(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := srv.AddExport(nbd.Export{Name: d.Path(), Device: d.Device(), Member: d}); err != nil {
-			t.Fatal(err)
-		}
-		members = append(members, l.Addr().String()+":"+d.Path())
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); srv.Serve(l) }()
-	t.Cleanup(func() {
-		srv.Shutdown(context.Background())
-		<-done
-		h.Close()
-	})
-	return h, members
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -107,7 +59,8 @@ func newTestCluster(t *testing.T, timeout time.Duration) *testCluster {
 	dir := t.TempDir()
 	c := &testCluster{ids: []lockd.NodeID{"n1", "n2", "n3"}, lks: map[lockd.NodeID]*lockd.Node{}}
 	var members []string
-	c.host, members = startAgent(t, dir, 3, 8<<20)
+	ag := nbdtest.StartAgent(t, dir, 3, 8<<20)
+	c.host, members = ag.Host, ag.Members()
 	stateDirs := []string{filepath.Join(dir, "n1"), filepath.Join(dir, "n2")}
 	if err := meta.View(stateDirs[0], func(s *meta.Store) error {
 		var err error

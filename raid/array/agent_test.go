@@ -13,80 +13,26 @@ import (
 	"time"
 
 	"github.com/ddraid/ddraid/blockdev"
-	"github.com/ddraid/ddraid/blockdev/member"
 	"github.com/ddraid/ddraid/blockdev/nbd"
 	"github.com/ddraid/ddraid/blockdev/remote"
+	"github.com/ddraid/ddraid/internal/nbdtest"
 	"github.com/ddraid/ddraid/raid"
 	"github.com/ddraid/ddraid/raid/meta"
 )
 
-// agentHost is an in-process member host (what `ddraid agent` runs)
-// serving disk files over TCP on loopback until the test ends.
-type agentHost struct {
-	host  *member.Host
-	disks []*member.Disk
-	addr  string
-}
+// agentHost is an in-process member host serving disk files over TCP on
+// loopback until the test ends.
+type agentHost struct{ *nbdtest.Agent }
 
-func startAgentHost(t *testing.T, dir string, n int, size int64) *agentHost {
+func startAgentHost(t *testing.T, dir string, n int, size int64) agentHost {
 	t.Helper()
-	quiet := slog.New(slog.DiscardHandler)
-	h, err := member.Open(member.Config{StateDir: filepath.Join(dir, "agent"), Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := nbd.DefaultConfig()
-	cfg.Logger = quiet
-	srv, err := nbd.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ah := &agentHost{host: h}
-	for i := range n {
-		p := filepath.Join(dir, fmt.Sprintf("disk%d", i))
-		if err := os.WriteFile(p, nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Truncate(p, size); err != nil {
-			t.Fatal(err)
-		}
-		d, err := h.AddDisk(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := srv.AddExport(nbd.Export{Name: d.Path(), Device: d.Device(), Member: d}); err != nil {
-			t.Fatal(err)
-		}
-		ah.disks = append(ah.disks, d)
-	}
-	l, err := nbd.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ah.addr = l.Addr().String()
-	done := make(chan struct{})
-	go func() { defer close(done); srv.Serve(l) }()
-	t.Cleanup(func() {
-		srv.Shutdown(context.Background())
-		<-done
-		h.Close()
-	})
-	return ah
-}
-
-// members returns the disks as agent members, HOST:PORT:/PATH.
-func (ah *agentHost) members() []string {
-	var out []string
-	for _, d := range ah.disks {
-		out = append(out, ah.addr+":"+d.Path())
-	}
-	return out
+	return agentHost{nbdtest.StartAgent(t, dir, n, size)}
 }
 
 // marked returns how many bytes of disk i are marked for slot 0.
-func (ah *agentHost) marked(t *testing.T, i int) int64 {
+func (ah agentHost) marked(t *testing.T, i int) int64 {
 	t.Helper()
-	d := ah.disks[i]
+	d := ah.Disks[i]
 	ext, err := d.Dirty(0, 0, d.Device().Size(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -122,7 +68,7 @@ func TestAgentMembers(t *testing.T) {
 	var sb *meta.Array
 	err := meta.View(stateDir, func(s *meta.Store) error {
 		var err error
-		sb, err = raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: ah.members()[:3], RegionSize: 128 << 10, AssumeClean: true})
+		sb, err = raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: ah.Members()[:3], RegionSize: 128 << 10, AssumeClean: true})
 		return err
 	})
 	if err != nil {
@@ -162,12 +108,12 @@ func TestAgentMembers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Replace("1", ah.members()[3], false); err != nil {
+	if _, err := a.Replace("1", ah.Members()[3], false); err != nil {
 		t.Fatal(err)
 	}
 	waitIdle(t, a)
-	if got := a.Superblock().Members[1].Path; got != ah.members()[3] {
-		t.Fatalf("member 1 is %s after the replace, want %s", got, ah.members()[3])
+	if got := a.Superblock().Members[1].Path; got != ah.Members()[3] {
+		t.Fatalf("member 1 is %s after the replace, want %s", got, ah.Members()[3])
 	}
 	if _, err := a.Device().WriteAt(data, 1<<20); err != nil {
 		t.Fatal(err)
@@ -196,10 +142,10 @@ func TestAgentMembers(t *testing.T) {
 	})
 
 	// Fenced.
-	if err := ah.host.Fence(sb.UUID, 0, 1); err != nil {
+	if err := ah.Host.Fence(sb.UUID, 0, 1); err != nil {
 		t.Fatal(err)
 	}
-	before := [][]byte{fileBytes(t, ah.disks[0].Path()), fileBytes(t, ah.disks[3].Path()), fileBytes(t, ah.disks[2].Path())}
+	before := [][]byte{fileBytes(t, ah.Disks[0].Path()), fileBytes(t, ah.Disks[3].Path()), fileBytes(t, ah.Disks[2].Path())}
 	_, werr := dev.WriteAt(bytes.Repeat([]byte{0x77}, 4096), 0)
 	if !errors.Is(werr, syscall.EIO) || !a.Fenced() {
 		t.Fatalf("write after a fence = %v (fenced %v), want EIO and the array fenced", werr, a.Fenced())
@@ -212,7 +158,7 @@ func TestAgentMembers(t *testing.T) {
 		t.Fatalf("status %s fenced=%v, want fenced", st.State, st.Fenced)
 	}
 	for i, d := range []int{0, 3, 2} {
-		if !bytes.Equal(fileBytes(t, ah.disks[d].Path()), before[i]) {
+		if !bytes.Equal(fileBytes(t, ah.Disks[d].Path()), before[i]) {
 			t.Fatalf("disk %d changed after the fence", d)
 		}
 	}
@@ -268,7 +214,7 @@ func TestAgentMemberRecovery(t *testing.T) {
 	ah := startAgentHost(t, dir, 4, 8<<20)
 	stateDir := filepath.Join(dir, "state")
 	err := meta.View(stateDir, func(s *meta.Store) error {
-		sb, err := raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: ah.members()[:3], RegionSize: 128 << 10})
+		sb, err := raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: ah.Members()[:3], RegionSize: 128 << 10})
 		if err == nil && !sb.InitialSync {
 			t.Errorf("members that exist need an initial sync")
 		}
@@ -301,7 +247,7 @@ func TestAgentMemberRecovery(t *testing.T) {
 	if err := a.Remove("2"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Add(ah.members()[3], false); err != nil {
+	if _, err := a.Add(ah.Members()[3], false); err != nil {
 		t.Fatal(err)
 	}
 	waitIdle(t, a)
@@ -323,10 +269,10 @@ func TestAgentMemberRecovery(t *testing.T) {
 func TestMemberDirtyQuery(t *testing.T) {
 	dir := t.TempDir()
 	ah := startAgentHost(t, dir, 1, 3<<30+1<<20) // sparse
-	path := ah.members()[0]
+	path := ah.Members()[0]
 	const region = 1 << 20
 	w := &nbd.Writer{Array: [16]byte{0xd1}, Slot: 2, Epoch: 1, RegionSize: region, DataOffset: 1 << 20}
-	d, err := remote.Open(context.Background(), "nbd://"+ah.addr+"/"+ah.disks[0].Path(), remote.Config{Writer: w, Logger: slog.New(&logSink{})})
+	d, err := remote.Open(context.Background(), "nbd://"+ah.Addr+"/"+ah.Disks[0].Path(), remote.Config{Writer: w, Logger: slog.New(&logSink{})})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,7 +315,7 @@ func TestSlotTakeoverCalls(t *testing.T) {
 	var sb *meta.Array
 	err := meta.View(stateDir, func(s *meta.Store) error {
 		var err error
-		sb, err = raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: ah.members(), RegionSize: 128 << 10, AssumeClean: true})
+		sb, err = raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: ah.Members(), RegionSize: 128 << 10, AssumeClean: true})
 		return err
 	})
 	if err != nil {
@@ -455,7 +401,7 @@ func TestCorruptBitmapStoreAgentMembers(t *testing.T) {
 			ah := startAgentHost(t, dir, 3, 8<<20)
 			stateDir := filepath.Join(dir, "state")
 			err := meta.View(stateDir, func(s *meta.Store) error {
-				if _, err := raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: ah.members(), RegionSize: 128 << 10, AssumeClean: true}); err != nil {
+				if _, err := raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: ah.Members(), RegionSize: 128 << 10, AssumeClean: true}); err != nil {
 					return err
 				}
 				_, err := raid.Create(s, raid.CreateOptions{Name: "b", Level: raid.LevelMirror, RegionSize: 128 << 10, AssumeClean: true, CreateSize: 4 << 20,

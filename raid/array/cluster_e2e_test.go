@@ -45,7 +45,7 @@ func TestClusterTakeoverOverAgents(t *testing.T) {
 	var sb *meta.Array
 	err := meta.View(stateDirs[0], func(s *meta.Store) error {
 		var err error
-		sb, err = raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: ah.members(), RegionSize: 128 << 10, AssumeClean: true})
+		sb, err = raid.Create(s, raid.CreateOptions{Name: "a", Level: raid.LevelRaid35, Members: ah.Members(), RegionSize: 128 << 10, AssumeClean: true})
 		return err
 	})
 	if err != nil {
@@ -140,11 +140,11 @@ func TestClusterTakeoverOverAgents(t *testing.T) {
 	}
 	stripe := int64(5*128<<10+8192) / 4096
 	pm, poff := redundancyOf(t, *sb, stripe)
-	corruptFile(t, ah.disks[pm].Path(), meta.DataOffset+poff, 64)
+	corruptFile(t, ah.Disks[pm].Path(), meta.DataOffset+poff, 64)
 
 	dirtyOfW2 := func() int64 {
 		var n int64
-		for i := range ah.disks {
+		for i := range ah.Disks {
 			n += ah.markedSlot(t, i, w2.w.Slot)
 		}
 		return n
@@ -153,7 +153,7 @@ func TestClusterTakeoverOverAgents(t *testing.T) {
 		t.Fatal("the killed writer left no marks at the agent")
 	}
 	waitFor(t, "w1 to take w2's slot over", func() bool {
-		return dirtyOfW2() == 0 && ah.host.MinEpoch(sb.UUID, w2.w.Slot) > w2.w.Epoch
+		return dirtyOfW2() == 0 && ah.Host.MinEpoch(sb.UUID, w2.w.Slot) > w2.w.Epoch
 	})
 	if n := check(t, w1.a, false); n != 0 {
 		t.Errorf("%d mismatches after the takeover", n)
@@ -172,7 +172,7 @@ func TestClusterTakeoverOverAgents(t *testing.T) {
 // markedSlot returns how many bytes of disk i are marked for slot.
 func (ah *agentHost) markedSlot(t *testing.T, i int, slot uint32) int64 {
 	t.Helper()
-	d := ah.disks[i]
+	d := ah.Disks[i]
 	ext, err := d.Dirty(slot, 0, d.Device().Size(), nil)
 	if err != nil {
 		t.Fatal(err)

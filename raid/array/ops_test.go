@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/ddraid/ddraid/blockdev"
 	"github.com/ddraid/ddraid/blockdev/nbd"
+	"github.com/ddraid/ddraid/internal/nbdtest"
 	"github.com/ddraid/ddraid/raid"
 	"github.com/ddraid/ddraid/raid/meta"
 	"github.com/ddraid/ddraid/resync"
@@ -338,7 +338,7 @@ func TestAddRefused(t *testing.T) {
 		{"a member of this array", f.members[2], false, true, "already in array"},
 		{"no such file", filepath.Join(f.dir, "nothing"), false, false, "no such file"},
 		// 4096-byte blocks over 3 members: 2048-byte fragments.
-		{"an export with a larger minimum block size", serveMemExport(t, blockdev.NewMem(memberSize, 4096)), true, true, "multiples of 4096 bytes"},
+		{"an export with a larger minimum block size", memExport(t, blockdev.NewMem(memberSize, 4096)), true, true, "multiples of 4096 bytes"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -774,30 +774,10 @@ func TestDegradedMirrorResyncsLiveCopies(t *testing.T) {
 	f.close(a)
 }
 
-// serveMemExport serves mem over NBD on a unix socket as export "m" until
-// the test ends and returns its URI. The export's minimum block size is
-// mem's block size.
-func serveMemExport(t *testing.T, mem *blockdev.Mem) string {
+// memExport serves mem over NBD on a unix socket until the test ends and
+// returns its URI. The export's minimum block size is mem's block size.
+func memExport(t *testing.T, mem *blockdev.Mem) string {
 	t.Helper()
-	cfg := nbd.DefaultConfig()
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	srv, err := nbd.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.AddExport(nbd.Export{Name: "m", Device: mem}); err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(t.TempDir(), "m.sock")
-	l, err := nbd.Listen("unix:" + sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); srv.Serve(l) }()
-	t.Cleanup(func() {
-		srv.Shutdown(context.Background())
-		<-done
-	})
-	return "nbd+unix:///m?socket=" + sock
+	_, uri := nbdtest.Unix(t, nbd.Export{Name: "m", Device: mem})
+	return uri
 }
