@@ -95,6 +95,9 @@ func ParseURI(s string) (URI, error) {
 	if host == "" {
 		return bad("no host")
 	}
+	if !validHost(host) {
+		return bad(fmt.Sprintf("host %q is neither an IP address nor a host name (IPv6 addresses go in brackets: nbd://[::1]:10809/)", host))
+	}
 	port := u.Port()
 	if port == "" {
 		if strings.HasSuffix(u.Host, ":") {
@@ -107,6 +110,21 @@ func ParseURI(s string) (URI, error) {
 	}
 	out.Network, out.Addr = "tcp", net.JoinHostPort(host, port)
 	return out, nil
+}
+
+// validHost reports whether host is an IP address or a host name
+// (letters, digits, '-', '_' and '.').
+func validHost(host string) bool {
+	if net.ParseIP(host) != nil {
+		return true
+	}
+	for i := 0; i < len(host); i++ {
+		c := host[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // String returns the URI in canonical form: lower-case scheme, the port

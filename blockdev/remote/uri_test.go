@@ -62,6 +62,10 @@ func TestParseURIRefuses(t *testing.T) {
 		{"nbd+unix:///x?socket=rel.sock", "absolute"},
 		{"nbd+unix://host/x?socket=/s", "no host"},
 		{"nbd+unix:///x?socket=/s&foo=1", "foo"},
+		{"nbd://::10", "neither an IP address nor a host name"},
+		{"nbd://a%20b/x", "escape"},
+		{"nbd://a$b/x", "neither an IP address nor a host name"},
+		{"nbd://h!st/x", "neither an IP address nor a host name"},
 	}
 	for _, c := range cases {
 		_, err := ParseURI(c.in)
@@ -80,4 +84,35 @@ func TestIsURI(t *testing.T) {
 			t.Errorf("IsURI(%q) = %v, want %v", s, got, want)
 		}
 	}
+}
+
+// FuzzParseURI: a URI either is refused with an error or parses to one
+// whose canonical form (a member's identity in the superblock) parses back
+// to the same URI and is its own canonical form.
+func FuzzParseURI(f *testing.F) {
+	for _, s := range []string{
+		"nbd://127.0.0.1:10811/d0", "nbd://host", "NBD://host:1/", "nbd://[::1]:10900/a%20b",
+		"nbd+unix:///d1?socket=/run/nbd/m1.sock", "nbd+unix:///e?socket=/tmp/a%26b.sock",
+		"nbds://h:3/x", "nbds+unix:///x?socket=/s", "nbd://h:0/", "nbd://u@h/x", "nbd://h/x#f",
+		"nbd://h/%zz", "nbd://h/a?b=c", "nbd+unix:///x?socket=rel", "/dev/sdb",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		u, err := ParseURI(s)
+		if err != nil {
+			return
+		}
+		canon := u.String()
+		again, err := ParseURI(canon)
+		if err != nil {
+			t.Fatalf("ParseURI(%q) = %+v, whose canonical form %q is refused: %v", s, u, canon, err)
+		}
+		if again != u {
+			t.Fatalf("ParseURI(%q) = %+v; its canonical form %q parses to %+v", s, u, canon, again)
+		}
+		if c2 := again.String(); c2 != canon {
+			t.Fatalf("canonical form %q of %q is not stable: %q", canon, s, c2)
+		}
+	})
 }
