@@ -112,7 +112,9 @@ func Assemble(stateDir, name string, opts AssembleOptions) (*Assembled, error) {
 	if len(newlyMissing) > 0 {
 		a, err = meta.Update(stateDir, name, func(sb *meta.Array) error {
 			for _, i := range newlyMissing {
-				sb.Members[i].State = meta.StateMissing
+				m := &sb.Members[i]
+				m.Unsynced = m.Unsynced || m.State == meta.StateRecovering
+				m.State = meta.StateMissing
 			}
 			return nil
 		})
@@ -250,7 +252,7 @@ func RecordFailure(stateDir, name string, member int) error {
 		if member < 0 || member >= len(a.Members) {
 			return fmt.Errorf("no member %d", member)
 		}
-		a.Members[member].State = meta.StateFailed
+		a.Members[member].Fail()
 		return nil
 	})
 	return err

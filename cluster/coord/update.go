@@ -106,7 +106,7 @@ func (c *Coordinator) FailMember(ctx context.Context, role int, member meta.UUID
 		if m := sb.Members[role]; m.UUID != member || m.State == meta.StateFailed {
 			return ErrUnchanged
 		}
-		sb.Members[role].State = meta.StateFailed
+		sb.Members[role].Fail()
 		return nil
 	})
 }

@@ -98,6 +98,12 @@ type Array struct {
 	last    *resync.Progress // the last finished job
 	// replacing holds the roles a Replace is copying.
 	replacing map[int]bool
+	// recMu orders startRecovery against the end of a rebuild; rebuilds
+	// counts the rebuilds started per role, so that only the latest one
+	// may make its role active (an earlier one, still running when the
+	// role was failed and given a device again, did not write all of it).
+	recMu    sync.Mutex
+	rebuilds map[int]uint64
 	// trustAfterRecovery is set when the array started degraded with
 	// dirty regions and no redundancy left among its live members to
 	// resync them with: the rebuild that makes it whole again also makes
@@ -126,7 +132,7 @@ func Open(o Options) (*Array, error) {
 	if err := o.Throttle.Validate(); err != nil {
 		return nil, err
 	}
-	a := &Array{opts: o, log: o.Logger.With("array", o.Name), wake: make(chan struct{}, 1), done: make(chan struct{}), replacing: map[int]bool{}}
+	a := &Array{opts: o, log: o.Logger.With("array", o.Name), wake: make(chan struct{}, 1), done: make(chan struct{}), replacing: map[int]bool{}, rebuilds: map[int]uint64{}}
 	var mu sync.Mutex
 	asm, err := raid.Assemble(o.StateDir, o.Name, raid.AssembleOptions{
 		Direct:     o.Direct,
@@ -627,7 +633,7 @@ func (a *Array) recordFailure(role int) error {
 		if m.State != meta.StateActive && m.State != meta.StateRecovering {
 			return ErrNoChange
 		}
-		m.State = meta.StateFailed
+		m.Fail()
 		return nil
 	})
 }

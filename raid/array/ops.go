@@ -161,7 +161,9 @@ func planAdd(sb *meta.Array, path string, force bool, mo raid.MemberOptions) (pl
 			if m.State != meta.StateFailed && m.State != meta.StateMissing {
 				return plan{}, fmt.Errorf("%w: %s is member %d of array %s and is %s", ErrRefused, path, h.Role, sb.Name, m.State)
 			}
-			p.role, p.readd = int(h.Role), true
+			// A device whose rebuild never finished is not a previous
+			// member with data: it is rebuilt whole (a new UUID).
+			p.role, p.readd = int(h.Role), !m.Unsynced
 		case !force:
 			return plan{}, fmt.Errorf("%w: %s belongs to array %q (%s); use --force to overwrite it", ErrRefused, path, h.ArrayName, h.ArrayUUID)
 		}
@@ -294,11 +296,19 @@ func (a *Array) useSpare() {
 }
 
 // startRecovery begins the role's recovery (beginRecovery) and queues
-// its rebuild.
+// its rebuild. A rebuild makes its role active only if no other rebuild
+// of the role started since: a role failed during its rebuild and given
+// a device again (remove-device, add-device) has a rebuild of its own
+// queued, and the earlier one, which goes on writing the new device from
+// where it was, did not write all of it.
 func (a *Array) startRecovery(role int, dev blockdev.Device, dirtyOnly bool) error {
+	a.recMu.Lock()
+	defer a.recMu.Unlock()
 	if err := a.beginRecovery(role, dev); err != nil {
 		return err
 	}
+	a.rebuilds[role]++
+	gen := a.rebuilds[role]
 	ranges := resync.Whole(a.eng.Size())
 	if dirtyOnly {
 		ranges = a.ranges(a.bm.Dirty())
@@ -308,7 +318,15 @@ func (a *Array) startRecovery(role int, dev blockdev.Device, dirtyOnly bool) err
 			if err != nil {
 				return
 			}
-			if err := a.sync.FinishRecovery(role); err != nil {
+			a.recMu.Lock()
+			if a.rebuilds[role] != gen {
+				a.recMu.Unlock()
+				a.log.Info("rebuild superseded: the role was given a device again during it; the later rebuild finishes it", "role", role)
+				return
+			}
+			err = a.sync.FinishRecovery(role)
+			a.recMu.Unlock()
+			if err != nil {
 				a.log.Error("finish recovery", "role", role, "err", err)
 				return
 			}
@@ -563,7 +581,7 @@ func OfflineUpdate(stateDir, name, action string, req Request, mo raid.MemberOpt
 			if err := checkFail(sb, role, force); err != nil {
 				return err
 			}
-			sb.Members[role].State = meta.StateFailed
+			sb.Members[role].Fail()
 			msg = fmt.Sprintf("member %d (%s) marked failed", role, sb.Members[role].Path)
 		case "remove":
 			if err := removeIn(sb, ref); err != nil {
@@ -579,7 +597,7 @@ func OfflineUpdate(stateDir, name, action string, req Request, mo raid.MemberOpt
 				if err := checkFail(sb, role, force); err != nil {
 					return err
 				}
-				sb.Members[role].State = meta.StateFailed
+				sb.Members[role].Fail()
 			}
 			p, err := planAdd(sb, path, force, mo)
 			if err != nil {

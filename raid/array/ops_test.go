@@ -781,3 +781,154 @@ func memExport(t *testing.T, mem *blockdev.Mem) string {
 	_, uri := nbdtest.Unix(t, nbd.Export{Name: "m", Device: mem})
 	return uri
 }
+
+// TestReaddAfterUnfinishedRebuild: a device that failed while it was
+// being rebuilt does not hold the array's data, so adding it again
+// rebuilds it whole, not only the regions written while it was away.
+func TestReaddAfterUnfinishedRebuild(t *testing.T) {
+	f := newFixture(t, raid.LevelRaid35, 3, false, nil)
+	a := f.openArray()
+	m := newModel(t, a)
+	m.write(a, 0, int(a.Device().Size()))
+	f.close(a) // healthy: the marks go
+	g := newGate()
+	a = f.openWith(gateRole(0, g))
+	if err := a.Fail("1", false); err != nil {
+		t.Fatal(err)
+	}
+	newPath := f.newFile("new1", memberSize)
+	g.shut.Store(true)
+	if _, err := a.Add(newPath, false); err != nil {
+		t.Fatal(err)
+	}
+	<-g.hit // the rebuild waits on its first read
+	if err := a.Fail(newPath, false); err != nil {
+		t.Fatal(err)
+	}
+	g.open()
+	waitIdle(t, a)
+	if mb := f.stored().Members[1]; mb.State != meta.StateFailed {
+		t.Fatalf("member 1 recorded as %+v after it failed during its rebuild", mb)
+	}
+	msg, err := a.Add(newPath, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(msg, "re-added") {
+		t.Errorf("add of a device whose rebuild never finished: %q, want a whole rebuild", msg)
+	}
+	waitIdle(t, a)
+	if mb := f.stored().Members[1]; mb.State != meta.StateActive || mb.Path != newPath {
+		t.Fatalf("member 1 recorded as %+v after the add", mb)
+	}
+	failOthers(t, a, 1)
+	m.verify(a)
+	f.close(a)
+}
+
+// TestRebuildSuperseded: a rebuild still running when its role was failed
+// and given a device again does not make the role active; the new
+// device's own rebuild does.
+func TestRebuildSuperseded(t *testing.T) {
+	f := newFixture(t, raid.LevelRaid35, 3, false, nil)
+	a := f.openArray()
+	m := newModel(t, a)
+	m.write(a, 0, int(a.Device().Size()))
+	f.close(a)
+	g := newHeldReads()
+	a = f.openWith(func(o *Options) {
+		o.Wrap = func(r int, dev blockdev.Device) blockdev.Device {
+			if r == 0 {
+				return &heldDev{Device: dev, h: g}
+			}
+			return dev
+		}
+	})
+	if err := a.Fail("1", false); err != nil {
+		t.Fatal(err)
+	}
+	first, second := f.newFile("new1", memberSize), f.newFile("new2", memberSize)
+	g.hold(func(off int64) bool { return true })
+	if _, err := a.Add(first, false); err != nil {
+		t.Fatal(err)
+	}
+	at := <-g.held // the first rebuild waits on its first read, at the lowest offset
+	if err := a.Fail(first, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Remove(first); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Add(second, false); err != nil {
+		t.Fatal(err)
+	}
+	// The first rebuild goes on from where it was, into the second device;
+	// the second rebuild, queued behind it, starts at the beginning: hold
+	// it there.
+	g.hold(func(off int64) bool { return off <= at })
+	g.release()
+	waitFor(t, "the first rebuild to end", func() bool {
+		j := a.Status().LastJob
+		return j != nil && j.Kind == resync.KindRecover
+	})
+	if st := a.sync.MemberStates()[1]; st != raid.MemberRecovering {
+		t.Errorf("member 1 is %s after the first rebuild ended; the second has not run, want recovering", st)
+	}
+	if mb := f.stored().Members[1]; mb.State != meta.StateRecovering || mb.Path != second {
+		t.Errorf("member 1 recorded as %+v before its rebuild ran", mb)
+	}
+	g.hold(nil)
+	g.release()
+	waitIdle(t, a)
+	if mb := f.stored().Members[1]; mb.State != meta.StateActive || mb.Path != second {
+		t.Fatalf("member 1 recorded as %+v after its rebuild", mb)
+	}
+	failOthers(t, a, 1)
+	m.verify(a)
+	f.close(a)
+}
+
+// heldReads holds the reads a predicate picks until release; held gets
+// the offset of each read it holds.
+type heldReads struct {
+	mu   sync.Mutex
+	pick func(off int64) bool
+	rel  chan struct{}
+	held chan int64
+}
+
+func newHeldReads() *heldReads {
+	return &heldReads{rel: make(chan struct{}), held: make(chan int64, 64)}
+}
+
+// hold picks the reads to hold from now on (nil: none).
+func (h *heldReads) hold(pick func(off int64) bool) {
+	h.mu.Lock()
+	h.pick = pick
+	h.mu.Unlock()
+}
+
+// release lets the reads held so far go.
+func (h *heldReads) release() {
+	h.mu.Lock()
+	close(h.rel)
+	h.rel = make(chan struct{})
+	h.mu.Unlock()
+}
+
+type heldDev struct {
+	blockdev.Device
+	h *heldReads
+}
+
+func (d *heldDev) ReadAt(p []byte, off int64) (int, error) {
+	d.h.mu.Lock()
+	rel := d.h.rel
+	hold := d.h.pick != nil && d.h.pick(off)
+	d.h.mu.Unlock()
+	if hold {
+		d.h.held <- off
+		<-rel
+	}
+	return d.Device.ReadAt(p, off)
+}

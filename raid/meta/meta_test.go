@@ -224,3 +224,23 @@ func TestValidateName(t *testing.T) {
 		}
 	}
 }
+
+func TestMemberFail(t *testing.T) {
+	for _, c := range []struct {
+		from         Member
+		wantUnsynced bool
+	}{
+		{Member{State: StateActive}, false},
+		{Member{State: StateRecovering}, true},
+		{Member{State: StateRecovering, DirtyOnly: true}, true},
+		{Member{State: StateFailed}, false},
+		{Member{State: StateFailed, Unsynced: true}, true},
+		{Member{State: StateMissing, Unsynced: true}, true},
+	} {
+		m := c.from
+		m.Fail()
+		if m.State != StateFailed || m.Unsynced != c.wantUnsynced {
+			t.Errorf("%+v failed: %s, unsynced %v; want failed, %v", c.from, m.State, m.Unsynced, c.wantUnsynced)
+		}
+	}
+}

@@ -40,6 +40,19 @@ type Member struct {
 	// DirtyOnly says a recovering member is its role's previous member
 	// (a re-add): only the regions written while it was away are rebuilt.
 	DirtyOnly bool `json:"dirty_only,omitempty"`
+	// Unsynced says a failed or missing member failed while it was being
+	// rebuilt: it does not hold the array's data, so adding the device
+	// again rebuilds it whole rather than only the regions written while
+	// it was away.
+	Unsynced bool `json:"unsynced,omitempty"`
+}
+
+// Fail marks the member failed, and Unsynced when it was being rebuilt.
+func (m *Member) Fail() {
+	if m.State == StateRecovering {
+		m.Unsynced = true
+	}
+	m.State = StateFailed
 }
 
 // Array is the superblock of one array.
